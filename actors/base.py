@@ -1,0 +1,177 @@
+"""The base every actor of the platform derives from: pykka's ``ThreadingActor`` (a greenlet once gevent
+has patched ``threading``) with three changes that the rest of the system relies on.
+
+1. Containment. pykka answers a ``BaseException`` in a handler (gevent's ``GreenletExit`` or ``Timeout``)
+   with ``ActorRegistry.stop_all()``, and lets one in ``on_start`` or while waiting for mail kill the
+   thread without unregistering the actor. Here any way an actor can end stops that actor alone.
+2. Death signals. ``watch(callback)`` registers ``callback(ref, reason)``, called exactly once when the
+   actor has ended: ``reason`` is ``None`` for a normal stop, else the exception that ended it.
+   Supervisors build on this.
+3. Work context. Each message carries the correlation, tenant and bot ids of the code that sent it;
+   the handler runs with them restored, so logs and Sentry events can be followed across actors.
+
+A mailbox can be bounded (``mailbox_size``): sending to a full one raises ``MailboxFull`` at once
+rather than blocking the sender, so a slow actor never slows the ones that talk to it. Stop requests
+are always accepted.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+from typing import Any, Callable
+
+import gevent
+import pykka
+from pykka import messages as pykka_messages
+
+from core import context, sentry
+
+log = logging.getLogger(__name__)
+
+DeathCallback = Callable[[pykka.ActorRef, "BaseException | None"], None]
+
+
+class MailboxFull(queue.Full):
+    """The receiving actor's bounded mailbox holds as many messages as it may."""
+
+
+class ActorCrashed(RuntimeError):
+    """An actor ended on a BaseException while answering an ``ask``; the original is the cause."""
+
+
+class _ContextInbox(queue.Queue):
+    """Unbounded queue underneath; the bound is enforced here so stop requests always get in."""
+
+    def __init__(self, bound: int) -> None:
+        super().__init__()
+        self.bound = bound
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        if (
+            self.bound
+            and self.qsize() >= self.bound
+            and not isinstance(item.message, pykka_messages._ActorStop)  # noqa: SLF001
+        ):
+            raise MailboxFull(f"mailbox full ({self.bound} messages)")
+        super().put((item, context.current()))
+
+
+class Actor(pykka.ThreadingActor):
+    mailbox_size: int = 0
+    """Largest number of queued messages; 0 means unbounded."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._watchers: list[DeathCallback] = []
+        self._end_reason: BaseException | None = None
+        self._ended = False
+        self._greenlet: gevent.Greenlet | None = None
+
+    # -- death signals ---------------------------------------------------------------------------
+
+    def watch(self, callback: DeathCallback) -> None:
+        """Call ``callback(ref, reason)`` once this actor has ended (at once if it already has)."""
+        if self._ended:
+            callback(self.actor_ref, self._end_reason)
+        else:
+            self._watchers.append(callback)
+
+    def kill(self) -> None:
+        """End the actor now, from outside, whatever it is doing (raises GreenletExit inside it)."""
+        if self._greenlet is not None and not self._ended:
+            self._greenlet.kill(block=False)
+
+    @property
+    def mailbox_depth(self) -> int:
+        return self.actor_inbox.qsize()
+
+    # -- pykka internals, replaced ----------------------------------------------------------------
+
+    def _create_actor_inbox(self) -> Any:
+        return _ContextInbox(self.mailbox_size)
+
+    def _actor_loop(self) -> None:
+        self._greenlet = gevent.getcurrent()
+        reason: BaseException | None = None
+        try:
+            try:
+                self.on_start()
+            except BaseException as exc:  # noqa: BLE001 - any start failure ends this actor alone
+                reason = exc
+                self._failed(exc, "on_start")
+                return
+            reason = self._receive_loop()
+        except BaseException as exc:  # noqa: BLE001 - killed while waiting for mail
+            reason = exc
+            self._failed(exc, "mailbox wait")
+        finally:
+            self._finish(reason)
+
+    def _receive_loop(self) -> BaseException | None:
+        while not self.actor_stopped.is_set():
+            envelope, ctx = self.actor_inbox.get()
+            token = context.set_current(ctx)
+            try:
+                response = self._handle_receive(envelope.message)
+                if envelope.reply_to is not None:
+                    envelope.reply_to.set(response)
+            except Exception as exc:
+                if envelope.reply_to is not None:
+                    envelope.reply_to.set_exception()
+                    continue
+                self._failed(exc, type(envelope.message).__name__)
+                return exc
+            except BaseException as exc:  # noqa: BLE001 - GreenletExit, gevent.Timeout: contained
+                if envelope.reply_to is not None:
+                    crash = ActorCrashed(f"{self} ended on {exc!r}")
+                    crash.__cause__ = exc
+                    envelope.reply_to.set_exception(exc_info=(ActorCrashed, crash, None))
+                self._failed(exc, type(envelope.message).__name__)
+                return exc
+            finally:
+                context.reset(token)
+        return None
+
+    def _failed(self, exc: BaseException, where: str) -> None:
+        log.error(
+            "actor failed",
+            extra={"actor": type(self).__name__, "where": where, "error": repr(exc)},
+            exc_info=(type(exc), exc, exc.__traceback__),
+        )
+        sentry.capture(exc, actor=type(self).__name__)
+        pykka.ActorRegistry.unregister(self.actor_ref)
+        self.actor_stopped.set()
+        try:
+            self.on_failure(type(exc), exc, exc.__traceback__)
+        except BaseException as hook_exc:  # noqa: BLE001
+            log.error("on_failure raised", extra={"actor": type(self).__name__, "error": repr(hook_exc)})
+
+    def _finish(self, reason: BaseException | None) -> None:
+        pykka.ActorRegistry.unregister(self.actor_ref)
+        self.actor_stopped.set()
+        self._end_reason = reason
+        self._ended = True
+        while True:
+            try:
+                envelope, _ctx = self.actor_inbox.get_nowait()
+            except queue.Empty:
+                break
+            if envelope.reply_to is None:
+                continue
+            if isinstance(envelope.message, pykka_messages._ActorStop):  # noqa: SLF001
+                envelope.reply_to.set(None)
+            else:
+                dead = pykka.ActorDeadError(f"{self.actor_ref} stopped before handling the message")
+                envelope.reply_to.set_exception(exc_info=(pykka.ActorDeadError, dead, None))
+        watchers, self._watchers = self._watchers, []
+        for callback in watchers:
+            try:
+                callback(self.actor_ref, reason)
+            except Exception:  # noqa: BLE001 - a broken watcher must not hide the others
+                log.exception("death watcher raised", extra={"actor": type(self).__name__})
+
+
+def actor_of(ref: pykka.ActorRef) -> Actor:
+    """The actor object behind a ref, for the few in-process calls that must not queue (watch, kill)."""
+    return ref._actor  # noqa: SLF001

@@ -1,0 +1,1 @@
+"""Cross-cutting parts every process uses: configuration, logs, correlation, Sentry, metrics, retries."""

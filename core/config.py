@@ -1,0 +1,186 @@
+"""Settings read from environment variables, validated once at start-up.
+
+Every variable the platform reads is declared in ``SPECS`` with its parser, default and meaning;
+``docs/configuration.md`` lists the same set (a test keeps the two in step). A bad value raises
+``ConfigError`` whose message is one line naming the variable, the value and what is expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from typing import Any, Callable, Mapping
+
+
+class ConfigError(ValueError):
+    """A variable holds a value the platform cannot use."""
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise ValueError
+    return value
+
+
+def _non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError
+    return value
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not value > 0 or value != value or value == float("inf"):
+        raise ValueError
+    return value
+
+
+def _non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError
+    return value
+
+
+def _port(raw: str) -> int:
+    value = int(raw)
+    if not 0 <= value <= 65535:
+        raise ValueError
+    return value
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise ValueError
+        return value
+
+    parse.expected = "one of " + ", ".join(choices)  # type: ignore[attr-defined]
+    return parse
+
+
+def _optional_str(raw: str) -> str | None:
+    return raw or None
+
+
+def _database_url(raw: str) -> str | None:
+    if not raw:
+        return None
+    if not re.match(r"^postgres(ql)?://", raw):
+        raise ValueError
+    return raw
+
+
+def _str(raw: str) -> str:
+    return raw
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError
+
+
+_EXPECTED = {
+    _positive_int: "a whole number of at least 1",
+    _non_negative_int: "a whole number of at least 0",
+    _positive_float: "a number of seconds greater than 0",
+    _non_negative_float: "a number of seconds of at least 0",
+    _port: "a port number from 0 to 65535",
+    _optional_str: "any text",
+    _database_url: "a postgresql:// URL",
+    _str: "any text",
+    _bool: "true or false",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    name: str
+    parse: Callable[[str], Any]
+    default: str
+    meaning: str
+
+    @property
+    def field(self) -> str:
+        return self.name.lower()
+
+    @property
+    def expected(self) -> str:
+        return getattr(self.parse, "expected", None) or _EXPECTED[self.parse]
+
+
+SPECS: tuple[Spec, ...] = (
+    # Process and storage
+    Spec("DATA_DIR", _str, "./var", "Directory for the embedded PostgreSQL cluster, device stores and local media."),
+    Spec("LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info", "Lowest level of JSON log lines written to stderr."),
+    Spec("ENVIRONMENT", _str, "development", "Environment name reported to Sentry and in logs."),
+    Spec("RELEASE", _str, "", "Release name reported to Sentry; empty means the package version."),
+    Spec("SENTRY_DSN", _optional_str, "", "Sentry DSN; empty disables Sentry."),
+    Spec("SHUTDOWN_TIMEOUT", _positive_float, "20", "Seconds a graceful stop waits for requests and actors in flight."),
+    # Database
+    Spec("DATABASE_URL", _database_url, "", "Application login role (not superuser, not owner, not BYPASSRLS). Empty starts the embedded PostgreSQL under DATA_DIR."),
+    Spec("DATABASE_OWNER_URL", _database_url, "", "Role that owns the schema and runs migrations. Empty with DATABASE_URL set: migrations are not run and start-up checks that none are pending."),
+    Spec("DATABASE_MAX_CONNECTIONS", _positive_int, "20", "Fixed number of connections the pool actor keeps open."),
+    Spec("DATABASE_CONNECT_TIMEOUT", _positive_float, "5", "Seconds to wait for a new database connection."),
+    Spec("DATABASE_ACQUIRE_TIMEOUT", _positive_float, "10", "Seconds a borrower waits for a free connection before a clear error."),
+    Spec("DATABASE_MAX_LIFETIME", _positive_float, "3600", "Seconds after which a connection is recycled (each gets up to 10% jitter)."),
+    Spec("DATABASE_STATEMENT_TIMEOUT", _non_negative_float, "30", "Seconds a single statement may run on the server; 0 disables."),
+    Spec("DATABASE_LEAK_THRESHOLD", _positive_float, "30", "Seconds a borrower may hold a connection before it is logged with its stack."),
+    # Web
+    Spec("HOST", _str, "127.0.0.1", "Address the web server binds."),
+    Spec("PORT", _port, "8000", "Port the web server binds (0 picks a free one)."),
+    Spec("HTTP_KEEPALIVE_TIMEOUT", _positive_float, "75", "Seconds an idle keep-alive connection is kept open."),
+    Spec("HTTP_HEADER_TIMEOUT", _positive_float, "10", "Seconds a client has to send its request headers."),
+    Spec("HTTP_MAX_BODY", _positive_int, "1048576", "Largest request body in bytes; larger bodies get 413."),
+    # WhatsApp sessions
+    Spec("WA_TRANSPORT", _choice("neonize", "simulator"), "neonize", "How bots reach WhatsApp: the real neonize client or the network simulator."),
+    Spec("WA_SIMULATOR_ADDR", _str, "127.0.0.1:7300", "host:port of the simulator's transport socket (control API listens on the next port)."),
+    Spec("WA_RECONNECT_BASE_DELAY", _positive_float, "5", "First reconnect delay in seconds; doubles per attempt, with jitter."),
+    Spec("WA_RECONNECT_MAX_DELAY", _positive_float, "300", "Cap on the reconnect delay in seconds."),
+    Spec("WA_RECONNECT_MAX_ATTEMPTS", _positive_int, "10", "Reconnect attempts before a session is marked failed."),
+    Spec("WA_RECONNECT_STABLE_AFTER", _positive_float, "60", "Seconds a connection must stay up before the attempt count resets."),
+    Spec("WA_CONNECT_RATE", _positive_float, "20", "Process-wide limit on connection attempts per second."),
+    Spec("WA_LEASE_TTL", _positive_float, "30", "Seconds after which a dead supervisor's bots are taken over by another."),
+)
+
+_BY_FIELD = {spec.field: spec for spec in SPECS}
+
+Settings = dataclasses.make_dataclass(
+    "Settings",
+    [(spec.field, Any) for spec in SPECS],
+    frozen=True,
+    namespace={"__doc__": "Validated settings; one attribute per variable in SPECS, lower-cased."},
+)
+
+
+def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Any:
+    """Parse every variable; the first bad one raises ConfigError with a one-line message.
+
+    ``overrides`` (by lower-case field name) replace parsed values; tests use them.
+    """
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for spec in SPECS:
+        raw = environ.get(spec.name)
+        text = spec.default if raw is None else raw
+        try:
+            values[spec.field] = spec.parse(text)
+        except (ValueError, TypeError):
+            raise ConfigError(f"{spec.name}={text!r} is invalid: expected {spec.expected}") from None
+    for key, value in overrides.items():
+        if key not in _BY_FIELD:
+            raise ConfigError(f"unknown setting {key!r}")
+        values[key] = value
+    return Settings(**values)
+
+
+def replace(settings: Any, **changes: Any) -> Any:
+    return dataclasses.replace(settings, **changes)

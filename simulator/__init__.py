@@ -1,0 +1,1 @@
+"""A WhatsApp network simulator for tests and demos (not a production component)."""

@@ -1,0 +1,1 @@
+"""Tests; see conftest.py for the shared embedded PostgreSQL fixture."""

@@ -1,0 +1,1 @@
+"""The Flask web application: REST API, health, metrics and live streams."""
