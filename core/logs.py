@@ -51,3 +51,5 @@ def setup(level: str = "info", stream: Any = None) -> None:
     root.setLevel(level.upper())
     # pykka logs every handled failure itself; ours are logged with context by actors.base.
     logging.getLogger("pykka").setLevel(logging.CRITICAL)
+    # pgserver narrates every pg_ctl call at info level.
+    logging.getLogger("pgserver").setLevel(logging.WARNING)

@@ -1,5 +1,6 @@
 """Shared test set-up: gevent patching before anything else, cooperative psycopg2, and the fixtures
-that start the embedded PostgreSQL once per test session."""
+that start the embedded PostgreSQL once per test session (``pg``), hand out pools, tenants and a
+running web app."""
 
 from gevent import monkey
 
@@ -8,3 +9,85 @@ monkey.patch_all()
 from db.green import make_psycopg2_green  # noqa: E402
 
 make_psycopg2_green()
+
+import os  # noqa: E402
+import uuid  # noqa: E402
+
+import pytest  # noqa: E402
+
+from actors.pool import Pool, PoolConfig  # noqa: E402
+from core import config  # noqa: E402
+from db import embedded, migrate  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def pg(tmp_path_factory):
+    """The embedded PostgreSQL, migrated, shared by the whole test session."""
+    data_dir = os.environ.get("TEST_DATA_DIR") or str(tmp_path_factory.mktemp("pgdata"))
+    server = embedded.start(data_dir)
+    migrate.apply(server.owner_url, embedded.APP_ROLE)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def settings(pg, tmp_path):
+    return config.load(
+        {
+            "DATABASE_URL": pg.app_url,
+            "DATABASE_OWNER_URL": pg.owner_url,
+            "DATA_DIR": str(tmp_path),
+            "DATABASE_ACQUIRE_TIMEOUT": "5",
+            "PORT": "0",
+        }
+    )
+
+
+@pytest.fixture
+def make_pool(pg):
+    pools = []
+
+    def make(size=4, **kwargs):
+        pool = Pool(PoolConfig(dsn=kwargs.pop("dsn", pg.app_url), size=size, **kwargs))
+        pools.append(pool)
+        assert pool.wait_ready(10)
+        return pool
+
+    yield make
+    for pool in pools:
+        pool.stop()
+
+
+@pytest.fixture
+def pool(make_pool):
+    return make_pool(size=4)
+
+
+@pytest.fixture
+def make_tenant(pool):
+    from db import tenants
+
+    def make(name=None):
+        return tenants.create_tenant(pool, name or f"tenant-{uuid.uuid4().hex[:8]}")
+
+    return make
+
+
+@pytest.fixture
+def web(settings, pool):
+    """A running web app on 127.0.0.1 (random port) over the shared pool; yields its base URL."""
+    from core.metrics import Metrics
+    from web.app import create_app
+    from web.server import make_server
+
+    class Root:
+        pass
+
+    root = Root()
+    root.settings, root.pool, root.metrics, root.blueprints = settings, pool, Metrics(), []
+    root.metrics.watch_pool(pool.stats)
+    server = make_server(create_app(root), settings)
+    server.start()
+    root.url = f"http://127.0.0.1:{server.server_port}"
+    yield root
+    server.stop(timeout=2)

@@ -1,0 +1,69 @@
+"""Prometheus metrics, held by one ``Metrics`` object per process (created at the actor system's
+root and passed to whoever records), never in module globals.
+
+Gauges that mirror state owned by an actor (the pool's size, in use, waiting...) are read at scrape
+time by a collector, so the hot path records nothing for them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _PoolCollector(Collector):
+    def __init__(self, stats: Callable[[], dict[str, Any]]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterable[Any]:
+        s = self._stats()
+        for key, help_text in (
+            ("size", "Connections the pool keeps"),
+            ("in_use", "Connections borrowed right now"),
+            ("idle", "Connections free right now"),
+            ("waiting", "Borrowers waiting for a connection"),
+            ("connecting", "Connections being opened or replaced"),
+        ):
+            yield GaugeMetricFamily(f"db_pool_{key}", help_text, value=s[key])
+        for key, help_text in (
+            ("acquired_total", "Connections borrowed"),
+            ("waited_total", "Borrows that had to wait"),
+            ("acquire_wait_seconds_total", "Time borrowers spent waiting"),
+            ("acquire_timeouts_total", "Borrows that timed out"),
+            ("replaced_total", "Connections discarded and replaced"),
+            ("leaks_total", "Borrowers that held a connection past the leak threshold"),
+        ):
+            yield CounterMetricFamily(f"db_pool_{key.removesuffix('_total')}", help_text, value=s[key])
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.http_requests = Counter(
+            "http_requests", "HTTP requests by route and status", ["route", "method", "status"], registry=r
+        )
+        self.http_latency = Histogram(
+            "http_request_duration_seconds",
+            "HTTP request latency by route",
+            ["route"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.errors = Counter("errors", "Errors by type and where they happened", ["type", "where"], registry=r)
+        self.actor_events = Counter(
+            "supervisor_events", "Supervisor events (restarts, intensity exceeded) by kind", ["kind"], registry=r
+        )
+        self.greenlets = Gauge("process_greenlets", "Live greenlets in this process", registry=r)
+        self.os_threads = Gauge("process_os_threads", "OS threads in this process", registry=r)
+
+    def watch_pool(self, stats: Callable[[], dict[str, Any]]) -> None:
+        self.registry.register(_PoolCollector(stats))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,52 @@
+"""The one retry helper for transient faults, built on tenacity.
+
+Callers say whether their unit of work may be repeated; only then is it retried, and only for faults
+``sansio.retry_rules.is_transient`` accepts, with capped exponential backoff and jitter.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, TypeVar
+
+import tenacity
+
+from sansio.retry_rules import is_transient
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def _log_retry(state: tenacity.RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome else None
+    log.warning(
+        "transient fault, retrying",
+        extra={"attempt": state.attempt_number, "error": repr(exc), "sleep": round(state.upcoming_sleep, 3)},
+    )
+
+
+def call(
+    fn: Callable[[], T],
+    *,
+    repeatable: bool,
+    attempts: int = 5,
+    initial: float = 0.05,
+    maximum: float = 2.0,
+    deadline: float | None = 30.0,
+    classify: Callable[[BaseException], bool] = is_transient,
+) -> T:
+    """Run ``fn``; if ``repeatable``, run it again after transient faults (up to ``attempts`` times
+    within ``deadline`` seconds). Non-repeatable work runs once and its fault propagates."""
+    if not repeatable:
+        return fn()
+    stop = tenacity.stop_after_attempt(attempts)
+    if deadline is not None:
+        stop = stop | tenacity.stop_after_delay(deadline)
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception(classify),
+        stop=stop,
+        wait=tenacity.wait_exponential_jitter(initial=initial, max=maximum),
+        before_sleep=_log_retry,
+        reraise=True,
+    )
+    return retrying(fn)

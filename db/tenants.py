@@ -1,0 +1,63 @@
+"""Tenants and their API keys.
+
+An API key is shown once, at creation; only its SHA-256 hash is stored (keys are 256-bit random, so a
+fast hash is enough — there is nothing to brute-force). ``authenticate`` maps a presented key to its
+tenant through the owner-defined ``authenticate_api_key`` function, the one lookup across tenants the
+app role may make.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from typing import Any
+
+KEY_PREFIX = "wbk_"
+
+
+def hash_key(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+def new_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def create_tenant(pool: Any, name: str, key_name: str = "default") -> tuple[str, str]:
+    """Create a tenant with one API key; return (tenant_id, key). The key is not stored in clear."""
+    name = name.strip()
+    if not 1 <= len(name) <= 200:
+        raise ValueError("tenant name must be 1 to 200 characters")
+    tenant_id = str(uuid.uuid4())
+    key = new_key()
+
+    def work(unit: Any) -> None:
+        unit.execute("INSERT INTO tenants (id, name) VALUES (%s, %s)", (tenant_id, name))
+        unit.execute(
+            "INSERT INTO api_keys (name, prefix, key_hash) VALUES (%s, %s, %s)",
+            (key_name, key[: len(KEY_PREFIX) + 6], hash_key(key)),
+        )
+
+    pool.run(tenant_id, work, repeatable=True)
+    return tenant_id, key
+
+
+def create_key(pool: Any, tenant_id: str, key_name: str = "") -> str:
+    key = new_key()
+    pool.execute(
+        tenant_id,
+        "INSERT INTO api_keys (name, prefix, key_hash) VALUES (%s, %s, %s)",
+        (key_name, key[: len(KEY_PREFIX) + 6], hash_key(key)),
+        repeatable=True,
+    )
+    return key
+
+
+def authenticate(pool: Any, key: str) -> str | None:
+    """The tenant id the key belongs to, or None for an unknown or revoked key."""
+    if not key or len(key) > 200:
+        return None
+    rows = pool.query(None, "SELECT authenticate_api_key(%s)", (hash_key(key),))
+    tenant = rows[0][0] if rows else None
+    return None if tenant is None else str(tenant)

@@ -1,0 +1,133 @@
+"""Entry point: ``python run.py [all|web|supervisor|migrate|create-tenant NAME|simulator]``.
+
+gevent patches the standard library before anything else is imported (pykka's threads become
+greenlets), and psycopg2 gets a wait callback that yields to the hub and cancels abandoned queries.
+"""
+
+from gevent import monkey
+
+monkey.patch_all()
+
+from db.green import make_psycopg2_green  # noqa: E402
+
+make_psycopg2_green()
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+
+import gevent  # noqa: E402
+import gevent.event  # noqa: E402
+
+from core import config, logs  # noqa: E402
+
+log = logging.getLogger("run")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="run.py", description="Multi-tenant WhatsApp bot platform")
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("all", help="web app and supervision in one process (the default)")
+    sub.add_parser("web", help="only the web app")
+    sub.add_parser("supervisor", help="only bot supervision")
+    sub.add_parser("migrate", help="apply pending database migrations and exit")
+    create = sub.add_parser("create-tenant", help="create a tenant and print its first API key once")
+    create.add_argument("name")
+    sub.add_parser("simulator", help="run the WhatsApp network simulator (a test and demo tool)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    command = args.command or "all"
+    try:
+        settings = config.load()
+    except config.ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    logs.setup(settings.log_level)
+
+    if command == "simulator":
+        from simulator.main import serve
+
+        return serve(settings) or 0
+
+    from actors.system import StartupError, System
+
+    system = System(settings)
+    try:
+        system.start_observability()
+        if command == "migrate":
+            return _migrate(system)
+        system.start_database()
+        if command == "create-tenant":
+            return _create_tenant(system, args.name)
+        return _serve(system, web=command in ("all", "web"), supervise=command in ("all", "supervisor"))
+    except StartupError as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        system.stop()
+
+
+def _migrate(system: "object") -> int:
+    from db import embedded, migrate
+    from actors.system import _role_of
+
+    s = system.settings
+    if s.database_url is None:
+        system.embedded = embedded.start(s.data_dir)
+        system.add_component("embedded postgres", system.embedded.stop)
+        owner_url, app_url = system.embedded.owner_url, system.embedded.app_url
+    else:
+        if not s.database_owner_url:
+            print("cannot migrate: DATABASE_OWNER_URL is not set (migrations run as the schema owner)", file=sys.stderr)
+            return 1
+        owner_url, app_url = s.database_owner_url, s.database_url
+    applied = migrate.apply(owner_url, _role_of(app_url), s.database_connect_timeout)
+    print("applied: " + ", ".join(applied) if applied else "schema is up to date")
+    return 0
+
+
+def _create_tenant(system: "object", name: str) -> int:
+    from db import tenants
+
+    try:
+        tenant_id, key = tenants.create_tenant(system.pool, name)
+    except ValueError as exc:
+        print(f"invalid tenant name: {exc}", file=sys.stderr)
+        return 2
+    print(f"tenant {tenant_id} created")
+    print(f"API key (shown once, store it now): {key}")
+    return 0
+
+
+def _serve(system: "object", *, web: bool, supervise: bool) -> int:
+    stop = gevent.event.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(sig, stop.set)
+
+    if supervise:
+        from actors import supervision
+
+        supervision.start(system)
+
+    if web:
+        from web.app import create_app
+        from web.server import make_server
+
+        server = make_server(create_app(system), system.settings)
+        server.start()
+        # Stopping the server closes the listener first, then waits for requests in flight.
+        system.add_component("web server", lambda: server.stop(timeout=system.settings.shutdown_timeout))
+        log.info("listening", extra={"host": system.settings.host, "port": server.server_port})
+        print(f"listening on http://{system.settings.host}:{server.server_port}", flush=True)
+
+    stop.wait()
+    log.info("stopping")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""The Flask application factory: request context (correlation id, tenant), JSON errors, body limit,
+request metrics, and the blueprints.
+
+``create_app(system)`` takes the process's root (settings, pool, metrics, and whatever actors the
+process runs) and keeps it in ``app.extensions['wabot']``; no module-level state.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+from flask import Flask, g, request
+
+from core import context
+from web import errors
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def create_app(system: Any) -> Flask:
+    app = Flask("wabot")
+    settings = system.settings
+    app.config.update(MAX_CONTENT_LENGTH=settings.http_max_body, JSON_SORT_KEYS=False)
+    app.extensions["wabot"] = system
+    metrics = system.metrics
+    errors.install(app, metrics)
+
+    @app.before_request
+    def _begin() -> Any:
+        incoming = request.headers.get("X-Request-ID", "")
+        rid = incoming if _REQUEST_ID.match(incoming) else context.new_correlation_id()
+        g.request_id = rid
+        g.started = time.perf_counter()
+        g.context_token = context.set_current(context.WorkContext(correlation_id=rid))
+        length = request.content_length
+        if length is not None and length > settings.http_max_body:
+            raise errors.ApiError(413, "payload_too_large", f"request body over {settings.http_max_body} bytes")
+        return None
+
+    @app.after_request
+    def _finish(response: Any) -> Any:
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        metrics.http_requests.labels(route, request.method, str(response.status_code)).inc()
+        if "started" in g:
+            metrics.http_latency.labels(route).observe(time.perf_counter() - g.started)
+        return response
+
+    @app.teardown_request
+    def _teardown(_exc: Any) -> None:
+        token = g.pop("context_token", None)
+        if token is not None:
+            try:
+                context.reset(token)
+            except ValueError:
+                pass  # reset from another context (streamed responses): nothing to undo
+
+    from web import health, tenants
+
+    app.register_blueprint(health.blueprint)
+    app.register_blueprint(tenants.blueprint, url_prefix="/api/v1")
+    for extra in getattr(system, "blueprints", ()):
+        app.register_blueprint(extra, url_prefix="/api/v1")
+    return app

@@ -1,0 +1,69 @@
+"""JSON error bodies for every error the API can return — never an HTML page or a traceback.
+
+Body shape: ``{"error": {"status": 404, "code": "not_found", "message": "...", "field": "..."}}``
+(``field`` only for input errors) plus the request id, so a client report can be matched to logs.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+from core import context, sentry
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """An error the client can act on, raised anywhere in a request."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+
+
+def bad_request(field: str, message: str) -> ApiError:
+    return ApiError(400, "invalid_input", message, field=field)
+
+
+def not_found(what: str = "resource") -> ApiError:
+    return ApiError(404, "not_found", f"{what} not found")
+
+
+def error_response(status: int, code: str, message: str, field: str | None = None) -> Any:
+    body: dict[str, Any] = {"status": status, "code": code, "message": message}
+    if field is not None:
+        body["field"] = field
+    response = jsonify({"error": body, "request_id": context.correlation_id()})
+    response.status_code = status
+    return response
+
+
+def install(app: Flask, metrics: Any) -> None:
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError) -> Any:
+        response = error_response(exc.status, exc.code, exc.message, exc.field)
+        if exc.status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="api"'
+        return response
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Any:
+        code = (exc.name or "error").lower().replace(" ", "_")
+        response = error_response(exc.code or 500, code, exc.description or exc.name)
+        if exc.code == 405 and getattr(exc, "valid_methods", None):
+            response.headers["Allow"] = ", ".join(exc.valid_methods)
+        return response
+
+    @app.errorhandler(Exception)
+    def _unhandled(exc: Exception) -> Any:
+        log.exception("unhandled error in request", extra={"error": repr(exc)})
+        metrics.errors.labels(type(exc).__name__, "http").inc()
+        sentry.capture(exc, where="http")
+        return error_response(500, "internal_error", "internal server error")

@@ -1,0 +1,65 @@
+"""Health and metrics: ``/healthz`` (the process is alive), ``/readyz`` (the pool reaches the
+database through a real query within a short time), ``/metrics`` (Prometheus text format)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import gevent
+from flask import Blueprint, Response, jsonify
+
+from core.metrics import CONTENT_TYPE
+from web.auth import system
+
+blueprint = Blueprint("health", __name__)
+
+READY_TIMEOUT = 2.0
+
+
+@blueprint.get("/healthz")
+def healthz() -> Any:
+    return jsonify({"status": "ok"})
+
+
+@blueprint.get("/readyz")
+def readyz() -> Any:
+    pool = system().pool
+    try:
+        pool.ping(READY_TIMEOUT)
+    except BaseException as exc:  # noqa: BLE001 - any failure means not ready; Timeout is a BaseException
+        if isinstance(exc, gevent.GreenletExit):
+            raise
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        stats = pool.stats()
+        if stats.get("last_connect_error"):
+            reason += f" (last connect error: {stats['last_connect_error']})"
+        response = jsonify({"status": "unavailable", "reason": reason})
+        response.status_code = 503
+        return response
+    return jsonify({"status": "ready"})
+
+
+@blueprint.get("/metrics")
+def metrics() -> Any:
+    m = system().metrics
+    m.greenlets.set(_count_greenlets())
+    m.os_threads.set(_count_os_threads())
+    return Response(m.render(), mimetype=CONTENT_TYPE.split(";")[0], headers={"Content-Type": CONTENT_TYPE})
+
+
+def _count_greenlets() -> int:
+    import gc
+
+    from greenlet import greenlet
+
+    return sum(1 for obj in gc.get_objects() if isinstance(obj, greenlet) and not obj.dead)
+
+
+def _count_os_threads() -> int:
+    try:
+        import os
+
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return threading.active_count()

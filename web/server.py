@@ -1,0 +1,47 @@
+"""The HTTP server: gevent's WSGI server with gevent-websocket's handler, plus the two timeouts a
+long-running service needs — how long a client may take to send its request headers, and how long an
+idle keep-alive connection is kept — so slow or silent clients cannot pin connections forever.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import gevent
+from gevent.pywsgi import WSGIServer
+from geventwebsocket.handler import WebSocketHandler
+
+log = logging.getLogger(__name__)
+
+
+class TimedHandler(WebSocketHandler):
+    header_timeout = 10.0
+    keepalive_timeout = 75.0
+    _served = 0
+
+    def read_requestline(self) -> Any:
+        # Waiting for the first request line is bounded by the header timeout; waiting for the next
+        # request on a kept-alive connection by the (longer) keep-alive timeout.
+        limit = self.keepalive_timeout if self._served else self.header_timeout
+        self._served += 1
+        with gevent.Timeout(limit, False):
+            return super().read_requestline()
+        return ""  # timed out: an empty line makes the handler close the connection
+
+    def read_request(self, raw_requestline: str) -> Any:
+        with gevent.Timeout(self.header_timeout, ValueError("request headers not received in time")):
+            return super().read_request(raw_requestline)
+
+    def log_request(self) -> None:
+        # Access is recorded as metrics and JSON logs by the app; the handler's own line is noise.
+        pass
+
+
+def make_server(app: Any, settings: Any) -> WSGIServer:
+    handler = type(
+        "ConfiguredHandler",
+        (TimedHandler,),
+        {"header_timeout": settings.http_header_timeout, "keepalive_timeout": settings.http_keepalive_timeout},
+    )
+    return WSGIServer((settings.host, settings.port), app, handler_class=handler, log=None, error_log=log)
