@@ -45,7 +45,7 @@ def call(
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception(classify),
         stop=stop,
-        wait=tenacity.wait_exponential_jitter(initial=initial, max=maximum),
+        wait=tenacity.wait_exponential_jitter(multiplier=initial, max=maximum, jitter=initial),
         before_sleep=_log_retry,
         reraise=True,
     )

@@ -9,6 +9,7 @@ Pure: looks at exception types and SQLSTATE codes only.
 from __future__ import annotations
 
 import psycopg2
+import psycopg2.errors
 
 TRANSIENT_SQLSTATES = frozenset(
     {
@@ -22,11 +23,21 @@ TRANSIENT_SQLSTATES = frozenset(
 )
 TRANSIENT_CLASSES = ("08",)  # connection_exception and its subclasses
 
-NEVER_TRANSIENT = (psycopg2.IntegrityError, psycopg2.ProgrammingError, psycopg2.DataError, psycopg2.NotSupportedError)
+NEVER_TRANSIENT = (
+    psycopg2.IntegrityError,
+    psycopg2.ProgrammingError,
+    psycopg2.DataError,
+    psycopg2.NotSupportedError,
+    psycopg2.errors.QueryCanceled,  # an OperationalError subclass, but a timeout is not a lost connection
+)
+
+
+# Exceptions raised by the server carry pgcode; the same classes built locally do not, so map back.
+_SQLSTATE_OF_CLASS = {psycopg2.errors.lookup(code): code for code in TRANSIENT_SQLSTATES}
 
 
 def is_transient(exc: BaseException) -> bool:
-    code = getattr(exc, "pgcode", None)
+    code = getattr(exc, "pgcode", None) or _SQLSTATE_OF_CLASS.get(type(exc))
     if code:
         return code in TRANSIENT_SQLSTATES or code.startswith(TRANSIENT_CLASSES)
     if isinstance(exc, NEVER_TRANSIENT):
