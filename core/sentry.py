@@ -3,11 +3,15 @@
 ``init`` turns the SDK on when ``SENTRY_DSN`` is set (environment, release, the Flask integration);
 ``capture`` reports an exception tagged with the current work context (tenant, bot, correlation id)
 plus any extra tags. Without a DSN both are no-ops.
+
+Stack frames carry local variables, and a request's locals include its ``Authorization`` header; every
+event is scrubbed of API keys and URL passwords before it leaves the process.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import sentry_sdk
@@ -15,6 +19,26 @@ import sentry_sdk
 from core import context
 
 log = logging.getLogger(__name__)
+
+# API keys as db.tenants.new_key makes them, and the password part of any scheme://user:password@ URL.
+_API_KEY = re.compile(r"wbk_[A-Za-z0-9_-]+")
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*):[^@/\s]+@")
+FILTERED = "[Filtered]"
+
+
+def scrub(value: Any) -> Any:
+    """``value`` (an event, or any part of one) with secrets replaced by ``[Filtered]``."""
+    if isinstance(value, str):
+        return _URL_PASSWORD.sub(rf"\1:{FILTERED}@", _API_KEY.sub(FILTERED, value))
+    if isinstance(value, dict):
+        return {key: scrub(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [scrub(item) for item in value]
+    return value
+
+
+def _before_send(event: Any, _hint: Any) -> Any:
+    return scrub(event)
 
 
 def init(settings: Any, release: str) -> bool:
@@ -30,7 +54,9 @@ def init(settings: Any, release: str) -> bool:
         integrations=[FlaskIntegration(), LoggingIntegration(event_level=None)],
         # Errors are reported explicitly with their work context; no performance tracing by default.
         traces_sample_rate=0.0,
-        send_default_pii=False,
+        before_send=_before_send,
+        # No send_default_pii: off by default (no API keys, cookies or client IPs in events), and
+        # naming it at all is deprecated in current SDKs (a warning on every start).
     )
     return True
 
