@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, jsonify
+from flask import Flask, g, jsonify
 from werkzeug.exceptions import HTTPException
 
 from core import context, sentry
@@ -63,7 +63,10 @@ def install(app: Flask, metrics: Any) -> None:
 
     @app.errorhandler(Exception)
     def _unhandled(exc: Exception) -> Any:
-        log.exception("unhandled error in request", extra={"error": repr(exc)})
-        metrics.errors.labels(type(exc).__name__, "http").inc()
-        sentry.capture(exc, where="http")
-        return error_response(500, "internal_error", "internal server error")
+        # The view's tenant binding (web.auth) has been unwound by the time Flask calls this handler;
+        # restore it so the log line and the Sentry event say whose request failed.
+        with context.bound(tenant_id=g.get("tenant_id") or context.current().tenant_id):
+            log.exception("unhandled error in request", extra={"error": repr(exc)})
+            metrics.errors.labels(type(exc).__name__, "http").inc()
+            sentry.capture(exc, where="http")
+            return error_response(500, "internal_error", "internal server error")
