@@ -5,14 +5,18 @@ has patched ``threading``) with three changes that the rest of the system relies
    with ``ActorRegistry.stop_all()``, and lets one in ``on_start`` or while waiting for mail kill the
    thread without unregistering the actor. Here any way an actor can end stops that actor alone.
 2. Death signals. ``watch(callback)`` registers ``callback(ref, reason)``, called exactly once when the
-   actor has ended: ``reason`` is ``None`` for a normal stop, else the exception that ended it.
-   Supervisors build on this.
+   actor has ended: ``reason`` is ``None`` for a normal stop, else the exception that ended it (an
+   exception from ``on_stop`` included). ``kill()`` ends an actor from outside. Supervisors build
+   on this.
 3. Work context. Each message carries the correlation, tenant and bot ids of the code that sent it;
    the handler runs with them restored, so logs and Sentry events can be followed across actors.
 
 A mailbox can be bounded (``mailbox_size``): sending to a full one raises ``MailboxFull`` at once
 rather than blocking the sender, so a slow actor never slows the ones that talk to it. Stop requests
 are always accepted.
+
+A failure is logged and sent to Sentry once, here. Code that has already reported an exception itself
+(a supervisor giving up, say) sets ``already_reported = True`` on it before raising it.
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ class Actor(pykka.ThreadingActor):
         self._end_reason: BaseException | None = None
         self._ended = False
         self._greenlet: gevent.Greenlet | None = None
+        self._stop_failure: Exception | None = None
 
     # -- death signals ---------------------------------------------------------------------------
 
@@ -131,15 +136,31 @@ class Actor(pykka.ThreadingActor):
                 return exc
             finally:
                 context.reset(token)
-        return None
+        return self._stop_failure
 
-    def _failed(self, exc: BaseException, where: str) -> None:
+    def _stop(self) -> None:
+        # pykka's _stop logs an on_stop failure and carries on as if the stop had been clean; here it
+        # becomes the end reason, so a watcher (a supervisor deciding on a transient child) sees it.
+        pykka.ActorRegistry.unregister(self.actor_ref)
+        self.actor_stopped.set()
+        try:
+            self.on_stop()
+        except Exception as exc:  # noqa: BLE001 - the stop goes on; the failure is the reason
+            self._stop_failure = exc
+            self._report(exc, "on_stop")
+
+    def _report(self, exc: BaseException, where: str) -> None:
+        if getattr(exc, "already_reported", False):
+            return
         log.error(
             "actor failed",
             extra={"actor": type(self).__name__, "where": where, "error": repr(exc)},
             exc_info=(type(exc), exc, exc.__traceback__),
         )
         sentry.capture(exc, actor=type(self).__name__)
+
+    def _failed(self, exc: BaseException, where: str) -> None:
+        self._report(exc, where)
         pykka.ActorRegistry.unregister(self.actor_ref)
         self.actor_stopped.set()
         try:
@@ -173,5 +194,12 @@ class Actor(pykka.ThreadingActor):
 
 
 def actor_of(ref: pykka.ActorRef) -> Actor:
-    """The actor object behind a ref, for the few in-process calls that must not queue (watch, kill)."""
-    return ref._actor  # noqa: SLF001
+    """The actor object behind a ref, for the few in-process calls that must not queue (watch, kill).
+
+    A ref holds its actor weakly (pykka 4); an actor that has ended and been collected is reported
+    as ``pykka.ActorDeadError``. Whoever must watch or kill an actor later keeps the object itself.
+    """
+    actor = ref._actor_weakref()  # noqa: SLF001
+    if actor is None:
+        raise pykka.ActorDeadError(f"{ref} has ended and is gone")
+    return actor

@@ -1,0 +1,301 @@
+"""The base actor's promises, tested directly: work context reaches handlers, a bounded mailbox
+refuses mail but never a stop, death watchers fire exactly once with the reason, and a BaseException
+in one actor ends that actor alone."""
+
+from __future__ import annotations
+
+import gc
+
+import gevent
+import gevent.event
+import pykka
+import pytest
+
+from actors import base
+from actors.base import Actor, ActorCrashed, MailboxFull, actor_of
+from core import context
+
+WAIT = 2.0
+
+
+@pytest.fixture(autouse=True)
+def _stop_every_actor():
+    yield
+    refs = pykka.ActorRegistry.get_all()
+    stops = [(ref, ref.stop(block=False)) for ref in reversed(refs)]
+    for ref, stop in stops:
+        try:
+            stop.get(timeout=WAIT)
+        except pykka.Timeout:
+            actor_of(ref).kill()
+    assert pykka.ActorRegistry.get_all() == []
+
+
+class Echo(Actor):
+    def on_receive(self, message):
+        if callable(message):
+            return message()
+        return message
+
+
+def watch_death(ref) -> gevent.event.AsyncResult:
+    """An AsyncResult that receives (ref, reason) when the actor ends; fails if told twice."""
+    died = gevent.event.AsyncResult()
+
+    def on_death(dead_ref, reason):
+        assert not died.ready(), "death watcher fired twice"
+        died.set((dead_ref, reason))
+
+    actor_of(ref).watch(on_death)
+    return died
+
+
+def test_the_senders_work_context_is_restored_in_an_asked_handler():
+    ref = Echo.start()
+    with context.bound(correlation_id="c-1", tenant_id="t-1", bot_id="b-1"):
+        seen = ref.ask(context.current, timeout=WAIT)
+    assert seen == context.WorkContext("c-1", "t-1", "b-1")
+    assert context.current() == context.WorkContext()
+
+
+def test_the_senders_work_context_is_restored_in_a_told_handler_and_not_leaked_to_the_next():
+    seen: list[context.WorkContext] = []
+    done = gevent.event.Event()
+
+    def record():
+        seen.append(context.current())
+        if len(seen) == 2:
+            done.set()
+
+    ref = Echo.start()
+    with context.bound(correlation_id="c-2", tenant_id="t-2"):
+        ref.tell(record)
+    ref.tell(record)
+    assert done.wait(WAIT)
+    assert seen == [context.WorkContext("c-2", "t-2", None), context.WorkContext()]
+
+
+class Gated(Actor):
+    mailbox_size = 2
+
+    def __init__(self, entered: gevent.event.Event, gate: gevent.event.Event) -> None:
+        super().__init__()
+        self.entered = entered
+        self.gate = gate
+
+    def on_receive(self, message):
+        self.entered.set()
+        self.gate.wait()
+
+
+def test_a_full_bounded_mailbox_raises_mailbox_full_at_once_but_still_accepts_stop():
+    entered, gate = gevent.event.Event(), gevent.event.Event()
+    ref = Gated.start(entered, gate)
+    ref.tell("first")
+    assert entered.wait(WAIT)  # "first" is out of the mailbox, in the handler
+    ref.tell("second")
+    ref.tell("third")
+    assert actor_of(ref).mailbox_depth == 2
+    with pytest.raises(MailboxFull):
+        ref.tell("fourth")
+    with pytest.raises(MailboxFull):
+        ref.ask("fifth", block=False)
+    stopping = ref.stop(block=False)
+    gate.set()
+    assert stopping.get(timeout=WAIT) is True
+    assert not ref.is_alive()
+
+
+def test_death_watchers_fire_once_with_none_after_a_normal_stop():
+    ref = Echo.start()
+    died = watch_death(ref)
+    ref.stop(block=True, timeout=WAIT)
+    assert died.get(timeout=WAIT) == (ref, None)
+    ref.stop(block=True, timeout=WAIT)  # a second stop must not signal again
+    gevent.idle()
+
+
+def test_death_watchers_fire_once_with_the_exception_that_ended_a_told_handler():
+    ref = Echo.start()
+    died = watch_death(ref)
+    boom = ValueError("boom")
+
+    def fail():
+        raise boom
+
+    ref.tell(fail)
+    assert died.get(timeout=WAIT) == (ref, boom)
+
+
+def test_an_exception_in_an_asked_handler_goes_back_to_the_caller_and_the_actor_lives():
+    ref = Echo.start()
+    died = watch_death(ref)
+
+    def fail():
+        raise KeyError("nope")
+
+    with pytest.raises(KeyError):
+        ref.ask(fail, timeout=WAIT)
+    assert ref.ask("still here", timeout=WAIT) == "still here"
+    assert not died.ready()
+
+
+def test_watching_an_actor_that_has_already_ended_calls_back_at_once_with_its_reason():
+    ref = Echo.start()
+    first = watch_death(ref)
+    ref.tell(lambda: 1 / 0)
+    _, reason = first.get(timeout=WAIT)
+    late = watch_death(ref)
+    assert late.ready()
+    assert late.get() == (ref, reason)
+    assert isinstance(reason, ZeroDivisionError)
+
+
+class FailsToStart(Actor):
+    def __init__(self, error: BaseException) -> None:
+        super().__init__()
+        self.error = error
+
+    def on_start(self):
+        raise self.error
+
+
+@pytest.mark.parametrize("error", [RuntimeError("no db"), gevent.GreenletExit(), gevent.Timeout()])
+def test_an_exception_in_on_start_is_a_death_signal_and_unregisters_the_actor(error):
+    ref = FailsToStart.start(error)
+    died = watch_death(ref)
+    assert died.get(timeout=WAIT) == (ref, error)
+    assert ref not in pykka.ActorRegistry.get_all()
+    with pytest.raises(pykka.ActorDeadError):
+        ref.ask("anything", timeout=WAIT)
+
+
+class Raises(Actor):
+    def on_receive(self, message):
+        raise message
+
+
+@pytest.mark.parametrize("error", [gevent.GreenletExit(), gevent.Timeout()], ids=["GreenletExit", "Timeout"])
+def test_a_base_exception_in_a_told_handler_ends_that_actor_alone(monkeypatch, error):
+    stop_all_calls: list[object] = []
+    monkeypatch.setattr(pykka.ActorRegistry, "stop_all", lambda *a, **k: stop_all_calls.append(a))
+    bystander = Echo.start()
+    victim = Raises.start()
+    died = watch_death(victim)
+    victim.tell(error)
+    assert died.get(timeout=WAIT) == (victim, error)
+    assert stop_all_calls == []
+    assert bystander.ask("alive", timeout=WAIT) == "alive"
+
+
+def test_a_base_exception_in_an_asked_handler_is_returned_as_actor_crashed_and_ends_that_actor_alone(
+    monkeypatch,
+):
+    stop_all_calls: list[object] = []
+    monkeypatch.setattr(pykka.ActorRegistry, "stop_all", lambda *a, **k: stop_all_calls.append(a))
+    bystander = Echo.start()
+    victim = Raises.start()
+    died = watch_death(victim)
+    with pytest.raises(ActorCrashed) as crashed:
+        victim.ask(gevent.GreenletExit(), timeout=WAIT)
+    assert isinstance(crashed.value.__cause__, gevent.GreenletExit)
+    assert isinstance(died.get(timeout=WAIT)[1], gevent.GreenletExit)
+    assert stop_all_calls == []
+    assert bystander.ask("alive", timeout=WAIT) == "alive"
+
+
+class Blocks(Actor):
+    def __init__(self, entered: gevent.event.Event) -> None:
+        super().__init__()
+        self.entered = entered
+
+    def on_receive(self, message):
+        self.entered.set()
+        gevent.event.Event().wait()
+
+
+def test_kill_ends_an_actor_stuck_in_a_handler_with_greenlet_exit():
+    entered = gevent.event.Event()
+    ref = Blocks.start(entered)
+    died = watch_death(ref)
+    ref.tell("block")
+    assert entered.wait(WAIT)
+    actor_of(ref).kill()
+    _, reason = died.get(timeout=WAIT)
+    assert isinstance(reason, gevent.GreenletExit)
+    assert ref not in pykka.ActorRegistry.get_all()
+
+
+def test_kill_ends_an_actor_whose_on_start_is_stuck():
+    stuck = gevent.event.Event()
+
+    class SlowStart(Actor):
+        def on_start(self):
+            stuck.set()
+            gevent.event.Event().wait()
+
+    ref = SlowStart.start()  # returns once on_start yields: start() waits for the greenlet to run
+    assert stuck.is_set()
+    died = watch_death(ref)
+    actor_of(ref).kill()
+    _, reason = died.get(timeout=WAIT)
+    assert isinstance(reason, gevent.GreenletExit)
+    assert ref not in pykka.ActorRegistry.get_all()
+
+
+def test_an_exception_in_on_stop_makes_the_end_abnormal():
+    class BadStop(Actor):
+        def on_stop(self):
+            raise OSError("flush failed")
+
+    ref = BadStop.start()
+    died = watch_death(ref)
+    assert ref.stop(block=True, timeout=WAIT) is True
+    _, reason = died.get(timeout=WAIT)
+    assert isinstance(reason, OSError)
+
+
+def test_a_watcher_that_raises_does_not_keep_the_others_from_being_told():
+    ref = Echo.start()
+
+    def broken(_ref, _reason):
+        raise RuntimeError("broken watcher")
+
+    actor_of(ref).watch(broken)
+    died = watch_death(ref)
+    ref.stop(block=True, timeout=WAIT)
+    assert died.get(timeout=WAIT) == (ref, None)
+
+
+def test_actor_of_finds_the_actor_behind_a_ref_and_reports_a_collected_one_as_dead():
+    ref = Echo.start()
+    assert isinstance(actor_of(ref), Echo)
+    ref.stop(block=True, timeout=WAIT)
+    gevent.idle()
+    gc.collect()
+    with pytest.raises(pykka.ActorDeadError):
+        actor_of(ref)
+
+
+def test_an_exception_marked_already_reported_is_not_sent_to_sentry_twice(monkeypatch):
+    captured: list[BaseException] = []
+    monkeypatch.setattr(base.sentry, "capture", lambda exc, **tags: captured.append(exc))
+    ref = Echo.start()
+    died = watch_death(ref)
+    reported = RuntimeError("told Sentry already")
+    reported.already_reported = True
+    fresh = RuntimeError("not yet")
+
+    def raise_(exc):
+        def fail():
+            raise exc
+
+        return fail
+
+    ref.tell(raise_(reported))
+    died.get(timeout=WAIT)
+    other = Echo.start()
+    other_died = watch_death(other)
+    other.tell(raise_(fresh))
+    other_died.get(timeout=WAIT)
+    assert captured == [fresh]
