@@ -153,6 +153,14 @@ SPECS: tuple[Spec, ...] = (
 
 _BY_FIELD = {spec.field: spec for spec in SPECS}
 
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*):[^/\s]*@")
+
+
+def _redact(text: str) -> str:
+    """The value as shown in an error: a URL's password is masked (errors end up in logs)."""
+    return _URL_PASSWORD.sub(r"\1:***@", text)
+
+
 Settings = dataclasses.make_dataclass(
     "Settings",
     [(spec.field, Any) for spec in SPECS],
@@ -174,7 +182,7 @@ def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Any:
         try:
             values[spec.field] = spec.parse(text)
         except (ValueError, TypeError):
-            raise ConfigError(f"{spec.name}={text!r} is invalid: expected {spec.expected}") from None
+            raise ConfigError(f"{spec.name}={_redact(text)!r} is invalid: expected {spec.expected}") from None
     for key, value in overrides.items():
         if key not in _BY_FIELD:
             raise ConfigError(f"unknown setting {key!r}")
