@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 # API keys as db.tenants.new_key makes them, and the password part of any scheme://user:password@ URL.
 _API_KEY = re.compile(r"wbk_[A-Za-z0-9_-]+")
-_URL_PASSWORD = re.compile(r"(://[^:/@\s]*):[^@/\s]+@")
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*):[^/\s]+@")
 FILTERED = "[Filtered]"
 
 
