@@ -14,7 +14,8 @@ dial plus hello answer), ``request_timeout`` (10 s: send_text and other requests
 the network's answer), ``keepalive_interval`` (20 s of silence before a ping), ``keepalive_timeout``
 (10 s for any answer to the ping).
 
-Neither ``close()`` nor ``logout()`` produce events: the caller knows what it did.
+Neither ``close()``, ``logout()`` nor ``request_pair_code()`` (which returns the code) produce
+events: the caller knows what it did.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ from transports.events import (
     Disconnected,
     Event,
     MessageReceived,
-    PairCode,
     Paired,
     QrCode,
     Receipt,
@@ -117,18 +117,55 @@ class SimulatorTransport(Transport):
         self._drop(conn)
 
     def logout(self) -> None:
+        """Unlink on the network (over the live login, or a short one-off login when there is none),
+        then forget the device store. The store is forgotten even when the network cannot be reached;
+        TransportError then says the unlink was not confirmed."""
         conn = self._conn
-        error: TransportError | None = None
+        store = self._load_store()
+        error: Exception | None = None
         if conn is not None and conn.state == _ONLINE:
             conn.quiet = True  # the server ends the stream after unlinking: not news to report
             try:
                 self._request(conn, {"t": "logout"})
             except TransportError as exc:
                 error = exc
+        elif store is not None:
+            self.close()
+            try:
+                self._unlink_offline(store["cred"])
+            except (OSError, EOFError, ProtocolError, TransportError) as exc:
+                error = exc
         self.close()
         self._forget_store()
         if error is not None:
             raise TransportError(f"device store forgotten, but the network did not confirm the unlink: {error}")
+
+    def _unlink_offline(self, cred: str) -> None:
+        """Log in once, only to unlink; bounded by connect_timeout + request_timeout. No events."""
+        sock = None
+        deadline = gevent.Timeout.start_new(self.connect_timeout + self.request_timeout, TimeoutError)
+        try:
+            sock = socket.create_connection(self._addr)
+            sock.sendall(protocol.encode({"t": "hello", "v": protocol.VERSION, "bot": self.bot_id, "cred": cred}))
+            reader = FrameReader(sock)
+            first = reader.read()
+            if first["t"] == "disconnect" and first.get("kind") == DisconnectKind.LOGGED_OUT.value:
+                return  # already unlinked on the network
+            if first["t"] != "connected":
+                raise TransportError(f"login for the unlink failed: {first.get('kind') or first['t']}")
+            sock.sendall(protocol.encode({"t": "logout", "rid": 1}))
+            while True:  # messages and receipts may come first; unacked, they stay with the network
+                frame = reader.read()
+                if frame["t"] == "reply" and frame.get("rid") == 1:
+                    if not frame.get("ok"):
+                        raise TransportError(frame.get("error") or "unlink refused")
+                    return
+                if frame["t"] == "disconnect":
+                    raise TransportError(f"network ended the unlink login: {frame.get('kind')}")
+        finally:
+            deadline.close()
+            if sock is not None:
+                _close(sock)
 
     def request_pair_code(self, phone: str) -> str:
         try:
@@ -139,9 +176,8 @@ class SimulatorTransport(Transport):
         conn.ready.wait(self.connect_timeout)  # connect() may have been called just now
         if conn.state != _QR:
             raise TransportError("a pair code needs a connection that waits for pairing")
-        code = self._request(conn, {"t": "pair_code", "phone": digits})["code"]
-        self._emit(conn, PairCode(code))
-        return code
+        # Returned, not reported as a PairCode event: the caller applies the code it asked for.
+        return self._request(conn, {"t": "pair_code", "phone": digits})["code"]
 
     def send_text(self, to: str, text: str, message_id: str) -> None:
         """Send and wait for the network's ack; raises TransportError when not sure it arrived (then a
