@@ -121,6 +121,7 @@ class Simulator:
         hello_timeout: float = 30.0,
         send_timeout: float = 10.0,
         linger: float = 2.0,
+        outbox_limit: int = 1000,
     ) -> None:
         self.host = host
         self._port = port
@@ -131,6 +132,9 @@ class Simulator:
         self.hello_timeout = hello_timeout  # a socket that never says hello is dropped after this
         self.send_timeout = send_timeout  # a peer that does not read is dropped rather than block us
         self.linger = linger  # after a closing frame, how long the peer has to hang up before we do
+        # Per bot, the newest sent messages kept (and so recognised as resends); a long benchmark
+        # must not grow the simulator without bound.
+        self.outbox_limit = outbox_limit
         self._bots: dict[str, _Bot] = {}
         self._conns: set[_Conn] = set()
         self._timers = gevent.pool.Group()  # receipt and linger greenlets, killed by stop()
@@ -370,6 +374,8 @@ class Simulator:
             return {"dup": True}  # the network has it already: a resend after a lost ack is no copy
         record = {"id": message_id, "to": to, "text": text, "ts": time.time(), "status": "sent"}
         bot.outbox[message_id] = record
+        if len(bot.outbox) > self.outbox_limit:
+            del bot.outbox[next(iter(bot.outbox))]  # dicts keep insertion order: the oldest goes
         if self.receipt_delay[0] is not None:
             self._timers.spawn(self._receipts, bot, record)
         return {"dup": False}
@@ -388,6 +394,8 @@ class Simulator:
         conn = bot.conn
         if conn is None or conn.state != _ONLINE or not self._send(conn, frame):
             bot.receipts.append(frame)  # delivered at the next login
+            if len(bot.receipts) > 2 * self.outbox_limit:
+                del bot.receipts[0]
 
     # ------------------------------------------------------------------ writing and ending
 

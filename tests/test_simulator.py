@@ -323,6 +323,14 @@ def test_send_text_raises_transport_error_when_the_network_does_not_answer(sim, 
     assert time.monotonic() - started < 2
 
 
+def test_the_simulator_keeps_only_the_newest_sent_messages_per_bot(sim, make):
+    sim.outbox_limit = 2
+    transport, _ = pair(sim, make)
+    for n in range(3):
+        transport.send_text("15551230000", f"text {n}", f"OUT-L{n}")
+    assert [m["id"] for m in sim.outbox("bot-1")] == ["OUT-L1", "OUT-L2"]
+
+
 # ---------------------------------------------------------------------- faults
 
 
@@ -458,6 +466,30 @@ def test_logout_during_an_outage_forgets_the_store_and_says_the_unlink_was_not_c
     assert not fresh.is_paired
 
 
+@pytest.mark.parametrize("answer", [b"not json\n", b'{"t":"receipt"}\n'], ids=["garbage", "malformed-frame"])
+def test_a_server_speaking_nonsense_ends_in_one_network_disconnect(tmp_path, answer):
+    from gevent.server import StreamServer
+
+    def handle(sock, _peer):
+        sock.recv(4096)
+        sock.sendall(b'{"t":"connected","jid":"1@s.whatsapp.net"}\n' + answer)
+        gevent.sleep(5)  # keep the socket open: the transport must end it by itself
+
+    server = StreamServer(("127.0.0.1", 0), handle)
+    server.start()
+    events = Events()
+    settings = config.load({}, data_dir=str(tmp_path), wa_simulator_addr=f"127.0.0.1:{server.server_port}")
+    transport = SimulatorTransport("bot-1", events, settings, FAST)
+    try:
+        transport.connect()
+        events.expect(Connected)
+        events.expect(Disconnected, kind=DisconnectKind.NETWORK)
+        events.quiet_for(0.1)
+    finally:
+        transport.close()
+        server.stop(timeout=0.1)
+
+
 # ---------------------------------------------------------------------- close
 
 
@@ -499,7 +531,7 @@ def test_the_http_control_api_drives_the_simulator(sim, make):
 
     transport, events = make()
     transport.connect()
-    qr = events.expect(QrCode)
+    events.expect(QrCode)
     state = requests.get(f"{url}/bots/bot-1", timeout=3).json()
     assert state["state"] == "qr" and state["qr"]
     assert requests.get(f"{url}/bots/bot-1/qr.svg", timeout=3).headers["content-type"].startswith("image/svg")
@@ -509,7 +541,8 @@ def test_the_http_control_api_drives_the_simulator(sim, make):
     transport.connect()
     events.expect(Connected)
 
-    reply = requests.post(f"{url}/bots/bot-1/inbound", json={"from": "15551230000", "text": "hi", "id": "IN-1"}, timeout=3)
+    inbound = {"from": "15551230000", "text": "hi", "id": "IN-1"}
+    reply = requests.post(f"{url}/bots/bot-1/inbound", json=inbound, timeout=3)
     assert reply.json() == {"id": "IN-1"}
     assert events.expect(MessageReceived).text == "hi"
 
@@ -520,7 +553,8 @@ def test_the_http_control_api_drives_the_simulator(sim, make):
 
     bad = requests.post(f"{url}/bots/bot-1/inject", json={"kind": "meteor"}, timeout=3)
     assert bad.status_code == 400
-    requests.post(f"{url}/bots/bot-1/inject", json={"kind": "connect_failure", "code": 500}, timeout=3).raise_for_status()
+    fault = {"kind": "connect_failure", "code": 500}
+    requests.post(f"{url}/bots/bot-1/inject", json=fault, timeout=3).raise_for_status()
     events.expect(Disconnected, skip=[Receipt], kind=DisconnectKind.CONNECT_FAILURE, code=500)
 
     requests.post(f"{url}/outage", timeout=3).raise_for_status()

@@ -217,6 +217,9 @@ class SimulatorTransport(Transport):
             ended = exc.event
         except (OSError, EOFError, ProtocolError) as exc:
             ended = Disconnected(DisconnectKind.NETWORK, detail=f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # a frame we could not make sense of: still exactly one Disconnected
+            log.exception("simulator transport reader failed")
+            ended = Disconnected(DisconnectKind.NETWORK, detail=f"{type(exc).__name__}: {exc}")
         finally:
             # Runs on GreenletExit too (close()), but then conn.quiet stops the report.
             self._drop(conn)
