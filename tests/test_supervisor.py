@@ -603,6 +603,40 @@ def test_stopping_a_child_that_waits_for_a_delayed_restart_cancels_the_restart(h
     assert h.events.count("started", "a") == 1
 
 
+def test_restarting_a_child_by_hand_while_it_waits_for_a_delayed_restart_starts_it_now_and_once(h):
+    h.start([h.spec("a")], restart_delay=lambda name, count: 5.0)
+    h.barrier()
+    end_child(h, "a", "abnormal")
+    ref = h.proxy.restart_child("a").get(timeout=WAIT)
+    assert ref is h.ref("a")
+    h.timers.advance(10.0)
+    assert h.barrier() == [("a", True, 1)]
+    assert h.events.count("started", "a") == 2
+    assert h.ref("a") is ref
+
+
+def test_the_real_gevent_timers_drive_delayed_restarts_and_shutdown_kills():
+    # The one test on real time: tiny delays, waits on events with generous timeouts.
+    events = Events()
+    journal: list[tuple[str, str]] = []
+    blocked = gevent.event.Event()
+    sup = Supervisor.start(
+        [ChildSpec("a", lambda: Worker.start("a", journal, blocked=blocked), shutdown=0.05)],
+        restart_delay=lambda name, count: 0.02,
+        on_event=events,
+    )
+    sup.proxy().which_children().get(timeout=WAIT)
+    children = children_of(sup)
+    old = children.ref_of("a")
+    old.tell(Crash(ValueError("x")))
+    assert events.wait_for("started", "a", 2)
+    assert children.ref_of("a") not in (None, old)
+    children.ref_of("a").tell(BLOCK)
+    assert blocked.wait(WAIT)
+    sup.proxy().stop_child("a").get(timeout=WAIT)
+    assert events.count("killed", "a") == 1
+
+
 def test_a_delayed_restart_during_supervisor_start_holds_back_the_later_children(h):
     h.start([failing_then_working(h, "a", [RuntimeError("not yet")]), h.spec("b")], restart_delay=lambda n, c: 1.0)
     assert h.timers.wait_for_pending(1)
