@@ -1,0 +1,315 @@
+"""Bot supervision for one process: a lease keeper and a supervisor with one session child per bot.
+
+``LeaseKeeper`` is the only actor that decides which bots this process runs. Every ``lease_interval``
+it renews the leases it holds and claims running bots whose lease is free or expired
+(``db.bots.lease``); it starts a supervised ``BotSession`` for each bot it newly holds and stops the
+sessions of bots it no longer holds or that the user stopped. A ``LISTEN`` on the ``bot_commands``
+channel (a dedicated connection, reconnected with backoff) turns a user's start, stop, restart,
+logout or pair-code request into a ``Refresh`` for the session within milliseconds, or an early
+lease round for a bot this process does not run yet.
+
+Leases last two thirds of ``WA_LEASE_TTL`` and are renewed every sixth of it, so a bot whose
+supervisor died is taken over by another within ``WA_LEASE_TTL``; session writes are fenced by the
+lease, so a stalled process that lost a bot cannot overwrite what the new owner writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import random
+import socket
+import time
+import uuid
+from typing import Any, Callable
+
+import gevent
+import psycopg2
+from psycopg2 import extensions
+
+from actors.base import Actor
+from actors.session import BotSession, Refresh, SessionDeps
+from actors.supervisor import ChildSpec, Supervisor, children_of
+from db import bots as bots_db
+from sansio.connect_rate import ConnectRateLimiter
+
+log = logging.getLogger(__name__)
+
+MAX_CLAIMS_PER_ROUND = 200
+
+
+class _Round:
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class _Notified:
+    bot_id: str
+
+
+class LeaseKeeper(Actor):
+    def __init__(self, deps: SessionDeps, bots_supervisor: Callable[[], Any], listen_dsn: str | None) -> None:
+        super().__init__()
+        self.deps = deps
+        self._bots_supervisor = bots_supervisor  # current ref of the sessions' supervisor, or None
+        self.listen_dsn = listen_dsn
+        ttl = deps.settings.wa_lease_ttl
+        self.lease_seconds = ttl * 2 / 3
+        self.interval = ttl / 6
+        self.held: dict[str, str] = {}  # bot id -> tenant id
+        self._ticker: gevent.Greenlet | None = None
+        self._listener: gevent.Greenlet | None = None
+        self._stopping = False
+
+    def on_start(self) -> None:
+        # The first round runs as a message: on_start must return before the parent is fully up.
+        self.actor_ref.tell(_Round())
+        if self.listen_dsn:
+            self._listener = gevent.spawn(self._listen_forever)
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, _Round):
+            return self._round()
+        if isinstance(message, _Notified):
+            return self._notified(message.bot_id)
+        return super().on_receive(message)
+
+    def on_stop(self) -> None:
+        self._stopping = True
+        self._teardown()
+        for bot_id in list(self.held):
+            self._drop(bot_id, release=True)
+
+    def on_failure(self, *exc_info: Any) -> None:
+        self._teardown()
+
+    def _teardown(self) -> None:
+        for greenlet in (self._ticker, self._listener):
+            if greenlet is not None:
+                greenlet.kill(block=False)
+
+    # -- lease rounds ------------------------------------------------------------------------------
+
+    @property
+    def supervisor(self) -> Any:
+        ref = self._bots_supervisor()
+        if ref is None:
+            raise RuntimeError("the sessions' supervisor is not running")
+        return ref.proxy()
+
+    def _round(self) -> None:
+        if self._ticker is not None:
+            self._ticker.kill(block=False)
+        try:
+            held = bots_db.lease(self.deps.pool, self.deps.owner, self.lease_seconds, MAX_CLAIMS_PER_ROUND)
+        except Exception as exc:  # noqa: BLE001 - the database may be down; sessions keep running
+            log.warning("lease round failed", extra={"error": repr(exc)})
+            held = None
+        if held is not None:
+            try:
+                self._reconcile(held)
+            except Exception as exc:  # noqa: BLE001 - next round tries again
+                log.warning("lease reconcile failed", extra={"error": repr(exc)})
+        self._ticker = gevent.spawn_later(self.interval, _tell_quietly, self.actor_ref, _Round())
+
+    def _reconcile(self, held: list[tuple[str, str, str]]) -> None:
+        now_held = {bot_id: (tenant_id, desired) for bot_id, tenant_id, desired in held}
+        for bot_id in list(self.held):
+            if bot_id not in now_held:
+                log.warning("lease lost", extra={"bot_id": bot_id})
+                self._drop(bot_id, release=False)
+        for bot_id, (tenant_id, desired) in now_held.items():
+            if desired != "running":
+                if bot_id in self.held:
+                    self._drop(bot_id, release=True)
+                else:
+                    bots_db.release(self.deps.pool, self.deps.owner, bot_id)
+                continue
+            if bot_id not in self.held:
+                self.held[bot_id] = tenant_id
+                self.supervisor.start_child(self._spec(bot_id, tenant_id)).get()
+
+    def _spec(self, bot_id: str, tenant_id: str) -> ChildSpec:
+        deps = self.deps
+        return ChildSpec(
+            name=bot_id,
+            start=lambda: BotSession.start(bot_id, tenant_id, deps),
+            restart="transient",
+            shutdown=5.0,
+        )
+
+    def _drop(self, bot_id: str, *, release: bool) -> None:
+        self.held.pop(bot_id, None)
+        try:
+            self.supervisor.stop_child(bot_id).get()
+            self.supervisor.delete_child(bot_id).get()
+        except Exception as exc:  # noqa: BLE001 - already gone
+            log.debug("child already gone", extra={"bot_id": bot_id, "error": repr(exc)})
+        if release:
+            try:
+                bots_db.release(self.deps.pool, self.deps.owner, bot_id)
+            except Exception as exc:  # noqa: BLE001 - the lease expires on its own
+                log.warning("lease release failed", extra={"bot_id": bot_id, "error": repr(exc)})
+
+    def _notified(self, bot_id: str) -> None:
+        if bot_id in self.held:
+            bots = self._bots_supervisor()
+            ref = children_of(bots).ref_of(bot_id) if bots is not None else None
+            if ref is not None:
+                _tell_quietly(ref, Refresh())
+        # A start, stop or delete may also change which bots this process should hold.
+        self._round()
+
+    # -- LISTEN ------------------------------------------------------------------------------------
+
+    def _listen_forever(self) -> None:
+        delay = 0.1
+        while not self._stopping:
+            conn = None
+            try:
+                conn = psycopg2.connect(self.listen_dsn, application_name="wabot-listen")
+                conn.set_isolation_level(extensions.ISOLATION_LEVEL_AUTOCOMMIT)
+                with conn.cursor() as cur:
+                    cur.execute(f"LISTEN {bots_db.NOTIFY_CHANNEL}")
+                delay = 0.1
+                # Catch up on anything said while we were not listening.
+                _tell_quietly(self.actor_ref, _Round())
+                while not self._stopping:
+                    gevent.socket.wait_read(conn.fileno(), timeout=30)
+                    conn.poll()
+                    while conn.notifies:
+                        note = conn.notifies.pop(0)
+                        _tell_quietly(self.actor_ref, _Notified(note.payload))
+            except gevent.socket.timeout:
+                continue
+            except Exception as exc:  # noqa: BLE001 - reconnect with backoff
+                log.warning("listen connection lost", extra={"error": repr(exc), "retry_in": delay})
+                gevent.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            finally:
+                if conn is not None:
+                    try:
+                        conn.close()
+                    except Exception:  # noqa: BLE001
+                        pass
+
+
+def _tell_quietly(ref: Any, message: Any) -> None:
+    try:
+        ref.tell(message)
+    except Exception:  # noqa: BLE001 - stopped
+        pass
+
+
+def make_owner_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def transport_factory(settings: Any) -> Any:
+    if settings.wa_transport == "simulator":
+        from transports.simulator import SimulatorTransport
+
+        return SimulatorTransport
+    from transports.neonize_transport import NeonizeTransport
+
+    return NeonizeTransport
+
+
+class Supervision:
+    """What ``run.py supervisor`` (or ``all``) runs: a top supervisor whose children are the sessions'
+    supervisor ("bots", one transient child per bot) and the lease keeper ("leases"), started in that
+    order and stopped in reverse, so the keeper stops claiming before the sessions stop."""
+
+    def __init__(self, system: Any, *, owner: str | None = None, factory: Any = None,
+                 listen_dsn: str | None = None, rng: random.Random | None = None) -> None:
+        settings = system.settings
+        self.system = system
+        self.owner = owner or make_owner_id()
+        self.rng = rng or random.Random()
+        limiter = ConnectRateLimiter(settings.wa_connect_rate)
+        self.counters: dict[str, int] = {}
+        self.published: list[tuple[str, str | None, str, dict]] = []
+        self.deps = SessionDeps(
+            settings=settings,
+            pool=system.pool,
+            owner=self.owner,
+            transport_factory=factory or transport_factory(settings),
+            # The limiter works on the monotonic clock; sessions schedule on wall-clock time.
+            reserve_connect=lambda now: limiter.reserve(time.monotonic()) - time.monotonic() + now,
+            publish=getattr(system, "publish", None) or self._publish_locally,
+            counters=self.counters,
+            rng=self.rng,
+            on_attempt=self._on_attempt,
+        )
+        cell: dict[str, Any] = {}
+
+        def bots_supervisor() -> Any:
+            top = cell.get("top")
+            return children_of(top).ref_of("bots") if top is not None else None
+
+        self.top_ref = Supervisor.start(
+            [
+                ChildSpec(
+                    "bots",
+                    start=lambda: Supervisor.start(
+                        name="bots",
+                        # Generous, because one crash-looping bot must not take every tenant's bots
+                        # down; each bot's own restarts are spaced by restart_delay.
+                        max_restarts=100,
+                        max_seconds=10,
+                        restart_delay=self._restart_delay,
+                        on_event=self._on_supervisor_event,
+                    ),
+                    restart="permanent",
+                    shutdown=math.inf,
+                ),
+                ChildSpec(
+                    "leases",
+                    start=lambda: LeaseKeeper.start(self.deps, bots_supervisor, listen_dsn),
+                    restart="permanent",
+                    shutdown=settings.shutdown_timeout,
+                ),
+            ],
+            name="supervision",
+            max_restarts=5,
+            max_seconds=60,
+            restart_delay=lambda name, n: min(30.0, 0.5 * 2 ** (n - 1)),
+            on_event=self._on_supervisor_event,
+        )
+        cell["top"] = self.top_ref
+        self.bots_supervisor = bots_supervisor
+
+    def session_ref(self, bot_id: str) -> Any:
+        bots = self.bots_supervisor()
+        return children_of(bots).ref_of(bot_id) if bots is not None else None
+
+    def _restart_delay(self, name: str, restart_count: int) -> float:
+        ceiling = min(30.0, 0.5 * 2 ** min(restart_count - 1, 10))
+        return self.rng.uniform(ceiling / 2, ceiling)
+
+    def _publish_locally(self, tenant_id: str, bot_id: str | None, event_type: str, payload: dict) -> None:
+        # The event bus arrives with live streams; until then events are logged and kept in memory.
+        log.info("event", extra={"type": event_type, "payload": payload})
+        self.published.append((tenant_id, bot_id, event_type, payload))
+        del self.published[:-1000]
+
+    def _on_attempt(self, reason: str) -> None:
+        self.counters["attempts"] = self.counters.get("attempts", 0) + 1
+
+    def _on_supervisor_event(self, kind: str, child: str) -> None:
+        self.system.metrics.actor_events.labels(kind).inc()
+
+    def stop(self) -> None:
+        try:
+            self.top_ref.stop(timeout=self.system.settings.shutdown_timeout)
+        except Exception as exc:  # noqa: BLE001 - already stopped
+            log.warning("supervision stop", extra={"error": repr(exc)})
+
+
+def start(system: Any) -> Supervision:
+    listen_dsn = system.pool.config.dsn
+    supervision = Supervision(system, listen_dsn=listen_dsn)
+    system.add_component("supervision", supervision.stop)
+    return supervision
