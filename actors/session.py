@@ -101,6 +101,7 @@ class BotSession(Actor):
         self._dial_timer: gevent.Greenlet | None = None
         self._command_done = 0
         self._pair_done = 0
+        self._last_disconnect = "start"  # why the next dial happens, for the attempts metric
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -185,9 +186,16 @@ class BotSession(Actor):
 
     def _apply(self, event: Any) -> None:
         old = self.session.state
+        if isinstance(event, tev.Disconnected):
+            self._last_disconnect = event.kind.value
+        elif isinstance(event, (sm.Start, sm.Restart)):
+            self._last_disconnect = "start"
         self.session, effects = sm.transition(self.session, event, self.deps.clock(), self.deps.rng)
         for effect in effects:
             self._execute(effect)
+        if old is sm.State.PAIRING and self.session.state is not sm.State.PAIRING:
+            # A QR code is only worth showing while the session waits for a scan.
+            bots_db.write_fields(self.deps.pool, self.tenant_id, self.bot_id, self.deps.owner, qr_code=None)
         if self.session.state is not old:
             log.info(
                 "session state",
@@ -247,9 +255,10 @@ class BotSession(Actor):
 
         self._count("connect_attempts")
         if self.deps.on_attempt is not None:
-            self.deps.on_attempt(self.session.reason or "start")
+            self.deps.on_attempt(self._last_disconnect)
         transport = self.deps.transport_factory(self.bot_id, sink, self.deps.settings, self.options)
         self.transport = transport
+        self._count("transports_created")
         try:
             transport.connect()
         except Exception as exc:  # noqa: BLE001 - a failed dial is a network fault like any other

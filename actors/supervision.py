@@ -29,7 +29,11 @@ import gevent
 import psycopg2
 from psycopg2 import extensions
 
-from actors.base import Actor
+from prometheus_client import Counter
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from actors.base import Actor, actor_of
 from actors.session import BotSession, Refresh, SessionDeps
 from actors.supervisor import ChildSpec, Supervisor, children_of
 from db import bots as bots_db
@@ -196,6 +200,23 @@ class LeaseKeeper(Actor):
                         pass
 
 
+class _SessionCollector(Collector):
+    def __init__(self, supervision: "Supervision") -> None:
+        self.supervision = supervision
+
+    def describe(self) -> list:
+        return []  # registered before the supervisors exist; collect() only at scrape time
+
+    def collect(self) -> Any:
+        by_state = GaugeMetricFamily("bot_sessions", "Bot sessions in this process by state", labels=["state"])
+        for state, count in sorted(self.supervision.states().items()):
+            by_state.add_metric([state], count)
+        yield by_state
+        counters = self.supervision.counters
+        live = counters.get("transports_created", 0) - counters.get("transports_closed", 0)
+        yield GaugeMetricFamily("bot_transports_live", "Open transports (connections to WhatsApp)", value=live)
+
+
 def _tell_quietly(ref: Any, message: Any) -> None:
     try:
         ref.tell(message)
@@ -243,6 +264,11 @@ class Supervision:
             rng=self.rng,
             on_attempt=self._on_attempt,
         )
+        registry = system.metrics.registry
+        self._attempts = Counter(
+            "bot_connect_attempts", "Connection attempts by why the session dialled", ["reason"], registry=registry
+        )
+        registry.register(_SessionCollector(self))
         cell: dict[str, Any] = {}
 
         def bots_supervisor() -> Any:
@@ -296,7 +322,21 @@ class Supervision:
         del self.published[:-1000]
 
     def _on_attempt(self, reason: str) -> None:
-        self.counters["attempts"] = self.counters.get("attempts", 0) + 1
+        self._attempts.labels(reason).inc()
+
+    def states(self) -> dict[str, int]:
+        """Sessions by state, read from the session actors without asking them (metrics, health)."""
+        counts: dict[str, int] = {}
+        bots = self.bots_supervisor()
+        if bots is None:
+            return counts
+        registry = children_of(bots)
+        for name in registry.names():
+            ref = registry.ref_of(name)
+            if ref is not None:
+                state = actor_of(ref).session.state.value
+                counts[state] = counts.get(state, 0) + 1
+        return counts
 
     def _on_supervisor_event(self, kind: str, child: str) -> None:
         self.system.metrics.actor_events.labels(kind).inc()

@@ -56,6 +56,17 @@ def test_a_new_bot_shows_a_qr_code_and_connects_after_the_scan(env, sim, events,
     assert any(t == "bot.paired" for _, b, t, _ in events.events if b == bot)
 
 
+def test_session_metrics_report_states_attempts_and_live_transports(env, sim, events, pool):
+    tenant = new_tenant(pool)
+    bot = new_bot(pool, tenant)
+    _pair(sim, events, pool, tenant, bot)
+    text = env.system.metrics.render().decode()
+    assert 'bot_sessions{state="connected"} 1.0' in text
+    assert 'bot_connect_attempts_total{reason="start"}' in text
+    assert 'bot_connect_attempts_total{reason="stream_restart"}' in text
+    assert "bot_transports_live 1.0" in text
+
+
 def test_an_outage_backs_off_and_the_session_recovers_when_the_network_returns(env, sim, events, pool):
     tenant = new_tenant(pool)
     bot = new_bot(pool, tenant)
