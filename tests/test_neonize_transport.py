@@ -269,16 +269,27 @@ def test_is_paired_reports_a_device_held_in_the_store(transports):
     assert transport.is_paired
 
 
-def test_logout_forgets_the_store_and_says_the_network_did_not_confirm_when_offline(transports):
-    transport = transports()
+def test_logout_tries_to_unlink_then_forgets_the_store_and_says_the_network_did_not_confirm(transports, counters):
+    sink = Recorder()
+    transport = transports(sink=sink)
     transport.store_path.parent.mkdir(parents=True)
     with sqlite3.connect(transport.store_path) as db:
         db.execute("CREATE TABLE whatsmeow_device (jid TEXT PRIMARY KEY)")
         db.execute("INSERT INTO whatsmeow_device VALUES ('4911:4@s.whatsapp.net')")
+    started = time.monotonic()
     with pytest.raises(TransportError, match="did not confirm"):
         transport.logout()
+    assert time.monotonic() - started < 5
+    assert counters.threads_started == 1  # it did try to log in, only to unlink
     assert not transport.store_path.exists()
     assert not transport.is_paired
+    assert sink.events == []
+
+
+def test_logout_of_a_bot_without_a_device_only_closes(transports, counters):
+    transport = transports()
+    transport.logout()
+    assert counters.threads_started == 0 and counters.live_transports == 0
 
 
 def test_sending_and_pair_codes_are_refused_without_a_connection(transports):

@@ -255,7 +255,8 @@ class NeonizeTransport(Transport):
 
     ``options``: ``proxy`` (see ``proxy_settings``), ``data_dir`` (defaults to ``settings.data_dir``),
     ``close_timeout`` (seconds ``close()`` waits for the OS threads, default 1), ``call_timeout``
-    (seconds for send/pair/logout, default 30), ``log_level`` (whatsmeow's: DEBUG, INFO, WARN, ERROR;
+    (seconds for send/pair/logout, default 30), ``connect_timeout`` (seconds ``logout()`` waits for
+    a login it starts only to unlink, default 20), ``log_level`` (whatsmeow's: DEBUG, INFO, WARN, ERROR;
     default from the ``whatsmeow`` logger), ``device_name`` (shown in the phone's linked devices).
     ``counters``: a ``NeonizeCounters`` shared by all transports whose threads should be counted
     together; each transport makes its own when none is given.
@@ -280,6 +281,7 @@ class NeonizeTransport(Transport):
         self._proxy = proxy_settings(self.options.get("proxy"))
         self._close_timeout = float(self.options.get("close_timeout", 1.0))
         self._call_timeout = float(self.options.get("call_timeout", 30.0))
+        self._connect_timeout = float(self.options.get("connect_timeout", 20.0))
         self._log_level = _go_log_level(self.options.get("log_level"))
         self._device_props = DeviceProps(
             os=str(self.options.get("device_name", "WA Bot Platform")), platformType=DeviceProps.CHROME
@@ -298,6 +300,9 @@ class NeonizeTransport(Transport):
         self._disconnect_issued = False
         # Per transport:
         self._closed = False
+        self._quiet = False  # events are noted but not handed to the sink (during logout)
+        self._changed = gevent.event.Event()  # set on the hub whenever a callback or the dial's end arrived
+        self._last_failure = ""
         self._own_jid: str | None = None
         self._paired_hint = False
         self._queue: deque[Event] = deque()
@@ -411,14 +416,17 @@ class NeonizeTransport(Transport):
             )
 
     def logout(self) -> None:
-        """Unlink on the network when connected, then close and delete the device store.
+        """Unlink on the network, then close and delete the device store.
 
-        The store is deleted whatever the network says; when a device was stored but the network did
-        not confirm the unlink (not connected, or the request failed), TransportError says so.
+        When the store holds a device but the transport is not logged in, it first connects (for at
+        most ``connect_timeout``) only to unlink; no events reach the sink meanwhile. The store is
+        deleted whatever the network says; when the network did not confirm the unlink,
+        TransportError says so.
         """
         had_device = self._device_seen or bool(store_holds_device(self.store_path))
         error: str | None = None
-        if self._connected and self._device_seen and not self._closed:
+        if had_device and not self._closed:
+            self._quiet = True  # unlinking is not news for the sink
 
             def call(uuid: bytes) -> None:
                 failure = gocode.Logout(uuid)
@@ -426,11 +434,12 @@ class NeonizeTransport(Transport):
                     raise TransportError(failure.decode(errors="replace"))
 
             try:
+                self._await_login()
                 self._call_go("logout", call)
             except TransportError as exc:
                 error = str(exc)
         elif had_device:
-            error = "not connected"
+            error = "transport already closed"
         self.close()
         self._paired_hint = False
         for suffix in ("", "-journal", "-wal", "-shm"):
@@ -489,6 +498,20 @@ class NeonizeTransport(Transport):
         network_id = result.SendResponse.ID
         self._log(logging.DEBUG, "sent %s as network id %s", message_id, network_id)
         return network_id
+
+    def _await_login(self) -> None:
+        """Connect if needed and wait cooperatively until logged in; TransportError if that fails."""
+        if not self._connected and not self._dialing:
+            self.connect()
+        deadline = time.monotonic() + self._connect_timeout
+        while not self._connected:
+            if not self._dialing or self._in_qr_flow or self._pairing_failed:
+                raise TransportError(f"could not log in: {self._last_failure or 'the store holds no device'}")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TransportError(f"no login within {self._connect_timeout:g}s")
+            self._changed.clear()
+            self._changed.wait(remaining)
 
     # -- OS threads ------------------------------------------------------------------------------
 
@@ -628,6 +651,7 @@ class NeonizeTransport(Transport):
         if event is not None:
             self._note(event)
             self._deliver(event)
+        self._changed.set()
 
     def _on_dial_finished(self, uuid: bytes, error: bytes, crash: BaseException | None) -> None:
         if _bridge is not None:
@@ -640,6 +664,8 @@ class NeonizeTransport(Transport):
         if crash is not None:
             self._log(logging.ERROR, "neonize connect raised: %r", crash)
             detail = detail or f"neonize connect raised: {crash!r}"
+        self._last_failure = detail or "neonize client stopped"
+        self._changed.set()
         if self._closed:
             return
         if detail:
@@ -654,10 +680,13 @@ class NeonizeTransport(Transport):
             self._paired_hint = True
         elif isinstance(event, Disconnected):
             self._connected = False
+            self._last_failure = event.detail
             if event.kind is DisconnectKind.LOGGED_OUT:
                 self._paired_hint = False
 
     def _deliver(self, event: Event) -> None:
+        if self._quiet:
+            return
         self._queue.append(event)
         if self._drainer is None:
             self._drainer = gevent.spawn(self._drain)
