@@ -43,7 +43,14 @@ def sentry_on(settings, ingest):
     settings = config.replace(settings, sentry_dsn=ingest.dsn, environment="sentry-test-env", release="")
     assert sentry.init(settings, "9.8.7") is True
     yield settings
+    _shut_down_sentry()
+
+
+def _shut_down_sentry() -> None:
+    """Close the client and forget everything the scopes collected, so later tests see no Sentry."""
     sentry_sdk.get_client().close(timeout=2)
+    for scope in (sentry_sdk.get_current_scope(), sentry_sdk.get_isolation_scope(), sentry_sdk.get_global_scope()):
+        scope.clear()
     sentry_sdk.get_global_scope().set_client(None)
     assert not sentry_sdk.get_client().is_active()
 
@@ -115,8 +122,7 @@ def test_the_release_setting_overrides_the_code_version_in_sentry_events(setting
                 sentry.capture(exc)
         event = ingest.event_where(lambda e: "Boom" in _exception_types(e))
     finally:
-        sentry_sdk.get_client().close(timeout=2)
-        sentry_sdk.get_global_scope().set_client(None)
+        _shut_down_sentry()
     assert event.get("release") == "custom-release-1"
     assert event["tags"]["correlation_id"] == "release-check"
 
