@@ -42,6 +42,7 @@ from sansio.connect_rate import ConnectRateLimiter
 log = logging.getLogger(__name__)
 
 MAX_CLAIMS_PER_ROUND = 200
+MAX_SHED_PER_ROUND = 50
 
 
 class _Round:
@@ -85,6 +86,10 @@ class LeaseKeeper(Actor):
         self._teardown()
         for bot_id in list(self.held):
             self._drop(bot_id, release=True)
+        try:
+            bots_db.leave(self.deps.pool, self.deps.owner)
+        except Exception as exc:  # noqa: BLE001 - leases and the heartbeat expire on their own
+            log.warning("leaving supervision failed", extra={"error": repr(exc)})
 
     def on_failure(self, *exc_info: Any) -> None:
         self._teardown()
@@ -107,13 +112,14 @@ class LeaseKeeper(Actor):
         if self._ticker is not None:
             self._ticker.kill(block=False)
         try:
-            held = bots_db.lease(self.deps.pool, self.deps.owner, self.lease_seconds, MAX_CLAIMS_PER_ROUND)
+            held, share = bots_db.lease(self.deps.pool, self.deps.owner, self.lease_seconds, MAX_CLAIMS_PER_ROUND)
         except Exception as exc:  # noqa: BLE001 - the database may be down; sessions keep running
             log.warning("lease round failed", extra={"error": repr(exc)})
-            held = None
+            held = share = None
         if held is not None:
             try:
                 self._reconcile(held)
+                self._shed(share)
             except Exception as exc:  # noqa: BLE001 - next round tries again
                 log.warning("lease reconcile failed", extra={"error": repr(exc)})
         self._ticker = gevent.spawn_later(self.interval, _tell_quietly, self.actor_ref, _Round())
@@ -134,6 +140,15 @@ class LeaseKeeper(Actor):
             if bot_id not in self.held:
                 self.held[bot_id] = tenant_id
                 self.supervisor.start_child(self._spec(bot_id, tenant_id)).get()
+
+    def _shed(self, share: int | None) -> None:
+        """Hand back bots beyond this process's fair share, a few per round, for a newer process."""
+        if share is None or len(self.held) <= share:
+            return
+        excess = sorted(self.held)[: min(len(self.held) - share, MAX_SHED_PER_ROUND)]
+        log.info("handing bots back for balance", extra={"count": len(excess), "share": share})
+        for bot_id in excess:
+            self._drop(bot_id, release=True)
 
     def _spec(self, bot_id: str, tenant_id: str) -> ChildSpec:
         deps = self.deps

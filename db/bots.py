@@ -121,10 +121,18 @@ def qr(pool: Any, tenant_id: str, bot_id: str) -> tuple[bool, str | None, Any]:
 # -- the supervisor's side ------------------------------------------------------------------------
 
 
-def lease(pool: Any, owner: str, ttl: float, max_new: int) -> list[tuple[str, str, str]]:
-    """Renew and claim leases; returns (bot_id, tenant_id, desired_state) for every bot held."""
+def lease(pool: Any, owner: str, ttl: float, max_new: int) -> tuple[list[tuple[str, str, str]], int | None]:
+    """Heartbeat, renew and claim leases (up to this supervisor's fair share).
+
+    Returns ((bot_id, tenant_id, desired_state) for every bot held, the fair share or None if no bot
+    is held)."""
     rows = pool.query(None, "SELECT * FROM lease_bots(%s, %s, %s)", (owner, ttl, max_new), repeatable=False)
-    return [(str(b), str(t), d) for b, t, d in rows]
+    return [(str(b), str(t), d) for b, t, d, _ in rows], (rows[0][3] if rows else None)
+
+
+def leave(pool: Any, owner: str) -> None:
+    """Release every lease this supervisor holds and withdraw it from the fair-share count."""
+    pool.query(None, "SELECT leave_supervision(%s)", (owner,))
 
 
 def release(pool: Any, owner: str, bot_id: str) -> None:

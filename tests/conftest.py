@@ -91,3 +91,23 @@ def web(settings, pool):
     root.url = f"http://127.0.0.1:{server.server_port}"
     yield root
     server.stop(timeout=2)
+
+
+@pytest.fixture(autouse=True)
+def _bots_at_rest(request):
+    """Bots are shared through the session-wide database: after each test that used it, nothing is
+    left running or leased, so one test's bots never count in another's fair share."""
+    yield
+    if "pg" not in request.fixturenames:
+        return
+    import psycopg2
+
+    server = request.getfixturevalue("pg")
+    conn = psycopg2.connect(server.owner_url)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("UPDATE bots SET desired_state = 'stopped', lease_owner = NULL, lease_expires_at = NULL")
+            cur.execute("DELETE FROM supervisors")
+    finally:
+        conn.close()

@@ -1,0 +1,121 @@
+"""Two supervisor processes (``python run.py supervisor``) on one database: every bot runs exactly
+once, and when one process dies the other takes its bots over within WA_LEASE_TTL."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import gevent
+import pytest
+
+from db import bots as bots_db
+from simulator.server import Simulator
+from tests.sessions_harness import EventLog, new_bot, new_tenant, session_settings, supervision
+
+pytestmark = pytest.mark.slow
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LEASE_TTL = 3.0
+
+
+def _wait(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        gevent.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def _supervisor_process(pg, data_dir, sim_address, log_path):
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=pg.app_url,
+        DATABASE_OWNER_URL=pg.owner_url,
+        DATA_DIR=data_dir,
+        WA_TRANSPORT="simulator",
+        WA_SIMULATOR_ADDR=sim_address,
+        WA_LEASE_TTL=str(LEASE_TTL),
+        WA_RECONNECT_BASE_DELAY="0.2",
+        WA_RECONNECT_MAX_DELAY="1",
+        LOG_LEVEL="info",
+    )
+    log = open(log_path, "wb")
+    return subprocess.Popen([sys.executable, "run.py", "supervisor"], cwd=ROOT, env=env, stdout=log, stderr=log)
+
+
+def test_two_supervisor_processes_run_every_bot_once_and_take_over_a_dead_ones_bots(pg, tmp_path, pool):
+    with Simulator("127.0.0.1", 0, False, qr_rotate=0.5, receipt_delay=0) as sim:
+        settings = session_settings(pg, str(tmp_path), sim.address)
+        tenant = new_tenant(pool)
+        events = EventLog()
+        # Pair the bots once in this process, then hand them to the two supervisor processes.
+        with supervision(settings, pool, events):
+            bot_ids = [new_bot(pool, tenant) for _ in range(8)]
+            for bot in bot_ids:
+                events.wait_state(bot, "pairing")
+                events.wait_for(lambda b=bot: sim.bot_state(b)["qr"], what="a QR on the simulator")
+                sim.scan(bot)
+            for bot in bot_ids:
+                events.wait_state(bot, "connected")
+
+        def rows():
+            return {b: bots_db.get(pool, tenant, b) for b in bot_ids}
+
+        procs = [
+            _supervisor_process(pg, str(tmp_path), sim.address, tmp_path / f"sup{i}.log") for i in range(2)
+        ]
+        try:
+            _wait(
+                lambda: all(r["state"] == "connected" and r["supervisor"] for r in rows().values()),
+                30,
+                "every bot connected under a supervisor process",
+            )
+            owners = {r["supervisor"] for r in rows().values()}
+            assert len(owners) == 2, f"both processes should hold bots, got {owners}"
+            # Exactly once: a second driver of one number would be seen by the network as a
+            # replacement and end the first; over several lease rounds nothing is replaced.
+            gevent.sleep(LEASE_TTL)  # let several lease rounds pass; the check is that nothing happens
+            snapshot = rows()
+            assert all(r["state"] == "connected" for r in snapshot.values())
+            assert all(sim.bot_state(b)["connected"] for b in bot_ids)
+            assert {r["supervisor"] for r in snapshot.values()} == owners
+
+            victim_owner = next(iter(owners))
+            victim = next(p for p in procs if f":{p.pid}:" in victim_owner)
+            survivor_owner = (owners - {victim_owner}).pop()
+            victims_bots = [b for b, r in snapshot.items() if r["supervisor"] == victim_owner]
+            assert victims_bots
+            victim.send_signal(signal.SIGKILL)
+            victim.wait(10)
+            killed_at = time.monotonic()
+            _wait(
+                lambda: all(r["supervisor"] == survivor_owner for r in rows().values()),
+                LEASE_TTL + 2,
+                "the survivor to hold every bot",
+            )
+            taken_over_after = time.monotonic() - killed_at
+            assert taken_over_after <= LEASE_TTL + 0.5, taken_over_after
+            _wait(
+                lambda: all(r["state"] == "connected" for r in rows().values())
+                and all(sim.bot_state(b)["connected"] for b in bot_ids),
+                15,
+                "the taken-over bots to reconnect without a new pairing",
+            )
+            assert not any(sim.bot_state(b)["qr"] for b in victims_bots)
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            for proc in procs:
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        survivor = next(p for p in procs if p is not victim)
+        assert survivor.returncode == 0, (tmp_path / "sup0.log").read_text()[-3000:]
+        # A clean stop releases its leases at once.
+        assert all(r["supervisor"] is None for r in rows().values())
