@@ -16,6 +16,7 @@ from typing import Any
 from core import context
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+_CORE = {"ts", "level", "logger", "msg"}
 
 
 class JsonFormatter(logging.Formatter):
@@ -35,7 +36,8 @@ class JsonFormatter(logging.Formatter):
                 line[key] = value
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
-                line[key] = value
+                # An extra named like a core field is kept beside it, never over it.
+                line[f"extra_{key}" if key in _CORE else key] = value
         if record.exc_info and record.exc_info[0] is not None:
             line["exc"] = self.formatException(record.exc_info)
         if record.stack_info:

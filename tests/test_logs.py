@@ -111,6 +111,14 @@ def test_extra_fields_are_in_the_line_and_an_exception_keeps_it_on_one_line(capt
     assert line["level"] == "error"
 
 
+def test_an_extra_field_named_like_a_core_field_does_not_replace_it(captured):
+    log.warning("real message", extra={"level": "not-a-level", "ts": "yesterday", "logger": "fake"})
+    (line,) = captured.with_msg("real message")
+    assert (line["level"], line["logger"]) == ("warning", "tests.logs")
+    assert line["ts"] != "yesterday"
+    assert (line["extra_level"], line["extra_ts"], line["extra_logger"]) == ("not-a-level", "yesterday", "fake")
+
+
 # -- across actors -------------------------------------------------------------------------------
 
 
