@@ -7,6 +7,7 @@ process runs) and keeps it in ``app.extensions['wabot']``; no module-level state
 
 from __future__ import annotations
 
+import io
 import re
 import time
 from typing import Any
@@ -19,11 +20,40 @@ from web import errors
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
+class _ChunkedBodyLimit:
+    """A chunked request body has no Content-Length to check up front, and werkzeug would cut it off
+    silently at the limit (the app would then see broken JSON, not a too-large body). Read it here,
+    at most limit + 1 bytes: over the limit the request is flagged for a 413, otherwise it continues
+    with a known length."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    def __call__(self, environ: dict, start_response: Any) -> Any:
+        if not environ.get("CONTENT_LENGTH") and "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+            stream = environ["wsgi.input"]
+            body = b""
+            while len(body) <= self.limit:
+                chunk = stream.read(min(65536, self.limit + 1 - len(body)))
+                if not chunk:
+                    break
+                body += chunk
+            if len(body) > self.limit:
+                environ["wabot.body_too_large"] = True
+                body = b""
+            environ["wsgi.input"] = io.BytesIO(body)
+            environ["CONTENT_LENGTH"] = str(len(body))
+            environ.pop("HTTP_TRANSFER_ENCODING", None)
+        return self.app(environ, start_response)
+
+
 def create_app(system: Any) -> Flask:
     app = Flask("wabot")
     settings = system.settings
     app.config.update(MAX_CONTENT_LENGTH=settings.http_max_body, JSON_SORT_KEYS=False)
     app.extensions["wabot"] = system
+    app.wsgi_app = _ChunkedBodyLimit(app.wsgi_app, settings.http_max_body)
     metrics = system.metrics
     errors.install(app, metrics)
 
@@ -35,7 +65,7 @@ def create_app(system: Any) -> Flask:
         g.started = time.perf_counter()
         g.context_token = context.set_current(context.WorkContext(correlation_id=rid))
         length = request.content_length
-        if length is not None and length > settings.http_max_body:
+        if request.environ.get("wabot.body_too_large") or (length is not None and length > settings.http_max_body):
             raise errors.ApiError(413, "payload_too_large", f"request body over {settings.http_max_body} bytes")
         return None
 

@@ -53,7 +53,8 @@ def _count_greenlets() -> int:
 
     from greenlet import greenlet
 
-    return sum(1 for obj in gc.get_objects() if isinstance(obj, greenlet) and not obj.dead)
+    # type() rather than isinstance(): isinstance on a dead weakref.proxy raises ReferenceError.
+    return sum(1 for obj in gc.get_objects() if issubclass(type(obj), greenlet) and not obj.dead)
 
 
 def _count_os_threads() -> int:
