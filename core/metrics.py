@@ -7,6 +7,10 @@ time by a collector, so the hot path records nothing for them.
 
 from __future__ import annotations
 
+import gc
+import os
+import threading
+import time
 from typing import Any, Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -14,6 +18,20 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def count_greenlets() -> int:
+    from greenlet import greenlet
+
+    # type() rather than isinstance(): isinstance on a dead weakref.proxy raises ReferenceError.
+    return sum(1 for obj in gc.get_objects() if issubclass(type(obj), greenlet) and not obj.dead)
+
+
+def _count_os_threads() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return threading.active_count()
 
 
 class _PoolCollector(Collector):
@@ -61,6 +79,17 @@ class Metrics:
         )
         self.greenlets = Gauge("process_greenlets", "Live greenlets in this process", registry=r)
         self.os_threads = Gauge("process_os_threads", "OS threads in this process", registry=r)
+
+        self._greenlets_counted_at = float("-inf")
+
+    def refresh_process_gauges(self, every: float = 10.0) -> None:
+        """OS threads each scrape; live greenlets (a walk of the whole heap, costly on a big process)
+        at most every ``every`` seconds."""
+        self.os_threads.set(_count_os_threads())
+        now = time.monotonic()
+        if now - self._greenlets_counted_at >= every:
+            self._greenlets_counted_at = now
+            self.greenlets.set(count_greenlets())
 
     def watch_pool(self, stats: Callable[[], dict[str, Any]]) -> None:
         self.registry.register(_PoolCollector(stats))

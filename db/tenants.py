@@ -43,15 +43,17 @@ def create_tenant(pool: Any, name: str, key_name: str = "default") -> tuple[str,
     return tenant_id, key
 
 
-def create_key(pool: Any, tenant_id: str, key_name: str = "") -> str:
+def create_key(pool: Any, tenant_id: str, key_name: str = "") -> tuple[str, str, str]:
+    """Add an API key to the tenant; returns (key id, prefix, key). The key is not stored in clear."""
     key = new_key()
-    pool.execute(
+    prefix = key[: len(KEY_PREFIX) + 6]
+    rows = pool.query(
         tenant_id,
-        "INSERT INTO api_keys (name, prefix, key_hash) VALUES (%s, %s, %s)",
-        (key_name, key[: len(KEY_PREFIX) + 6], hash_key(key)),
-        repeatable=True,
+        "INSERT INTO api_keys (name, prefix, key_hash) VALUES (%s, %s, %s) RETURNING id",
+        (key_name, prefix, hash_key(key)),
+        repeatable=False,
     )
-    return key
+    return str(rows[0][0]), prefix, key
 
 
 def authenticate(pool: Any, key: str) -> str | None:

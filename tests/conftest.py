@@ -11,6 +11,8 @@ from db.green import make_psycopg2_green  # noqa: E402
 make_psycopg2_green()
 
 import os  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
 import uuid  # noqa: E402
 
 import pytest  # noqa: E402
@@ -23,11 +25,15 @@ from db import embedded, migrate  # noqa: E402
 @pytest.fixture(scope="session")
 def pg(tmp_path_factory):
     """The embedded PostgreSQL, migrated, shared by the whole test session."""
-    data_dir = os.environ.get("TEST_DATA_DIR") or str(tmp_path_factory.mktemp("pgdata"))
+    # Outside pytest's temp root: pytest makes that 0700 (again at every concurrent run), and the
+    # server runs as the unprivileged 'pgserver' user that must reach its data directory.
+    data_dir = os.environ.get("TEST_DATA_DIR") or tempfile.mkdtemp(prefix="wabot-test-pg-")
     server = embedded.start(data_dir)
     migrate.apply(server.owner_url, embedded.APP_ROLE)
     yield server
     server.stop()
+    if "TEST_DATA_DIR" not in os.environ:
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ process runs) and keeps it in ``app.extensions['wabot']``; no module-level state
 from __future__ import annotations
 
 import io
+import logging
 import re
 import time
 from typing import Any
@@ -17,6 +18,7 @@ from flask import Flask, g, request
 from core import context
 from web import errors
 
+log = logging.getLogger("web.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -75,7 +77,13 @@ def create_app(system: Any) -> Flask:
         route = request.url_rule.rule if request.url_rule is not None else "unmatched"
         metrics.http_requests.labels(route, request.method, str(response.status_code)).inc()
         if "started" in g:
-            metrics.http_latency.labels(route).observe(time.perf_counter() - g.started)
+            elapsed = time.perf_counter() - g.started
+            metrics.http_latency.labels(route).observe(elapsed)
+            log.info(
+                "request",
+                extra={"method": request.method, "route": route, "status": response.status_code,
+                       "duration_ms": round(elapsed * 1000, 2)},
+            )
         return response
 
     @app.teardown_request

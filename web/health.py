@@ -3,7 +3,6 @@ database through a real query within a short time), ``/metrics`` (Prometheus tex
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import gevent
@@ -43,24 +42,5 @@ def readyz() -> Any:
 @blueprint.get("/metrics")
 def metrics() -> Any:
     m = system().metrics
-    m.greenlets.set(_count_greenlets())
-    m.os_threads.set(_count_os_threads())
+    m.refresh_process_gauges()
     return Response(m.render(), mimetype=CONTENT_TYPE.split(";")[0], headers={"Content-Type": CONTENT_TYPE})
-
-
-def _count_greenlets() -> int:
-    import gc
-
-    from greenlet import greenlet
-
-    # type() rather than isinstance(): isinstance on a dead weakref.proxy raises ReferenceError.
-    return sum(1 for obj in gc.get_objects() if issubclass(type(obj), greenlet) and not obj.dead)
-
-
-def _count_os_threads() -> int:
-    try:
-        import os
-
-        return len(os.listdir("/proc/self/task"))
-    except OSError:
-        return threading.active_count()

@@ -103,8 +103,8 @@ def list_keys() -> Any:
 @require_tenant
 def create_key() -> Any:
     name = v.text(v.json_body(), "name", required=False, max_len=200)
-    key = tenants.create_key(system().pool, g.tenant_id, name)
-    return jsonify({"key": key, "name": name, "note": "shown once; store it now"}), 201
+    key_id, prefix, key = tenants.create_key(system().pool, g.tenant_id, name)
+    return jsonify({"id": key_id, "prefix": prefix, "key": key, "name": name, "note": "shown once; store it now"}), 201
 
 
 @blueprint.delete("/api-keys/<key_id>")
