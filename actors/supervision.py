@@ -26,8 +26,6 @@ import uuid
 from typing import Any, Callable
 
 import gevent
-import psycopg2
-from psycopg2 import extensions
 
 from prometheus_client import Counter
 from prometheus_client.core import GaugeMetricFamily
@@ -37,6 +35,7 @@ from actors.base import Actor, actor_of
 from actors.session import BotSession, Refresh, SessionDeps
 from actors.supervisor import ChildSpec, Supervisor, children_of
 from db import bots as bots_db
+from db.listen import listen_forever
 from sansio.connect_rate import ConnectRateLimiter
 
 log = logging.getLogger(__name__)
@@ -184,35 +183,14 @@ class LeaseKeeper(Actor):
     # -- LISTEN ------------------------------------------------------------------------------------
 
     def _listen_forever(self) -> None:
-        delay = 0.1
-        while not self._stopping:
-            conn = None
-            try:
-                conn = psycopg2.connect(self.listen_dsn, application_name="wabot-listen")
-                conn.set_isolation_level(extensions.ISOLATION_LEVEL_AUTOCOMMIT)
-                with conn.cursor() as cur:
-                    cur.execute(f"LISTEN {bots_db.NOTIFY_CHANNEL}")
-                delay = 0.1
-                # Catch up on anything said while we were not listening.
-                _tell_quietly(self.actor_ref, _Round())
-                while not self._stopping:
-                    gevent.socket.wait_read(conn.fileno(), timeout=30)
-                    conn.poll()
-                    while conn.notifies:
-                        note = conn.notifies.pop(0)
-                        _tell_quietly(self.actor_ref, _Notified(note.payload))
-            except gevent.socket.timeout:
-                continue
-            except Exception as exc:  # noqa: BLE001 - reconnect with backoff
-                log.warning("listen connection lost", extra={"error": repr(exc), "retry_in": delay})
-                gevent.sleep(delay)
-                delay = min(delay * 2, 5.0)
-            finally:
-                if conn is not None:
-                    try:
-                        conn.close()
-                    except Exception:  # noqa: BLE001
-                        pass
+        listen_forever(
+            self.listen_dsn,
+            bots_db.NOTIFY_CHANNEL,
+            on_notify=lambda bot_id: _tell_quietly(self.actor_ref, _Notified(bot_id)),
+            # Catch up on anything said while we were not listening.
+            on_connected=lambda: _tell_quietly(self.actor_ref, _Round()),
+            stopping=lambda: self._stopping,
+        )
 
 
 class _SessionCollector(Collector):
