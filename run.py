@@ -117,10 +117,18 @@ def _serve(system: "object", *, web: bool, supervise: bool) -> int:
         from web.app import create_app
         from web.server import make_server
 
+        system.start_bus()
         server = make_server(create_app(system), system.settings)
         server.start()
-        # Stopping the server closes the listener first, then waits for requests in flight.
-        system.add_component("web server", lambda: server.stop(timeout=system.settings.shutdown_timeout))
+
+        def stop_web() -> None:
+            # Stop accepting first, then end live streams (they would otherwise hold the wait to the
+            # timeout), then let requests in flight finish.
+            server.close()
+            system.end_streams()
+            server.stop(timeout=system.settings.shutdown_timeout)
+
+        system.add_component("web server", stop_web)
         log.info("listening", extra={"host": system.settings.host, "port": server.server_port})
         print(f"listening on http://{system.settings.host}:{server.server_port}", flush=True)
 

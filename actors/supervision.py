@@ -244,7 +244,6 @@ class Supervision:
         self.rng = rng or random.Random()
         limiter = ConnectRateLimiter(settings.wa_connect_rate)
         self.counters: dict[str, int] = {}
-        self.published: list[tuple[str, str | None, str, dict]] = []
         self.deps = SessionDeps(
             settings=settings,
             pool=system.pool,
@@ -252,7 +251,7 @@ class Supervision:
             transport_factory=factory or transport_factory(settings),
             # The limiter works on the monotonic clock; sessions schedule on wall-clock time.
             reserve_connect=lambda now: limiter.reserve(time.monotonic()) - time.monotonic() + now,
-            publish=getattr(system, "publish", None) or self._publish_locally,
+            publish=system.publish,
             counters=self.counters,
             rng=self.rng,
             on_attempt=self._on_attempt,
@@ -307,12 +306,6 @@ class Supervision:
     def _restart_delay(self, name: str, restart_count: int) -> float:
         ceiling = min(30.0, 0.5 * 2 ** min(restart_count - 1, 10))
         return self.rng.uniform(ceiling / 2, ceiling)
-
-    def _publish_locally(self, tenant_id: str, bot_id: str | None, event_type: str, payload: dict) -> None:
-        # The event bus arrives with live streams; until then events are logged and kept in memory.
-        log.info("event", extra={"type": event_type, "payload": payload})
-        self.published.append((tenant_id, bot_id, event_type, payload))
-        del self.published[:-1000]
 
     def _on_attempt(self, reason: str) -> None:
         self._attempts.labels(reason).inc()

@@ -12,6 +12,8 @@ from typing import Any, Callable
 
 import gevent
 
+from actors.base import actor_of
+from actors.event_bus import EventBus, make_publisher
 from actors.pool import Pool, PoolConfig
 from core import sentry
 from core.metrics import Metrics
@@ -33,6 +35,9 @@ class System:
         self.embedded: embedded.Embedded | None = None
         self.pool: Pool | None = None
         self.blueprints: list[Any] = []
+        self.bus: Any = None
+        self.bus_metrics: Any = None
+        self.publish: Any = None
         self._stops: list[tuple[str, Callable[[], None]]] = []
         self.sentry_enabled = False
 
@@ -56,6 +61,7 @@ class System:
                 log.info("migrations applied", extra={"migrations": applied})
         self.pool = Pool(PoolConfig.from_settings(s, app_url))
         self._on_stop("database pool", self.pool.stop)
+        self.publish = make_publisher(self.pool, self.metrics.events_published)
         self.metrics.watch_pool(self.pool.stats)
         if not self.pool.wait_ready(s.database_connect_timeout * 2):
             raise StartupError(f"database unreachable: {self.pool.stats()['last_connect_error']}")
@@ -80,6 +86,20 @@ class System:
             behind = migrate.pending(unit.connection)
         if behind:
             raise StartupError(f"schema is behind: pending migrations {', '.join(behind)}; run 'python run.py migrate'")
+
+    def start_bus(self) -> Any:
+        """The event bus this process's live streams subscribe to (web processes)."""
+        self.bus = EventBus.start(
+            self.pool, self.pool.config.dsn, self.settings.events_retention, self.metrics.registry
+        )
+        self.bus_metrics = actor_of(self.bus).metrics
+        self._on_stop("event bus", lambda: self.bus.stop(timeout=self.settings.shutdown_timeout))
+        return self.bus
+
+    def end_streams(self) -> None:
+        """End every live stream with a closing event (before the web server waits for requests)."""
+        if self.bus is not None and self.bus.is_alive():
+            self.bus.stop(timeout=self.settings.shutdown_timeout)
 
     def add_component(self, name: str, stop: Callable[[], None]) -> None:
         """Register something started after the pool; it is stopped before everything started earlier."""

@@ -140,6 +140,12 @@ SPECS: tuple[Spec, ...] = (
     Spec("HTTP_KEEPALIVE_TIMEOUT", _positive_float, "75", "Seconds an idle keep-alive connection is kept open."),
     Spec("HTTP_HEADER_TIMEOUT", _positive_float, "10", "Seconds a client has to send its request headers."),
     Spec("HTTP_MAX_BODY", _positive_int, "1048576", "Largest request body in bytes; larger bodies get 413."),
+    # Live streams
+    Spec("EVENTS_RETENTION", _positive_float, "86400", "Seconds events are kept for resume (default 24 h); older ones are pruned."),
+    Spec("SSE_BUFFER", _positive_int, "1000", "Events a live-stream subscriber may have waiting before it is cut off as too slow."),
+    Spec("SSE_HEARTBEAT", _positive_float, "15", "Seconds between SSE comment heartbeats (and WebSocket pings) on an idle stream."),
+    Spec("SSE_RETRY", _positive_int, "3000", "Milliseconds a browser waits before reconnecting a dropped SSE stream."),
+    Spec("WS_MAX_FRAME", _positive_int, "65536", "Largest WebSocket frame in bytes a client may send; larger ones are refused."),
     # WhatsApp sessions
     Spec("WA_TRANSPORT", _choice("neonize", "simulator"), "neonize", "How bots reach WhatsApp: the real neonize client or the network simulator."),
     Spec("WA_SIMULATOR_ADDR", _str, "127.0.0.1:7300", "host:port of the simulator's transport socket (control API listens on the next port)."),

@@ -77,6 +77,7 @@ class Metrics:
         self.actor_events = Counter(
             "supervisor_events", "Supervisor events (restarts, intensity exceeded) by kind", ["kind"], registry=r
         )
+        self.events_published = Counter("events_published", "Events written to the event log", ["type"], registry=r)
         self.greenlets = Gauge("process_greenlets", "Live greenlets in this process", registry=r)
         self.os_threads = Gauge("process_os_threads", "OS threads in this process", registry=r)
 

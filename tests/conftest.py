@@ -86,16 +86,26 @@ def web(settings, pool):
     from web.app import create_app
     from web.server import make_server
 
+    from actors.base import actor_of
+    from actors.event_bus import EventBus, make_publisher
+
     class Root:
         pass
 
     root = Root()
     root.settings, root.pool, root.metrics, root.blueprints = settings, pool, Metrics(), []
     root.metrics.watch_pool(pool.stats)
+    root.publish = make_publisher(pool, root.metrics.events_published)
+    root.bus = EventBus.start(pool, pool.config.dsn, settings.events_retention, root.metrics.registry)
+    root.bus_metrics = actor_of(root.bus).metrics
     server = make_server(create_app(root), settings)
     server.start()
     root.url = f"http://127.0.0.1:{server.server_port}"
+    root.server = server
     yield root
+    server.close()
+    if root.bus.is_alive():
+        root.bus.stop(timeout=5)
     server.stop(timeout=2)
 
 

@@ -95,11 +95,12 @@ def create_app(system: Any) -> Flask:
             except ValueError:
                 pass  # reset from another context (streamed responses): nothing to undo
 
-    from web import bots, health, tenants
+    from web import bots, health, streams, tenants
 
     app.register_blueprint(health.blueprint)
     app.register_blueprint(tenants.blueprint, url_prefix="/api/v1")
     app.register_blueprint(bots.blueprint, url_prefix="/api/v1")
+    app.register_blueprint(streams.blueprint, url_prefix="/api/v1")
     for extra in getattr(system, "blueprints", ()):
         app.register_blueprint(extra, url_prefix="/api/v1")
     return app

@@ -1,0 +1,281 @@
+"""The event bus of one process: routes the tenant-scoped event log to live subscribers.
+
+Every event is written to PostgreSQL first (``db.events.publish``, from any process) and announced
+with ``NOTIFY wabot_events``. Each process runs one ``EventBus`` actor that LISTENs (a dedicated
+connection, reconnected with backoff), and on each wake-up reads the events after the last id it
+dispatched — so a notification lost during a database restart costs nothing: the next read after
+reconnecting catches up, in id order, with no gap and no duplicate.
+
+Subscribers register with their tenant and filter. ``subscribe`` answers with the dispatch watermark:
+every event up to it has been dispatched before the subscriber joined, every later one will be, so a
+subscriber that reads its backlog up to the watermark from the table resumes with no gap and no
+duplicate. A subscriber whose bounded mailbox is full is cut off at once with a reason (it never slows
+the others); the bus drops it from its routing table. Old events are pruned after EVENTS_RETENTION.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Callable
+
+import gevent
+from prometheus_client import Counter
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from actors.base import Actor, MailboxFull, actor_of
+from db import events as events_db
+from db.listen import listen_forever
+from sansio.sse import Filter
+
+log = logging.getLogger(__name__)
+
+BATCH = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class Deliver:
+    event: events_db.StoredEvent
+
+
+@dataclasses.dataclass
+class _Entry:
+    ref: Any
+    tenant_id: str
+    filter: Filter
+    kind: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Subscribe:
+    ref: Any
+    tenant_id: str
+    filter: Filter
+    kind: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Unsubscribe:
+    ref: Any
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ChangeFilter:
+    ref: Any
+    filter: Filter
+
+
+class _Wake:
+    pass
+
+
+class _Prune:
+    pass
+
+
+class StreamMetrics:
+    def __init__(self, registry: Any, bus: "EventBus") -> None:
+        self.delivered = Counter("events_delivered", "Events written to subscribers", ["kind"], registry=registry)
+        self.disconnects = Counter(
+            "stream_disconnects", "Live-stream subscribers that went away, by reason", ["kind", "reason"],
+            registry=registry,
+        )
+        registry.register(_BusCollector(bus))
+
+
+class _BusCollector(Collector):
+    def __init__(self, bus: "EventBus") -> None:
+        self.bus = bus
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Any:
+        by_kind = GaugeMetricFamily("stream_subscribers", "Live-stream subscribers by kind", labels=["kind"])
+        depth = GaugeMetricFamily("stream_mailbox_depth", "Queued events across subscribers", labels=["stat"])
+        counts: dict[str, int] = {}
+        total = deepest = 0
+        for entry in list(self.bus.entries.values()):
+            counts[entry.kind] = counts.get(entry.kind, 0) + 1
+            queued = actor_of(entry.ref).mailbox_depth
+            total += queued
+            deepest = max(deepest, queued)
+        for kind in ("sse", "ws"):
+            by_kind.add_metric([kind], counts.get(kind, 0))
+        depth.add_metric(["total"], total)
+        depth.add_metric(["max"], deepest)
+        yield by_kind
+        yield depth
+        yield GaugeMetricFamily("events_dispatched_id", "Last event id this process dispatched", value=self.bus.high or 0)
+
+
+class EventBus(Actor):
+    def __init__(self, pool: Any, listen_dsn: str, retention: float, registry: Any) -> None:
+        super().__init__()
+        self.pool = pool
+        self.listen_dsn = listen_dsn
+        self.retention = retention
+        self.entries: dict[str, _Entry] = {}  # actor urn -> entry
+        self.by_tenant: dict[str, dict[str, _Entry]] = {}
+        self.high: int | None = None  # last id dispatched
+        self.metrics = StreamMetrics(registry, self)
+        self._wake_pending = False
+        self._stopping = False
+        self._listener: gevent.Greenlet | None = None
+        self._pruner: gevent.Greenlet | None = None
+        self._retry: gevent.Greenlet | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        self._listener = gevent.spawn(
+            listen_forever,
+            self.listen_dsn,
+            events_db.CHANNEL,
+            on_notify=lambda _payload: self._wake(),
+            on_connected=self._wake,
+            stopping=lambda: self._stopping,
+        )
+        self._schedule_prune(min(self.retention / 10, 600.0))
+
+    def on_stop(self) -> None:
+        self._teardown()
+        for entry in list(self.entries.values()):
+            self._drop(entry, "shutdown")
+            # Streams end with a last event saying why, so clients reconnect to another process.
+            actor_of(entry.ref).close_stream("server shutting down")
+
+    def on_failure(self, *exc_info: Any) -> None:
+        self._teardown()
+
+    def _teardown(self) -> None:
+        self._stopping = True
+        for greenlet in (self._listener, self._pruner, self._retry):
+            if greenlet is not None:
+                greenlet.kill(block=False)
+
+    # -- messages ----------------------------------------------------------------------------------
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, _Wake):
+            self._wake_pending = False
+            try:
+                return self._dispatch()
+            except Exception as exc:  # noqa: BLE001 - the database is away; read again shortly
+                log.warning("event dispatch failed", extra={"error": repr(exc)})
+                self._retry = gevent.spawn_later(1.0, self._wake)
+                return None
+        if isinstance(message, Subscribe):
+            return self._subscribe(message)
+        if isinstance(message, Unsubscribe):
+            entry = self.entries.get(message.ref.actor_urn)
+            if entry is not None:
+                self._drop(entry, message.reason)
+            return None
+        if isinstance(message, ChangeFilter):
+            entry = self.entries.get(message.ref.actor_urn)
+            if entry is not None:
+                entry.filter = message.filter
+            return None
+        if isinstance(message, _Prune):
+            return self._prune()
+        return super().on_receive(message)
+
+    def _wake(self) -> None:
+        # Runs in the listener greenlet; a burst of notifications becomes one read.
+        if not self._wake_pending:
+            self._wake_pending = True
+            try:
+                self.actor_ref.tell(_Wake())
+            except Exception:  # noqa: BLE001 - stopping
+                pass
+
+    def _subscribe(self, message: Subscribe) -> int:
+        if self.high is None:
+            self.high = events_db.high_water(self.pool)
+        entry = _Entry(message.ref, message.tenant_id, message.filter, message.kind)
+        self.entries[message.ref.actor_urn] = entry
+        self.by_tenant.setdefault(message.tenant_id, {})[message.ref.actor_urn] = entry
+        return self.high
+
+    def _drop(self, entry: _Entry, reason: str) -> None:
+        urn = entry.ref.actor_urn
+        if self.entries.pop(urn, None) is None:
+            return
+        tenant = self.by_tenant.get(entry.tenant_id)
+        if tenant is not None:
+            tenant.pop(urn, None)
+            if not tenant:
+                del self.by_tenant[entry.tenant_id]
+        self.metrics.disconnects.labels(entry.kind, reason).inc()
+
+    # -- dispatch ----------------------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        if self.high is None:
+            # First contact: history before this process started is read by subscribers that ask.
+            self.high = events_db.high_water(self.pool)
+            return
+        while True:
+            batch = events_db.after(self.pool, self.high, BATCH)
+            for event in batch:
+                self._route(event)
+                self.high = event.id
+            if len(batch) < BATCH:
+                return
+
+    def _route(self, event: events_db.StoredEvent) -> None:
+        subscribers = self.by_tenant.get(event.tenant_id)
+        if not subscribers:
+            return
+        message = Deliver(event)
+        for entry in list(subscribers.values()):
+            if not entry.filter.matches(event.bot_id, event.type):
+                continue
+            try:
+                entry.ref.tell(message)
+            except MailboxFull:
+                self._drop(entry, "overflow")
+                actor_of(entry.ref).close_stream(f"too slow: more than {actor_of(entry.ref).mailbox_size} events waiting")
+            except Exception:  # noqa: BLE001 - it ended between lookups; its stream cleans up
+                self._drop(entry, "gone")
+
+    # -- retention ---------------------------------------------------------------------------------
+
+    def _schedule_prune(self, delay: float) -> None:
+        self._pruner = gevent.spawn_later(delay, _tell_quietly, self.actor_ref, _Prune())
+
+    def _prune(self) -> None:
+        try:
+            removed = events_db.prune(self.pool, self.retention)
+            if removed:
+                log.info("events pruned", extra={"removed": removed, "retention_seconds": self.retention})
+        except Exception as exc:  # noqa: BLE001 - try again next time
+            log.warning("event pruning failed", extra={"error": repr(exc)})
+        self._schedule_prune(min(self.retention / 10, 600.0))
+
+
+def _tell_quietly(ref: Any, message: Any) -> None:
+    try:
+        ref.tell(message)
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def make_publisher(pool: Any, published: Any = None) -> Callable[..., int | None]:
+    """``publish(tenant_id, bot_id, type, payload) -> event id`` for any process; failures are logged,
+    never raised, so a database fault cannot stop the work that wanted to announce something."""
+
+    def publish(tenant_id: str, bot_id: str | None, event_type: str, payload: dict) -> int | None:
+        try:
+            event_id = events_db.publish(pool, tenant_id, bot_id, event_type, payload)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("event not published", extra={"type": event_type, "error": repr(exc)})
+            return None
+        if published is not None:
+            published.labels(event_type).inc()
+        return event_id
+
+    return publish

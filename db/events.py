@@ -1,0 +1,82 @@
+"""The event log: publishing (one round trip, in id-commit order) and reading it back.
+
+``publish`` inserts an event under the tenant's row-level security while holding a transaction-level
+advisory lock, and notifies ``wabot_events`` with the new id in the same round trip; the lock makes ids
+commit in order, so a reader that saw id N can never later find a smaller one. ``after`` reads across
+tenants for a process's dispatcher (owner function); ``for_tenant`` reads one tenant's backlog for
+resume (RLS-scoped).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from typing import Any, NamedTuple
+
+CHANNEL = "wabot_events"
+_LOCK = 7283903
+
+_PUBLISH = (
+    f"SELECT pg_advisory_xact_lock({_LOCK}); "
+    "WITH e AS (INSERT INTO events (bot_id, type, payload) VALUES (%s, %s, %s) RETURNING id) "
+    f"SELECT id, pg_notify('{CHANNEL}', id::text) FROM e"
+)
+
+
+class StoredEvent(NamedTuple):
+    id: int
+    tenant_id: str
+    bot_id: str | None
+    type: str
+    payload: dict
+    created_at: datetime.datetime
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": self.type,
+            "bot_id": self.bot_id,
+            "payload": self.payload,
+            "created_at": self.created_at.isoformat(),
+        }
+
+
+def _row(row: Any) -> StoredEvent:
+    id_, tenant, bot, type_, payload, created = row
+    return StoredEvent(int(id_), str(tenant), None if bot is None else str(bot), type_, payload, created)
+
+
+def publish(pool: Any, tenant_id: str, bot_id: str | None, event_type: str, payload: dict) -> int:
+    rows = pool.query(tenant_id, _PUBLISH, (bot_id, event_type, json.dumps(payload, default=str)), repeatable=False)
+    return int(rows[0][0])
+
+
+def after(pool: Any, after_id: int, limit: int = 1000) -> list[StoredEvent]:
+    return [_row(r) for r in pool.query(None, "SELECT * FROM events_after(%s, %s)", (after_id, limit))]
+
+
+def high_water(pool: Any) -> int:
+    return int(pool.query(None, "SELECT events_high_water()")[0][0])
+
+
+def for_tenant(
+    pool: Any, tenant_id: str, after_id: int, up_to: int, bot_ids: frozenset | None, types: frozenset | None,
+    limit: int = 1000,
+) -> list[StoredEvent]:
+    """One page of a tenant's events in (after_id, up_to]; narrowed by bot and exact types in SQL
+    (the caller applies any prefix filter itself)."""
+    sql = "SELECT id, tenant_id, bot_id, type, payload, created_at FROM events WHERE id > %s AND id <= %s"
+    params: list[Any] = [after_id, up_to]
+    if bot_ids:
+        sql += " AND bot_id = ANY(%s::uuid[])"
+        params.append(sorted(bot_ids))
+    if types:
+        sql += " AND type = ANY(%s)"
+        params.append(sorted(types))
+    sql += " ORDER BY id LIMIT %s"
+    params.append(limit)
+    return [_row(r) for r in pool.query(tenant_id, sql, params)]
+
+
+def prune(pool: Any, keep_seconds: float) -> int:
+    return int(pool.query(None, "SELECT prune_events(%s)", (keep_seconds,), repeatable=False)[0][0])
