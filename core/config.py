@@ -156,6 +156,29 @@ SPECS: tuple[Spec, ...] = (
     Spec("WA_CONNECT_RATE", _positive_float, "20", "Process-wide limit on connection attempts per second."),
     Spec("WA_LEASE_TTL", _positive_float, "30", "Seconds after which a dead supervisor's bots are taken over by another."),
 )
+SPECS += (
+    # Replies and AI
+    Spec("AI_BASE_URL", _str, "https://api.deepseek.com", "OpenAI-compatible chat-completions endpoint (DeepSeek by default)."),
+    Spec("AI_API_KEY", _optional_str, "", "API key for the AI provider; empty disables AI replies (rules still answer)."),
+    Spec("AI_MODEL", _str, "deepseek-chat", "Model name sent to the AI provider (a bot may override it)."),
+    Spec("AI_TIMEOUT", _positive_float, "30", "Seconds one AI request may take."),
+    Spec("AI_MAX_RETRIES", _non_negative_int, "2", "Retries of an AI request after 429, 5xx or a timeout (Retry-After is honoured)."),
+    Spec("AI_DEBOUNCE", _non_negative_float, "2", "Seconds to wait for more messages from one customer before answering them together."),
+    Spec("AI_BREAKER_FAILURES", _positive_int, "5", "Consecutive AI failures that open the provider's circuit breaker."),
+    Spec("AI_BREAKER_RESET", _positive_float, "30", "Seconds an open breaker waits before letting one trial request through."),
+    # Outbox
+    Spec("BOT_SEND_RATE", _non_negative_float, "20", "Messages a bot may send per minute (0 disables the limit)."),
+    Spec("BOT_SEND_BURST", _positive_int, "5", "Messages a bot may send back to back before the per-minute rate applies."),
+    Spec("OUTBOX_MAX_ATTEMPTS", _positive_int, "8", "Delivery attempts before an outgoing message becomes a dead letter."),
+    Spec("OUTBOX_RETRY_BASE", _positive_float, "2", "First delay in seconds before retrying a failed delivery (doubles, capped at 5 minutes)."),
+    # Media
+    Spec("MEDIA_S3_ENDPOINT", _optional_str, "", "S3-compatible endpoint (e.g. Cloudflare R2); empty stores media under DATA_DIR/media."),
+    Spec("MEDIA_S3_BUCKET", _optional_str, "", "Bucket for media when MEDIA_S3_ENDPOINT is set."),
+    Spec("MEDIA_S3_ACCESS_KEY_ID", _optional_str, "", "Access key for the media bucket."),
+    Spec("MEDIA_S3_SECRET_ACCESS_KEY", _optional_str, "", "Secret key for the media bucket."),
+    Spec("MEDIA_S3_REGION", _str, "auto", "Region name for the media bucket ('auto' for R2)."),
+    Spec("MEDIA_MAX_BYTES", _positive_int, "16777216", "Largest media object accepted (bytes), inbound or through the API."),
+)
 
 _BY_FIELD = {spec.field: spec for spec in SPECS}
 
