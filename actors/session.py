@@ -44,6 +44,7 @@ class SessionDeps:
     transport_factory: Callable[..., Transport]
     reserve_connect: Callable[[float], float]  # the process-wide connect rate limit: now -> when
     publish: Callable[[str, str | None, str, dict], None]  # (tenant, bot, type, payload)
+    admit_connect: Callable[[], float] = lambda: 0.0  # at dial time: 0 to go, else seconds to wait
     clock: Callable[[], float] = time.time
     rng: random.Random = dataclasses.field(default_factory=random.Random)
     counters: dict[str, int] = dataclasses.field(default_factory=dict)
@@ -243,6 +244,10 @@ class BotSession(Actor):
         self._dial_timer = gevent.spawn_later(at - now, _tell_quietly, ref, _Dial(generation))
 
     def _dial(self) -> None:
+        wait = self.deps.admit_connect()
+        if wait > 0:
+            self._dial_timer = gevent.spawn_later(wait, _tell_quietly, self.actor_ref, _Dial(self.generation))
+            return
         self.generation += 1
         generation = self.generation
         ref = self.actor_ref

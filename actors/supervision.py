@@ -251,6 +251,7 @@ class Supervision:
             transport_factory=factory or transport_factory(settings),
             # The limiter works on the monotonic clock; sessions schedule on wall-clock time.
             reserve_connect=lambda now: limiter.reserve(time.monotonic()) - time.monotonic() + now,
+            admit_connect=lambda: limiter.admit(time.monotonic()),
             publish=system.publish,
             counters=self.counters,
             rng=self.rng,

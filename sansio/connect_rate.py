@@ -20,6 +20,9 @@ import collections
 import math
 
 
+ADMIT_MARGIN = 0.001
+
+
 class ConnectRateLimiter:
     def __init__(self, rate: float, burst: int | None = None) -> None:
         if not rate > 0 or math.isinf(rate):
@@ -32,6 +35,7 @@ class ConnectRateLimiter:
         if burst is not None:
             self._limits.append((burst, burst / rate))
         self._granted: collections.deque[float] = collections.deque(maxlen=max(n for n, _ in self._limits))
+        self._started: collections.deque[float] = collections.deque(maxlen=max(n for n, _ in self._limits))
 
     def reserve(self, now: float) -> float:
         """Claim the next slot at or after ``now``; returns the time the caller may connect."""
@@ -42,3 +46,17 @@ class ConnectRateLimiter:
                 at = max(at, self._granted[-count] + period)
         self._granted.append(at)
         return at
+
+    def admit(self, now: float) -> float:
+        """At the moment of the dial itself: 0 (and the dial is counted) if it keeps every window
+        within the limit, else the seconds to wait. Reservations fix the order; this is what the
+        network sees, so a dial that runs late behind a busy hub cannot push a window over."""
+        wait = 0.0
+        for count, period in self._limits:
+            if len(self._started) >= count:
+                # A millisecond of margin: the dial itself happens a moment after this clock read.
+                wait = max(wait, self._started[-count] + period + ADMIT_MARGIN - now)
+        if wait > 0:
+            return wait
+        self._started.append(now)
+        return 0.0

@@ -83,3 +83,23 @@ def test_a_rate_below_one_waits_whole_intervals():
 def test_impossible_limits_are_refused(rate, burst):
     with pytest.raises(ValueError):
         ConnectRateLimiter(rate, burst)
+
+
+def test_admission_at_dial_time_never_lets_a_second_hold_more_than_the_rate():
+    limiter = ConnectRateLimiter(rate=5)
+    admitted = []
+    now = 0.0
+    while now < 10:
+        if limiter.admit(now) == 0:
+            admitted.append(now)
+        now += 0.013
+    for start in admitted:
+        assert sum(1 for t in admitted if start <= t < start + 1) <= 5
+
+
+def test_a_refused_admission_says_how_long_to_wait():
+    limiter = ConnectRateLimiter(rate=2)
+    assert limiter.admit(0.0) == 0 and limiter.admit(0.1) == 0
+    wait = limiter.admit(0.2)
+    assert 0.8 < wait <= 0.81
+    assert limiter.admit(0.2 + wait) == 0
