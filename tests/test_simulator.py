@@ -235,6 +235,9 @@ def test_an_inbound_message_reaches_the_sink_and_the_ack_clears_it(sim, make):
     assert message.text == "hello bot"
     assert message.chat == message.sender == "15551230000@s.whatsapp.net"
     assert message.timestamp == pytest.approx(time.time(), abs=5)
+    # Held by the network until the bot says it is stored.
+    assert sim.bot_state("bot-1")["pending_inbound"] == 1
+    transport.ack([message.message_id])
     eventually(lambda: sim.bot_state("bot-1")["pending_inbound"] == 0)
 
 

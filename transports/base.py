@@ -50,6 +50,19 @@ class Transport(abc.ABC):
     def send_text(self, to: str, text: str, message_id: str) -> None:
         """Send a text with a message id fixed by the caller (idempotent where the network allows)."""
 
+    def ack(self, message_ids: list[str]) -> None:
+        """Tell the network these inbound messages are safely stored. Networks that redeliver unacked
+        messages (the simulator, at each login) then stop; the default does nothing."""
+
+    def was_received(self, message_id: str) -> bool | None:
+        """Whether the network already holds a message we sent with this id (after a crash mid-send);
+        None when the network offers no way to check."""
+        return None
+
+    def download_media(self, media_ref: str) -> bytes:
+        """The bytes of an inbound media message."""
+        raise TransportError(f"{self.kind} transport cannot download media")
+
     @property
     @abc.abstractmethod
     def is_paired(self) -> bool:

@@ -198,6 +198,15 @@ class SimulatorTransport(Transport):
         store = self._load_store()
         return store.get("jid") if store else None
 
+    def ack(self, message_ids: list[str]) -> None:
+        conn = self._conn
+        if conn is None or conn.state != _ONLINE or not message_ids:
+            return  # unacked messages come again at the next login; storing them is idempotent
+        try:
+            self._write(conn, {"t": "ack", "ids": list(message_ids)})
+        except Exception:  # noqa: BLE001 - the connection is going; the next login redelivers
+            pass
+
     def was_received(self, message_id: str) -> bool:
         """Whether the network holds a message the bot sent with this id (after a crash mid-send)."""
         conn = self._live()
@@ -288,8 +297,8 @@ class SimulatorTransport(Transport):
                     text=str(frame.get("text", "")),
                 ),
             )
-            # Acked once the event is queued: unacked messages are redelivered at the next login.
-            self._write(conn, {"t": "ack", "ids": [frame["id"]]})
+            # Not acked here: the pipeline acks once the message is committed (ack()); until then the
+            # network redelivers it at the next login, so a crash or a database outage loses nothing.
         elif kind == "receipt":
             self._emit(conn, Receipt(tuple(frame.get("ids") or ()), str(frame.get("chat", "")), str(frame["status"])))
         elif kind == "reply":
