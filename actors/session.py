@@ -23,13 +23,14 @@ from typing import Any, Callable
 
 import gevent
 
-from actors.base import Actor
+from actors.base import Actor, actor_of
+from actors.pipeline import Ack, BotPipeline, DownloadMedia, Inbound, LinkUp, ReceiptIn, SendText, Wake, WasReceived
 from core import context, sentry
 from db import bots as bots_db
 from sansio import session_machine as sm
 from sansio.backoff import BackoffPolicy
 from transports import events as tev
-from transports.base import Transport
+from transports.base import Transport, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class SessionDeps:
     rng: random.Random = dataclasses.field(default_factory=random.Random)
     counters: dict[str, int] = dataclasses.field(default_factory=dict)
     on_attempt: Callable[[str], None] | None = None  # reason -> metrics
+    pipeline: Any = None  # actors.pipeline.PipelineDeps: the bot's message work; None runs none
 
 
 # -- messages ------------------------------------------------------------------------------------
@@ -88,6 +90,11 @@ class _FirstRefresh:
     pass
 
 
+@dataclasses.dataclass(frozen=True)
+class _PipelineFailed:
+    reason: str
+
+
 class BotSession(Actor):
     def __init__(self, bot_id: str, tenant_id: str, deps: SessionDeps) -> None:
         super().__init__()
@@ -103,6 +110,7 @@ class BotSession(Actor):
         self._command_done = 0
         self._pair_done = 0
         self._last_disconnect = "start"  # why the next dial happens, for the attempts metric
+        self.pipeline: Any = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -111,6 +119,11 @@ class BotSession(Actor):
         # once (it waits for on_start) and thousands of sessions start without queueing on it.
         self._count("sessions_started")
         with context.bound(tenant_id=self.tenant_id, bot_id=self.bot_id):
+            if self.deps.pipeline is not None:
+                self.pipeline = BotPipeline.start(self.bot_id, self.tenant_id, self.actor_ref, self.deps.pipeline)
+                # The pipeline lives and dies with its session: if it fails, the session fails too and
+                # the supervisor restarts both.
+                actor_of(self.pipeline).watch(self._pipeline_ended)
             self.actor_ref.tell(_FirstRefresh())
 
     def on_stop(self) -> None:
@@ -128,6 +141,16 @@ class BotSession(Actor):
                 timer.kill(block=False)
         self._timer = self._dial_timer = None
         self._close_transport()
+        pipeline, self.pipeline = self.pipeline, None
+        if pipeline is not None and pipeline.is_alive():
+            try:
+                pipeline.stop(timeout=5)
+            except Exception:  # noqa: BLE001 - stuck: end it
+                actor_of(pipeline).kill()
+
+    def _pipeline_ended(self, ref: Any, reason: BaseException | None) -> None:
+        if reason is not None and self.pipeline is ref:
+            _tell_quietly(self.actor_ref, _PipelineFailed(repr(reason)))
 
     # -- messages ----------------------------------------------------------------------------------
 
@@ -140,8 +163,15 @@ class BotSession(Actor):
         if isinstance(message, _TransportEvent):
             if message.generation != self.generation:
                 return None  # from a transport we already closed
-            self._on_transport_event(message.event)
-            return self._apply(message.event)
+            event = message.event
+            if isinstance(event, (tev.MessageReceived, tev.Receipt)):
+                return self._to_pipeline(event)
+            self._on_transport_event(event)
+            return self._apply(event)
+        if isinstance(message, (SendText, WasReceived, Ack, DownloadMedia)):
+            return self._network(message)
+        if isinstance(message, _PipelineFailed):
+            raise RuntimeError(f"the bot's pipeline failed: {message.reason}")
         if isinstance(message, _Timer):
             return self._apply(message.event)
         if isinstance(message, _Dial):
@@ -152,6 +182,8 @@ class BotSession(Actor):
         if isinstance(message, Command):
             return self._apply(message.command)
         if isinstance(message, Refresh):
+            if self.pipeline is not None:
+                _tell_quietly(self.pipeline, Wake())
             return self._refresh()
         if isinstance(message, _FirstRefresh):
             return self._refresh(first=True)
@@ -194,6 +226,8 @@ class BotSession(Actor):
         self.session, effects = sm.transition(self.session, event, self.deps.clock(), self.deps.rng)
         for effect in effects:
             self._execute(effect)
+        if (old is sm.State.CONNECTED) != (self.session.state is sm.State.CONNECTED) and self.pipeline is not None:
+            _tell_quietly(self.pipeline, LinkUp(self.session.state is sm.State.CONNECTED))
         if old is sm.State.PAIRING and self.session.state is not sm.State.PAIRING:
             # A QR code is only worth showing while the session waits for a scan.
             bots_db.write_fields(self.deps.pool, self.tenant_id, self.bot_id, self.deps.owner, qr_code=None)
@@ -295,6 +329,29 @@ class BotSession(Actor):
                 transport.close()
         bots_db.write_fields(self.deps.pool, self.tenant_id, self.bot_id, self.deps.owner, paired=False,
                              qr_code=None)
+
+    def _to_pipeline(self, event: tev.Event) -> None:
+        if self.pipeline is None:
+            return  # nothing to store it with; unacked, the network keeps it
+        if isinstance(event, tev.MessageReceived):
+            _tell_quietly(self.pipeline, Inbound(event))
+        else:
+            _tell_quietly(self.pipeline, ReceiptIn(event))
+
+    def _network(self, message: Any) -> Any:
+        """The pipeline's requests that need the transport (asks, except Ack)."""
+        transport = self.transport
+        if isinstance(message, Ack):
+            if transport is not None:
+                transport.ack(list(message.message_ids))
+            return None
+        if transport is None or self.session.state is not sm.State.CONNECTED:
+            raise TransportError(f"not connected ({self.session.state.value})")
+        if isinstance(message, SendText):
+            return transport.send_text(message.to, message.text, message.message_id)
+        if isinstance(message, WasReceived):
+            return transport.was_received(message.message_id)
+        return transport.download_media(message.media_ref)
 
     def _on_transport_event(self, event: tev.Event) -> None:
         """Side records the state machine does not keep: the QR to show, the paired number."""

@@ -32,6 +32,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from actors.base import Actor, actor_of
+from actors.pipeline import PipelineDeps
 from actors.session import BotSession, Refresh, SessionDeps
 from actors.supervisor import ChildSpec, Supervisor, children_of
 from db import bots as bots_db
@@ -243,6 +244,7 @@ class Supervision:
         self.owner = owner or make_owner_id()
         self.rng = rng or random.Random()
         limiter = ConnectRateLimiter(settings.wa_connect_rate)
+        self.pipeline_deps = pipeline_deps(system, self.rng)
         self.counters: dict[str, int] = {}
         self.deps = SessionDeps(
             settings=settings,
@@ -256,6 +258,7 @@ class Supervision:
             counters=self.counters,
             rng=self.rng,
             on_attempt=self._on_attempt,
+            pipeline=self.pipeline_deps,
         )
         registry = system.metrics.registry
         self._attempts = Counter(
@@ -333,6 +336,36 @@ class Supervision:
             self.top_ref.stop(timeout=self.system.settings.shutdown_timeout)
         except Exception as exc:  # noqa: BLE001 - already stopped
             log.warning("supervision stop", extra={"error": repr(exc)})
+
+
+def pipeline_deps(system: Any, rng: random.Random) -> PipelineDeps:
+    """The parts every bot's pipeline in this process shares: one AI client (its breaker is per
+    provider, so one provider's outage trips once for all bots), the media store, the metrics."""
+    from core.ai import AiClient
+    from core.metrics import PipelineMetrics
+    from db import conversations
+
+    settings = system.settings
+    holder: dict[str, Any] = {}
+    metrics = PipelineMetrics(
+        system.metrics.registry,
+        outbox_stats=lambda: conversations.outbox_stats(system.pool),
+        breaker_state=lambda: holder["ai"].breaker_state() if holder["ai"].enabled else "closed",
+    )
+    ai = AiClient(settings, observe=metrics.observe_ai, rng=rng)
+    holder["ai"] = ai
+    media_store = record_media = None
+    try:
+        from db import media as media_db
+        from media import store_from_settings
+
+        media_store, record_media = store_from_settings(settings), media_db.record
+    except ImportError:  # pragma: no cover - media support not installed
+        log.warning("media storage unavailable; inbound media is not downloaded")
+    return PipelineDeps(
+        settings=settings, pool=system.pool, publish=system.publish, ai=ai, media=media_store,
+        record_media=record_media, metrics=metrics, rng=rng,
+    )
 
 
 def start(system: Any) -> Supervision:

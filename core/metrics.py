@@ -97,3 +97,57 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class PipelineMetrics:
+    """What the message pipeline records: messages in and out by bot, dead letters, AI latency and
+    errors, the AI breaker's state, and the outbox's depth and age (read at scrape time)."""
+
+    def __init__(self, registry: CollectorRegistry, outbox_stats: Callable[[], dict], breaker_state: Callable[[], str]) -> None:
+        self.messages = Counter("messages", "Messages by direction and bot", ["direction", "bot"], registry=registry)
+        self.dead_letters = Counter("outbox_dead_letters", "Outgoing messages that became dead letters", ["bot"],
+                                    registry=registry)
+        self.ai_latency = Histogram("ai_request_duration_seconds", "AI request latency by outcome", ["outcome"],
+                                    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60), registry=registry)
+        self.ai_errors = Counter("ai_errors", "AI request failures by kind", ["kind"], registry=registry)
+        registry.register(_PipelineCollector(outbox_stats, breaker_state))
+
+    def count(self, what: str, bot_id: str) -> None:
+        if what == "dead":
+            self.dead_letters.labels(bot_id).inc()
+        else:
+            self.messages.labels(what, bot_id).inc()
+
+    def observe_ai(self, outcome: str, seconds: float) -> None:
+        self.ai_latency.labels(outcome).observe(seconds)
+        if outcome != "ok":
+            self.ai_errors.labels(outcome).inc()
+
+
+class _PipelineCollector(Collector):
+    def __init__(self, outbox_stats: Callable[[], dict], breaker_state: Callable[[], str]) -> None:
+        self._outbox_stats = outbox_stats
+        self._breaker_state = breaker_state
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Iterable[Any]:
+        depth = GaugeMetricFamily("outbox_messages", "Outbox rows by state", labels=["state"])
+        age = GaugeMetricFamily("outbox_oldest_seconds", "Age of the oldest outbox row by state", labels=["state"])
+        try:
+            stats = self._outbox_stats()
+        except Exception:  # noqa: BLE001 - a scrape during a database outage shows no outbox figures
+            stats = {}
+        for state in ("pending", "sending", "dead"):
+            count, oldest = stats.get(state, (0, 0.0))
+            depth.add_metric([state], count)
+            age.add_metric([state], oldest)
+        yield depth
+        yield age
+        breaker = GaugeMetricFamily("ai_breaker_open", "1 while the AI provider's circuit breaker is not closed",
+                                    labels=["state"])
+        state = self._breaker_state()
+        for name in ("closed", "open", "half_open"):
+            breaker.add_metric([name], 1 if state == name else 0)
+        yield breaker

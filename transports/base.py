@@ -17,7 +17,14 @@ Sink = Callable[[Event], None]
 
 
 class TransportError(RuntimeError):
-    """A transport operation failed (not connected, refused by the network, ...)."""
+    """A transport operation failed (not connected, refused by the network, ...).
+
+    ``permanent`` is true when the network refused the request itself (say, an invalid recipient):
+    repeating it cannot succeed, so an outgoing message goes straight to the dead letters."""
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
 
 
 class Transport(abc.ABC):

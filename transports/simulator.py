@@ -365,7 +365,9 @@ class SimulatorTransport(Transport):
         finally:
             conn.pending.pop(rid, None)
         if not reply.get("ok"):
-            raise TransportError(reply.get("error") or "refused by the network")
+            error = reply.get("error") or "refused by the network"
+            # "not logged in" is the link's state, not a verdict on the request.
+            raise TransportError(error, permanent=error != "not logged in")
         return reply
 
     def _write(self, conn: _Conn, frame: dict) -> None:

@@ -40,3 +40,14 @@ ALTER TABLE media ENABLE ROW LEVEL SECURITY;
 ALTER TABLE media FORCE ROW LEVEL SECURITY;
 CREATE POLICY tenant_isolation ON media
     USING (tenant_id = current_tenant()) WITH CHECK (tenant_id = current_tenant());
+
+-- Outbox depth and age across tenants, for metrics only (counts, no content).
+CREATE POLICY owner_outbox_stats ON outbox FOR SELECT TO CURRENT_USER USING (true);
+CREATE FUNCTION outbox_stats()
+    RETURNS TABLE (state text, messages bigint, oldest_seconds double precision)
+    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
+    AS $$
+        SELECT o.state, count(*), coalesce(extract(epoch FROM now() - min(o.created_at)), 0)
+          FROM outbox o WHERE o.state IN ('pending', 'sending', 'dead') GROUP BY o.state
+    $$;
+REVOKE ALL ON FUNCTION outbox_stats() FROM PUBLIC;

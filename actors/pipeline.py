@@ -1,0 +1,470 @@
+"""One bot's work as an actor: store what customers send, answer it, deliver what the bot sends.
+
+Started and owned by the bot's session actor (which keeps the transport); the two talk by messages.
+
+- **Inbound.** Messages are stored in arrival order, one statement each (contact upsert + message
+  insert, idempotent by WhatsApp message id), and only then acked to the network. If the database is
+  away, they wait in order and are retried with backoff; unacked, the network would redeliver them
+  anyway, so neither a database outage nor a crash loses one, and a replay is stored once.
+- **Answers.** Rules first (first match wins, answered at once). Otherwise, if the bot has AI on, the
+  conversation is debounced for AI_DEBOUNCE so several messages get one answer; the AI call runs in
+  its own greenlet so one slow provider call never holds up storing or delivering. An answer claims
+  its inbound messages and writes the outbox row in one transaction: a message is answered once.
+  While the provider is down (breaker open, errors) the bot's fallback reply is sent, if it has one.
+  Paused conversations (human takeover) are stored and never answered.
+- **Outbox.** Due rows are sent in order while the session is connected, at most BOT_SEND_RATE per
+  minute after a burst. Each attempt is recorded before the send; the message id was fixed when the
+  row was written, so after a crash mid-send the network is asked whether it already has it before
+  resending. Failures retry with capped exponential backoff; after OUTBOX_MAX_ATTEMPTS, or a
+  permanent refusal, the row becomes a dead letter (visible and retryable through the API).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import random
+import time
+from typing import Any, Callable
+
+import gevent
+
+from actors.base import Actor
+from core import context, sentry
+from db import conversations as conv
+from sansio import rules as rules_mod
+from sansio.prompt import build_messages
+from sansio.retry_rules import is_transient
+from sansio.token_bucket import TokenBucket
+from transports import events as tev
+
+log = logging.getLogger(__name__)
+
+MAX_WAITING_INBOUND = 10_000
+DELIVERY_BATCH = 50
+
+
+@dataclasses.dataclass
+class PipelineDeps:
+    settings: Any
+    pool: Any
+    publish: Callable[[str, str | None, str, dict], Any]
+    ai: Any = None  # core.ai.AiClient, shared per process (its breakers are per provider)
+    media: Any = None  # media store; None: media is not downloaded
+    record_media: Callable[..., str] | None = None
+    metrics: Any = None  # PipelineMetrics
+    clock: Callable[[], float] = time.monotonic
+    rng: random.Random = dataclasses.field(default_factory=random.Random)
+
+
+# -- messages (from the session) ------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Inbound:
+    event: tev.MessageReceived
+
+
+@dataclasses.dataclass(frozen=True)
+class ReceiptIn:
+    event: tev.Receipt
+
+
+@dataclasses.dataclass(frozen=True)
+class LinkUp:
+    up: bool
+
+
+class Wake:
+    """Something may be due: a new outbox row, changed rules, a resumed conversation."""
+
+
+# -- messages (to the session): its transport does the network part -------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SendText:
+    to: str
+    text: str
+    message_id: str
+
+
+@dataclasses.dataclass(frozen=True)
+class WasReceived:
+    message_id: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Ack:
+    message_ids: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class DownloadMedia:
+    media_ref: str
+
+
+# -- internal ------------------------------------------------------------------------------------
+
+
+class _StoreRetry:
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class _Debounced:
+    contact_id: str
+
+
+@dataclasses.dataclass(frozen=True)
+class _AiDone:
+    contact_id: str
+    message_ids: tuple[str, ...]
+    text: str | None
+    error: str | None
+    source: str
+
+
+class BotPipeline(Actor):
+    def __init__(self, bot_id: str, tenant_id: str, session_ref: Any, deps: PipelineDeps) -> None:
+        super().__init__()
+        self.bot_id = bot_id
+        self.tenant_id = tenant_id
+        self.session = session_ref
+        self.deps = deps
+        s = deps.settings
+        self.bucket = TokenBucket(s.bot_send_rate / 60.0, s.bot_send_burst, deps.clock())
+        self.waiting: collections.deque[tuple[tev.MessageReceived, context.WorkContext]] = collections.deque()
+        self._store_delay = 0.0
+        self._store_timer: gevent.Greenlet | None = None
+        self._debounce: dict[str, gevent.Greenlet] = {}
+        self._thinking: dict[str, gevent.Greenlet] = {}
+        self._again: set[str] = set()
+        self._deliver_timer: gevent.Greenlet | None = None
+        self._delivering = False
+        self.connected = False
+        self._config: tuple[list[rules_mod.Rule], rules_mod.AiConfig] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        self.actor_ref.tell(_Recover())
+
+    def on_stop(self) -> None:
+        self._teardown()
+
+    def on_failure(self, *exc_info: Any) -> None:
+        self._teardown()
+
+    def _teardown(self) -> None:
+        timers = [self._store_timer, self._deliver_timer, *self._debounce.values(), *self._thinking.values()]
+        for greenlet in timers:
+            if greenlet is not None:
+                greenlet.kill(block=False)
+        self._debounce.clear()
+        self._thinking.clear()
+
+    # -- messages ----------------------------------------------------------------------------------
+
+    def on_receive(self, message: Any) -> Any:
+        with context.bound(tenant_id=self.tenant_id, bot_id=self.bot_id):
+            return self._receive(message)
+
+    def _receive(self, message: Any) -> Any:
+        if isinstance(message, Inbound):
+            if len(self.waiting) >= MAX_WAITING_INBOUND:
+                # Not acked: the network delivers it again after the next login.
+                log.warning("inbound backlog full; message left to the network", extra={"wa_id": message.event.message_id})
+                return None
+            self.waiting.append((message.event, context.current()))
+            if self._store_timer is None:
+                self._store_waiting()
+            return None
+        if isinstance(message, _StoreRetry):
+            self._store_timer = None
+            return self._store_waiting()
+        if isinstance(message, ReceiptIn):
+            return self._receipt(message.event)
+        if isinstance(message, LinkUp):
+            self.connected = message.up
+            if message.up:
+                self._deliver()
+            return None
+        if isinstance(message, Wake):
+            self._config = None  # rules or AI settings may have changed
+            return self._deliver()
+        if isinstance(message, _Recover):
+            return self._recover()
+        if isinstance(message, _Debounced):
+            self._debounce.pop(message.contact_id, None)
+            return self._think(message.contact_id)
+        if isinstance(message, _AiDone):
+            return self._ai_done(message)
+        if isinstance(message, _DeliverDue):
+            self._deliver_timer = None
+            return self._deliver()
+        return super().on_receive(message)
+
+    # -- inbound -----------------------------------------------------------------------------------
+
+    def _store_waiting(self) -> None:
+        while self.waiting:
+            event, ctx = self.waiting[0]
+            with context.bound(correlation_id=ctx.correlation_id):
+                try:
+                    stored = conv.store_inbound(self.deps.pool, self.tenant_id, self.bot_id, event, ctx.correlation_id)
+                except Exception as exc:  # noqa: BLE001 - decide below
+                    if is_transient(exc) or isinstance(exc, RuntimeError):
+                        self._store_delay = min(max(self._store_delay * 2, 0.2), 3.0)
+                        log.warning("inbound not stored yet; will retry",
+                                    extra={"error": repr(exc), "waiting": len(self.waiting), "retry_in": self._store_delay})
+                        self._store_timer = gevent.spawn_later(self._store_delay, _tell_quietly, self.actor_ref, _StoreRetry())
+                        return
+                    # Not a fault that time fixes (bad data): report it and leave the message unacked
+                    # with the network rather than loop on it.
+                    log.error("inbound message could not be stored", extra={"error": repr(exc), "wa_id": event.message_id})
+                    sentry.capture(exc, where="store_inbound")
+                    self.waiting.popleft()
+                    continue
+                self.waiting.popleft()
+                self._store_delay = 0.0
+                _tell_quietly(self.session, Ack((event.message_id,)))
+                if stored.message_id is None:
+                    continue  # a replay: stored and handled before
+                self._count("in")
+                self.deps.publish(self.tenant_id, self.bot_id, "message.in", {
+                    "message_id": stored.message_id, "contact_id": stored.contact_id, "from": event.sender,
+                    "kind": event.kind, "text": event.text or event.caption, "wa_message_id": event.message_id,
+                    "correlation_id": ctx.correlation_id,
+                })
+                if event.media_ref and self.deps.media is not None:
+                    gevent.spawn(self._fetch_media, stored.message_id, event, ctx)
+                self._consider(stored, event)
+
+    def _consider(self, stored: conv.Stored, event: tev.MessageReceived) -> None:
+        if event.kind not in conv.ANSWERABLE_KINDS:
+            return  # stored as ignored
+        if stored.paused:
+            conv.ignore(self.deps.pool, self.tenant_id, [stored.message_id], "conversation paused")
+            return
+        rules, ai = self._reply_config()
+        rule = rules_mod.first_match(rules, event.text or event.caption or "")
+        if rule is not None:
+            self._answer(stored.contact_id, [stored.message_id], rule.reply, "rule")
+            return
+        if ai.enabled and self.deps.ai is not None and self.deps.ai.enabled:
+            self._schedule_think(stored.contact_id)
+            return
+        conv.ignore(self.deps.pool, self.tenant_id, [stored.message_id], "no rule matched and AI is off")
+
+    def _reply_config(self) -> tuple[list[rules_mod.Rule], rules_mod.AiConfig]:
+        if self._config is None:
+            row = conv.bot_reply_config(self.deps.pool, self.tenant_id, self.bot_id)
+            raw_rules, raw_ai = row if row is not None else ([], {})
+            try:
+                rules = rules_mod.validate_rules(raw_rules)
+            except rules_mod.RuleError as exc:
+                log.error("stored rules are invalid; answering without them", extra={"error": str(exc)})
+                rules = []
+            try:
+                ai = rules_mod.validate_ai_config(raw_ai)
+            except rules_mod.RuleError as exc:
+                log.error("stored AI settings are invalid; AI off", extra={"error": str(exc)})
+                ai = rules_mod.AiConfig()
+            self._config = (rules, ai)
+        return self._config
+
+    def _fetch_media(self, message_id: str, event: tev.MessageReceived, ctx: context.WorkContext) -> None:
+        context.set_current(ctx._replace(tenant_id=self.tenant_id, bot_id=self.bot_id))
+        delay = 0.5
+        for attempt in range(5):
+            try:
+                data = self.session.ask(DownloadMedia(event.media_ref), timeout=60)
+                stored = self.deps.media.put(self.tenant_id, data, event.mime_type or "application/octet-stream", "")
+                media_id = self.deps.record_media(self.deps.pool, self.tenant_id, self.bot_id, stored,
+                                                  event.mime_type or "application/octet-stream", "")
+                conv.set_media(self.deps.pool, self.tenant_id, message_id, media_id, stored.key)
+                return
+            except Exception as exc:  # noqa: BLE001 - retried, then reported
+                log.warning("media download failed", extra={"error": repr(exc), "attempt": attempt + 1})
+                gevent.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        sentry.capture(RuntimeError(f"media of message {message_id} not stored"), where="media")
+
+    # -- answering ---------------------------------------------------------------------------------
+
+    def _schedule_think(self, contact_id: str) -> None:
+        if contact_id in self._thinking:
+            self._again.add(contact_id)  # answered again once the call in flight is done
+            return
+        timer = self._debounce.pop(contact_id, None)
+        if timer is not None:
+            timer.kill(block=False)
+        self._debounce[contact_id] = gevent.spawn_later(
+            self.deps.settings.ai_debounce, _tell_quietly, self.actor_ref, _Debounced(contact_id)
+        )
+
+    def _think(self, contact_id: str) -> None:
+        pending = conv.unanswered(self.deps.pool, self.tenant_id, contact_id)
+        if not pending:
+            return
+        ids = [m[0] for m in pending]
+        _, ai = self._reply_config()
+        history = conv.history(self.deps.pool, self.tenant_id, contact_id, ai.history, ids)
+        prompt = build_messages(ai, history, [m[2] for m in pending])
+        ctx = context.current()
+        self._thinking[contact_id] = gevent.spawn(self._call_ai, contact_id, tuple(ids), prompt, ai, ctx)
+
+    def _call_ai(self, contact_id: str, ids: tuple[str, ...], prompt: list, ai: rules_mod.AiConfig,
+                 ctx: context.WorkContext) -> None:
+        context.set_current(ctx)
+        try:
+            text = self.deps.ai.reply(prompt, model=ai.model, temperature=ai.temperature)
+            result = _AiDone(contact_id, ids, text.strip() or None, None if text.strip() else "empty answer", "ai")
+        except Exception as exc:  # noqa: BLE001 - the provider's fault is the customer's fallback
+            result = _AiDone(contact_id, ids, None, str(exc) or type(exc).__name__, "ai")
+        _tell_quietly(self.actor_ref, result)
+
+    def _ai_done(self, done: _AiDone) -> None:
+        self._thinking.pop(done.contact_id, None)
+        if done.text is not None:
+            self._answer(done.contact_id, list(done.message_ids), done.text, "ai")
+        else:
+            _, ai = self._reply_config()
+            log.warning("AI answer failed", extra={"error": done.error, "fallback": bool(ai.fallback_reply)})
+            self.deps.publish(self.tenant_id, self.bot_id, "ai.error", {
+                "contact_id": done.contact_id, "error": done.error, "fallback": bool(ai.fallback_reply),
+            })
+            if ai.fallback_reply:
+                self._answer(done.contact_id, list(done.message_ids), ai.fallback_reply, "fallback")
+            else:
+                conv.ignore(self.deps.pool, self.tenant_id, list(done.message_ids), "AI unavailable")
+        if done.contact_id in self._again:
+            self._again.discard(done.contact_id)
+            self._schedule_think(done.contact_id)
+
+    def _answer(self, contact_id: str, message_ids: list[str], text: str, source: str) -> None:
+        outbox_id = conv.answer(self.deps.pool, self.tenant_id, self.bot_id, contact_id, message_ids, text, source,
+                                context.correlation_id())
+        if outbox_id is not None:
+            self._deliver()
+
+    def _recover(self) -> None:
+        """After a restart: answer what was stored but not answered, deliver what is due."""
+        for contact_id in conv.contacts_with_unanswered(self.deps.pool, self.tenant_id, self.bot_id):
+            pending = conv.unanswered(self.deps.pool, self.tenant_id, contact_id)
+            rules, ai = self._reply_config()
+            for message_id, kind, text in pending:
+                rule = rules_mod.first_match(rules, text)
+                if rule is not None:
+                    self._answer(contact_id, [message_id], rule.reply, "rule")
+            if ai.enabled and self.deps.ai is not None and self.deps.ai.enabled:
+                self._schedule_think(contact_id)
+        self._deliver()
+
+    # -- outbox ------------------------------------------------------------------------------------
+
+    def _deliver(self) -> None:
+        if not self.connected or self._delivering:
+            return
+        self._delivering = True
+        try:
+            self._deliver_batch()
+        finally:
+            self._delivering = False
+
+    def _deliver_batch(self) -> None:
+        pool, tenant = self.deps.pool, self.tenant_id
+        rows = conv.due(pool, tenant, self.bot_id, DELIVERY_BATCH)
+        for row in rows:
+            if not self.connected:
+                return
+            wait = self.bucket.wait_time(self.deps.clock())
+            if wait > 0:
+                self._deliver_later(wait)
+                return
+            with context.bound(correlation_id=row.correlation_id or context.correlation_id()):
+                if not self._send(row):
+                    return
+        if len(rows) == DELIVERY_BATCH:
+            _tell_quietly(self.actor_ref, Wake())
+            return
+        due_in = conv.next_due_in(pool, tenant, self.bot_id)
+        if due_in is not None:
+            self._deliver_later(due_in)
+
+    def _send(self, row: conv.Outgoing) -> bool:
+        """One attempt; False when delivery should pause (link down)."""
+        pool, tenant = self.deps.pool, self.tenant_id
+        if row.state == "sending":
+            # The last attempt's outcome is unknown (a crash or timeout mid-send): ask before resending.
+            try:
+                if self.session.ask(WasReceived(row.wa_message_id), timeout=15) is True:
+                    conv.mark_sent(pool, tenant, row.id)
+                    self._sent(row)
+                    return True
+            except Exception:  # noqa: BLE001 - cannot tell; the resend carries the same id
+                pass
+        conv.mark_sending(pool, tenant, row.id)
+        self.bucket.take(self.deps.clock())
+        try:
+            network_id = self.session.ask(SendText(row.to_jid, row.body, row.wa_message_id), timeout=30)
+        except Exception as exc:  # noqa: BLE001 - classified below
+            attempts = row.attempts + 1
+            permanent = bool(getattr(exc, "permanent", False))
+            if permanent or attempts >= self.deps.settings.outbox_max_attempts:
+                conv.mark_failed(pool, tenant, row.id, str(exc) or type(exc).__name__, None)
+                self._count("dead")
+                self.deps.publish(tenant, self.bot_id, "outbox.dead", {
+                    "outbox_id": row.id, "to": row.to_jid, "error": str(exc), "attempts": attempts})
+                log.error("outgoing message is a dead letter", extra={"outbox_id": row.id, "error": repr(exc)})
+            else:
+                base = self.deps.settings.outbox_retry_base
+                delay = min(300.0, base * 2 ** (attempts - 1)) * (0.5 + self.deps.rng.random() / 2)
+                conv.mark_failed(pool, tenant, row.id, str(exc) or type(exc).__name__, delay)
+                log.warning("send failed; will retry", extra={"outbox_id": row.id, "retry_in": round(delay, 2),
+                                                               "error": repr(exc)})
+            return self.connected
+        conv.mark_sent(pool, tenant, row.id, network_id if isinstance(network_id, str) else None)
+        self._sent(row)
+        return True
+
+    def _sent(self, row: conv.Outgoing) -> None:
+        self._count("out")
+        self.deps.publish(self.tenant_id, self.bot_id, "message.out", {
+            "outbox_id": row.id, "to": row.to_jid, "text": row.body, "wa_message_id": row.wa_message_id,
+            "correlation_id": row.correlation_id,
+        })
+
+    def _deliver_later(self, delay: float) -> None:
+        if self._deliver_timer is not None:
+            self._deliver_timer.kill(block=False)
+        self._deliver_timer = gevent.spawn_later(delay, _tell_quietly, self.actor_ref, _DeliverDue())
+
+    # -- receipts ----------------------------------------------------------------------------------
+
+    def _receipt(self, event: tev.Receipt) -> None:
+        changed = conv.record_receipt(self.deps.pool, self.tenant_id, self.bot_id, list(event.message_ids), event.status)
+        for message_id, outbox_id in changed:
+            self.deps.publish(self.tenant_id, self.bot_id, "message.status", {
+                "message_id": message_id, "outbox_id": outbox_id, "status": event.status})
+
+    def _count(self, what: str) -> None:
+        if self.deps.metrics is not None:
+            self.deps.metrics.count(what, self.bot_id)
+
+
+class _Recover:
+    pass
+
+
+class _DeliverDue:
+    pass
+
+
+def _tell_quietly(ref: Any, message: Any) -> None:
+    try:
+        ref.tell(message)
+    except Exception:  # noqa: BLE001 - stopped
+        pass
