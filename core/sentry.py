@@ -26,19 +26,19 @@ _URL_PASSWORD = re.compile(r"(://[^:/@\s]*):[^/\s]+@")
 FILTERED = "[Filtered]"
 
 
-def scrub(value: Any) -> Any:
-    """``value`` (an event, or any part of one) with secrets replaced by ``[Filtered]``."""
+def scrub(value: Any, secrets: tuple[str, ...] = ()) -> Any:
+    """``value`` (an event, or any part of one) with secrets replaced by ``[Filtered]``: API keys,
+    URL passwords, and the configured provider secrets (``secrets``)."""
     if isinstance(value, str):
-        return _URL_PASSWORD.sub(rf"\1:{FILTERED}@", _API_KEY.sub(FILTERED, value))
+        value = _URL_PASSWORD.sub(rf"\1:{FILTERED}@", _API_KEY.sub(FILTERED, value))
+        for secret in secrets:
+            value = value.replace(secret, FILTERED)
+        return value
     if isinstance(value, dict):
-        return {key: scrub(item) for key, item in value.items()}
+        return {key: scrub(item, secrets) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [scrub(item) for item in value]
+        return [scrub(item, secrets) for item in value]
     return value
-
-
-def _before_send(event: Any, _hint: Any) -> Any:
-    return scrub(event)
 
 
 def init(settings: Any, release: str) -> bool:
@@ -47,6 +47,11 @@ def init(settings: Any, release: str) -> bool:
     from sentry_sdk.integrations.flask import FlaskIntegration
     from sentry_sdk.integrations.logging import LoggingIntegration
 
+    # Provider credentials can end up in an error's local variables; never send them.
+    secrets = tuple(
+        value for value in (settings.ai_api_key, settings.media_s3_secret_access_key) if value and len(value) >= 8
+    )
+
     sentry_sdk.init(
         dsn=settings.sentry_dsn,
         environment=settings.environment,
@@ -54,7 +59,7 @@ def init(settings: Any, release: str) -> bool:
         integrations=[FlaskIntegration(), LoggingIntegration(event_level=None)],
         # Errors are reported explicitly with their work context; no performance tracing by default.
         traces_sample_rate=0.0,
-        before_send=_before_send,
+        before_send=lambda event, _hint: scrub(event, secrets),
         # No send_default_pii: off by default (no API keys, cookies or client IPs in events), and
         # naming it at all is deprecated in current SDKs (a warning on every start).
     )
