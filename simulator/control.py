@@ -7,6 +7,8 @@ bot is not in a state where that makes sense). See ``docs/simulator.md`` for the
 
 from __future__ import annotations
 
+import base64
+
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response, jsonify, request
@@ -72,7 +74,10 @@ def create_app(sim: "Simulator") -> Flask:
     @app.post("/bots/<bot_id>/inbound")
     def inbound(bot_id: str) -> Any:
         data = body()
-        message_id = sim.inbound(bot_id, data["from"], data["text"], message_id=data.get("id"))
+        media = data.get("media")
+        if media is not None:
+            media = {**media, "data": base64.b64decode(media.get("data_base64", ""), validate=True)}
+        message_id = sim.inbound(bot_id, data["from"], data.get("text", ""), message_id=data.get("id"), media=media)
         return jsonify(id=message_id)
 
     def inject_args(data: dict[str, Any]) -> dict[str, Any]:

@@ -126,3 +126,6 @@ def split_addr(addr: str, default_port: int = 7300) -> tuple[str, int]:
     if not 0 <= port_number <= 65535:
         raise ValueError(f"bad port in {addr!r}")
     return host or "127.0.0.1", port_number
+
+
+MEDIA_KINDS = ("image", "audio", "video", "document", "sticker")

@@ -19,6 +19,7 @@ short-lived greenlets for receipts. The Python API must be called from greenlets
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -72,7 +73,7 @@ class _Bot:
 
     __slots__ = (
         "bot_id", "cred", "jid", "conn", "qr", "pair_phone", "pair_code", "pending", "receipts", "outbox",
-        "fail_kind", "fail_code", "fail_times", "ban_until", "ban_code", "hang",
+        "fail_kind", "fail_code", "fail_times", "ban_until", "ban_code", "hang", "media",
     )  # fmt: skip
 
     def __init__(self, bot_id: str) -> None:
@@ -86,6 +87,7 @@ class _Bot:
         self.pending: dict[str, dict] = {}  # inbound messages sent or waiting, until the bot acks them
         self.receipts: list[dict] = []  # receipts that fell due while the bot was away
         self.outbox: dict[str, dict] = {}  # message id -> {id, to, text, ts, status}
+        self.media: dict[str, bytes] = {}  # media ref -> bytes of inbound media, until downloaded and acked
         self.fail_kind: str | None = None
         self.fail_code: int | None = None
         self.fail_times = 0
@@ -279,6 +281,12 @@ class Simulator:
                 self._reply(conn, rid, error="not logged in")
                 return
             self._reply(conn, rid, **self._record_outbound(bot, frame))
+        elif kind == "media":
+            data = bot.media.get(str(frame.get("ref"))) if conn.state == _ONLINE else None
+            if data is None:
+                self._reply(conn, rid, error="no such media")
+            else:
+                self._reply(conn, rid, data=base64.b64encode(data).decode())
         elif kind == "query":
             record = bot.outbox.get(str(frame.get("id"))) if conn.state == _ONLINE else None
             self._reply(conn, rid, received=record is not None, status=record and record["status"])
@@ -507,14 +515,29 @@ class Simulator:
         self._end(conn, "stream_restart")  # like WhatsApp: log in again, now with the credential
         return bot.jid
 
-    def inbound(self, bot_id: str, sender: str, text: str, message_id: str | None = None) -> str:
+    def inbound(self, bot_id: str, sender: str, text: str, message_id: str | None = None,
+                media: dict | None = None) -> str:
         """Customer ``sender`` (digits or jid) sends ``text`` to the bot; returns the message id.
 
-        Delivered at once if the bot is online, else at its next login; redelivered until acked."""
+        ``media`` (``{"kind": "image"|"audio"|"video"|"document"|"sticker", "mime": ..., "data": bytes}``)
+        makes it a media message with ``text`` as its caption; the bot downloads the bytes with a
+        ``media`` request. Delivered at once if the bot is online, else at its next login;
+        redelivered until acked."""
         bot = self._known(bot_id)
         jid = protocol.user_jid(sender)
         message_id = message_id or "3EB0" + secrets.token_hex(8).upper()
         frame = {"t": "message", "id": message_id, "chat": jid, "sender": jid, "ts": time.time(), "text": str(text)}
+        if media is not None:
+            kind = str(media.get("kind", "image"))
+            if kind not in protocol.MEDIA_KINDS:
+                raise SimulatorError(400, f"media kind must be one of {', '.join(protocol.MEDIA_KINDS)}")
+            data = media.get("data")
+            if not isinstance(data, (bytes, bytearray)) or not data:
+                raise SimulatorError(400, "media needs non-empty data")
+            ref = "m-" + secrets.token_hex(8)
+            bot.media[ref] = bytes(data)
+            frame.update(kind=kind, mime=str(media.get("mime") or "application/octet-stream"), media=ref,
+                         text="", caption=str(text))
         bot.pending[message_id] = frame
         conn = bot.conn
         if conn is not None and conn.state == _ONLINE:

@@ -20,6 +20,7 @@ events: the caller knows what it did.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -198,6 +199,13 @@ class SimulatorTransport(Transport):
         store = self._load_store()
         return store.get("jid") if store else None
 
+    def download_media(self, media_ref: str) -> bytes:
+        conn = self._live()
+        if conn.state != _ONLINE:
+            raise TransportError("not logged in")
+        reply = self._request(conn, {"t": "media", "ref": media_ref})
+        return base64.b64decode(reply["data"])
+
     def ack(self, message_ids: list[str]) -> None:
         conn = self._conn
         if conn is None or conn.state != _ONLINE or not message_ids:
@@ -295,6 +303,10 @@ class SimulatorTransport(Transport):
                     sender=str(frame.get("sender", frame.get("chat", ""))),
                     timestamp=float(frame.get("ts") or time.time()),
                     text=str(frame.get("text", "")),
+                    kind=str(frame.get("kind", "text")),
+                    caption=str(frame.get("caption", "")),
+                    mime_type=str(frame.get("mime", "")),
+                    media_ref=frame.get("media"),
                 ),
             )
             # Not acked here: the pipeline acks once the message is committed (ack()); until then the
