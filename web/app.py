@@ -11,7 +11,7 @@ import io
 import logging
 import re
 import time
-from typing import Any
+from typing import Any, Callable
 
 from flask import Flask, g, request
 
@@ -20,6 +20,16 @@ from web import errors
 
 log = logging.getLogger("web.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Media uploads carry files up to MEDIA_MAX_BYTES (plus multipart framing), not JSON.
+_MEDIA_UPLOAD = ("POST", "/api/v1/media")
+_MULTIPART_SLACK = 64 * 1024
+
+
+def _body_limit(settings: Any, environ: dict) -> int:
+    """HTTP_MAX_BODY for every request but a media upload."""
+    if (environ.get("REQUEST_METHOD"), environ.get("PATH_INFO")) == _MEDIA_UPLOAD:
+        return max(settings.http_max_body, settings.media_max_bytes + _MULTIPART_SLACK)
+    return settings.http_max_body
 
 
 class _ChunkedBodyLimit:
@@ -28,22 +38,23 @@ class _ChunkedBodyLimit:
     at most limit + 1 bytes: over the limit the request is flagged for a 413, otherwise it continues
     with a known length."""
 
-    def __init__(self, app: Any, limit: int) -> None:
+    def __init__(self, app: Any, limit: Callable[[dict], int]) -> None:
         self.app = app
         self.limit = limit
 
     def __call__(self, environ: dict, start_response: Any) -> Any:
         if not environ.get("CONTENT_LENGTH") and "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
             stream = environ["wsgi.input"]
-            body = b""
-            while len(body) <= self.limit:
-                chunk = stream.read(min(65536, self.limit + 1 - len(body)))
+            limit = self.limit(environ)
+            body = bytearray()  # grows in place: an upload of many MiB must not be copied per chunk
+            while len(body) <= limit:
+                chunk = stream.read(min(65536, limit + 1 - len(body)))
                 if not chunk:
                     break
                 body += chunk
-            if len(body) > self.limit:
+            if len(body) > limit:
                 environ["wabot.body_too_large"] = True
-                body = b""
+                body = bytearray()
             environ["wsgi.input"] = io.BytesIO(body)
             environ["CONTENT_LENGTH"] = str(len(body))
             environ.pop("HTTP_TRANSFER_ENCODING", None)
@@ -55,7 +66,7 @@ def create_app(system: Any) -> Flask:
     settings = system.settings
     app.config.update(MAX_CONTENT_LENGTH=settings.http_max_body, JSON_SORT_KEYS=False)
     app.extensions["wabot"] = system
-    app.wsgi_app = _ChunkedBodyLimit(app.wsgi_app, settings.http_max_body)
+    app.wsgi_app = _ChunkedBodyLimit(app.wsgi_app, lambda environ: _body_limit(settings, environ))
     metrics = system.metrics
     errors.install(app, metrics)
 
@@ -67,8 +78,10 @@ def create_app(system: Any) -> Flask:
         g.started = time.perf_counter()
         g.context_token = context.set_current(context.WorkContext(correlation_id=rid))
         length = request.content_length
-        if request.environ.get("wabot.body_too_large") or (length is not None and length > settings.http_max_body):
-            raise errors.ApiError(413, "payload_too_large", f"request body over {settings.http_max_body} bytes")
+        limit = _body_limit(settings, request.environ)
+        request.max_content_length = limit  # what werkzeug enforces while reading the body or a form
+        if request.environ.get("wabot.body_too_large") or (length is not None and length > limit):
+            raise errors.ApiError(413, "payload_too_large", f"request body over {limit} bytes")
         return None
 
     @app.after_request
@@ -95,12 +108,15 @@ def create_app(system: Any) -> Flask:
             except ValueError:
                 pass  # reset from another context (streamed responses): nothing to undo
 
-    from web import bots, health, streams, tenants
+    from web import bots, conversations, health, media, streams, tenants, ws
 
     app.register_blueprint(health.blueprint)
     app.register_blueprint(tenants.blueprint, url_prefix="/api/v1")
     app.register_blueprint(bots.blueprint, url_prefix="/api/v1")
+    app.register_blueprint(conversations.blueprint, url_prefix="/api/v1")
     app.register_blueprint(streams.blueprint, url_prefix="/api/v1")
+    app.register_blueprint(ws.blueprint, url_prefix="/api/v1")
+    app.register_blueprint(media.blueprint, url_prefix="/api/v1")
     for extra in getattr(system, "blueprints", ()):
         app.register_blueprint(extra, url_prefix="/api/v1")
     return app

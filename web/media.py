@@ -1,0 +1,116 @@
+"""Media over the API: ``POST /api/v1/media`` keeps an upload as the tenant's and returns its id (for
+outgoing messages to reference), ``GET /api/v1/media/<id>`` streams the bytes back.
+
+The upload route alone may carry a body up to ``MEDIA_MAX_BYTES`` (web.app raises its body limit);
+the store enforces the exact limit while it reads, so a body without a trustworthy length is never
+kept past it. Downloads are served as inert content: whatever MIME type an uploader claimed, a
+browser must not sniff it into something else or run it as a page on the API's origin.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, jsonify, request
+
+import media
+from db import media as media_db
+from media import names
+from web import validation as v
+from web.auth import require_tenant, system
+from web.errors import ApiError, bad_request, not_found
+
+log = logging.getLogger(__name__)
+blueprint = Blueprint("media", __name__)
+
+
+def _store() -> media.MediaStore:
+    """The process's store: the root's ``media_store`` when the process made one (shared with the
+    pipeline), else one made from settings once per app."""
+    root = system()
+    store = getattr(root, "media_store", None)
+    if store is None:
+        store = current_app.extensions.get("wabot.media_store")
+        if store is None:
+            store = current_app.extensions["wabot.media_store"] = media.store_from_settings(root.settings)
+    return store
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, "payload_too_large", f"media over the limit of {limit} bytes")
+
+
+def _mime(value: str | None, field: str) -> str:
+    # curl --data-binary sends form-urlencoded unless told otherwise: never a media type anyone meant.
+    if not value or value.split(";")[0].strip().lower() == "application/x-www-form-urlencoded":
+        return names.DEFAULT_MIME
+    mime = names.clean_mime(value)
+    if mime is None:
+        raise bad_request(field, "must be a MIME type like image/jpeg")
+    return mime
+
+
+def _upload() -> tuple[Any, str, str]:
+    """(data, mime type, file name) from a multipart ``file`` part or a raw body."""
+    store = _store()
+    if request.mimetype == "multipart/form-data":
+        part = request.files.get("file")
+        if part is None:
+            raise bad_request("file", "is required: send the file as a multipart part named 'file'")
+        filename = request.form.get("filename") or request.args.get("filename") or part.filename or ""
+        return part.stream, _mime(part.content_type, "file"), names.clean_filename(filename)
+    # A raw body: its Content-Length (chunked ones get one in web.app) says up front whether it fits.
+    if (request.content_length or 0) > store.max_bytes:
+        raise _too_large(store.max_bytes)
+    filename = names.clean_filename(request.args.get("filename"))
+    return request.stream, _mime(request.content_type, "Content-Type"), filename
+
+
+@blueprint.post("/media")
+@require_tenant
+def upload_media() -> Any:
+    data, mime_type, filename = _upload()
+    store = _store()
+    try:
+        media_id, stored = media.save(system().pool, store, g.tenant_id, None, data, mime_type, filename)
+    except media.MediaTooLarge as exc:
+        raise _too_large(exc.limit) from None
+    except media.EmptyMedia:
+        raise bad_request("file", "must not be empty") from None
+    except media.StorageUnavailable as exc:
+        log.warning("media storage unavailable", extra={"error": str(exc)})
+        raise ApiError(503, "storage_unavailable", "media storage is unavailable; try again later") from None
+    response = jsonify(
+        {"id": media_id, "mime_type": mime_type, "size_bytes": stored.size, "sha256": stored.sha256,
+         "filename": filename}
+    )
+    response.status_code = 201
+    response.headers["Location"] = f"/api/v1/media/{media_id}"
+    return response
+
+
+@blueprint.get("/media/<media_id>")
+@require_tenant
+def get_media(media_id: str) -> Any:
+    media_id = v.uuid_arg(media_id, "media")
+    row = media_db.get(system().pool, g.tenant_id, media_id)
+    if row is None:
+        raise not_found("media")
+    try:
+        reader = _store().open(row["backend"], row["object_key"])
+    except media.ObjectMissing:
+        # The row outlived its object: storage lost it or it was removed behind our back.
+        log.error("media row without its object", extra={"media_id": media_id, "backend": row["backend"]})
+        raise not_found("media") from None
+    except media.StorageUnavailable as exc:
+        log.warning("media storage unavailable", extra={"error": str(exc)})
+        raise ApiError(503, "storage_unavailable", "media storage is unavailable; try again later") from None
+    response = Response(reader, mimetype=None, content_type=row["mime_type"], direct_passthrough=True)
+    response.headers["Content-Length"] = str(row["size_bytes"])
+    response.headers["Content-Disposition"] = names.content_disposition(row["filename"], f"media-{media_id}")
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
+    response.headers["Cache-Control"] = "private, max-age=3600"
+    response.headers["ETag"] = f'"{row["sha256"]}"'
+    return response
