@@ -359,7 +359,8 @@ def pipeline_deps(system: Any, rng: random.Random) -> PipelineDeps:
         from db import media as media_db
         from media import store_from_settings
 
-        media_store, record_media = store_from_settings(settings), media_db.record
+        media_store = getattr(system, "media_store", None) or store_from_settings(settings)
+        record_media = media_db.record
     except ImportError:  # pragma: no cover - media support not installed
         log.warning("media storage unavailable; inbound media is not downloaded")
     return PipelineDeps(

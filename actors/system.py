@@ -38,6 +38,7 @@ class System:
         self.bus: Any = None
         self.bus_metrics: Any = None
         self.publish: Any = None
+        self._media_store: Any = None
         self._stops: list[tuple[str, Callable[[], None]]] = []
         self.sentry_enabled = False
 
@@ -86,6 +87,15 @@ class System:
             behind = migrate.pending(unit.connection)
         if behind:
             raise StartupError(f"schema is behind: pending migrations {', '.join(behind)}; run 'python run.py migrate'")
+
+    @property
+    def media_store(self) -> Any:
+        """One media store per process, shared by the web app and the bots' pipelines."""
+        if self._media_store is None:
+            from media import store_from_settings
+
+            self._media_store = store_from_settings(self.settings)
+        return self._media_store
 
     def start_bus(self) -> Any:
         """The event bus this process's live streams subscribe to (web processes)."""

@@ -199,3 +199,21 @@ def test_messages_queued_while_disconnected_are_delivered_once_the_link_is_back(
     assert [m["text"] for m in sim.outbox(bot)] == ["queued 0", "queued 1", "queued 2"]
     states = pool.query(tenant, "SELECT state FROM outbox WHERE id = ANY(%s::uuid[])", (ids,))
     assert {s[0] for s in states} == {"sent"}
+
+
+def test_inbound_media_is_downloaded_stored_and_linked_from_its_message(env, sim, ai_server, pool):
+    from db import media as media_db
+
+    sup, events, tenant = env
+    bot = _connected_bot(sim, events, pool, tenant, rules=[{"match": "keyword", "pattern": "receipt", "reply": "thanks"}])
+    picture = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40
+    sim.inbound(bot, CUSTOMER, "my receipt", media={"kind": "image", "mime": "image/png", "data": picture})
+    events.wait_for(lambda: _sent_texts(sim, bot) == ["thanks"], what="the caption answered by the rule")
+    row = events.wait_for(lambda: (r := pool.query(
+        tenant, "SELECT kind, body, payload->>'media_id', media_key FROM messages WHERE bot_id = %s AND direction = 'in'",
+        (bot,))) and r[0][2] and r[0], what="the media linked from the message")
+    kind, caption, media_id, key = row
+    assert (kind, caption) == ("image", "my receipt")
+    record = media_db.get(pool, tenant, media_id)
+    assert record["mime_type"] == "image/png" and record["size_bytes"] == len(picture)
+    assert sup.pipeline_deps.media.get(record["backend"], record["object_key"]) == picture
