@@ -1,0 +1,653 @@
+"""Live events and commands over a WebSocket: ``GET /api/v1/ws``.
+
+The same events, filters and resume as the SSE stream (``web.streams``), as JSON text frames, plus
+commands from the client (ping, change the filter, queue a text message). The API key comes in the
+``Authorization: Bearer`` header or, because browsers cannot set headers on a WebSocket, in a
+``token`` query parameter.
+
+One connection is three greenlets: the request's own greenlet starts the other two and cleans up;
+the *reader* reads client frames and answers commands; the *pump* writes events from the subscriber's
+hand-off, the backlog first when resuming, and a ping whenever the stream is idle for
+``SSE_HEARTBEAT``. gevent-websocket is not safe for concurrent sends: every frame goes out through one
+lock (``_Socket.write``). Whichever of reader and pump ends first ends the connection — the client
+closed or broke the protocol, or the server cut the subscriber off (too slow, shutting down) — and the
+subscriber is unregistered at once.
+
+Frames are read here, not by gevent-websocket: its reader allocates whatever length a frame header
+claims before looking at it, so a client could make the server buffer gigabytes. A message (all
+fragments together) over ``WS_MAX_FRAME`` bytes is refused from its header alone: an error frame
+``frame_too_large``, then close 1009. gevent-websocket's ``close()`` also drops the status code, so
+close frames are written here too.
+
+The upgrade itself is done by the server's handler (gevent-websocket) *before* the app runs, so as
+served today a refused key gets an ``unauthorized`` error frame and close 1008 after the 101. The
+blueprint installs ``app.websocket_gate(environ)`` for the server: a handler that asks it before
+upgrading answers a refused request with the app's plain HTTP response (401 JSON) instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import socket
+import struct
+import time
+import uuid
+from typing import Any, Callable
+
+import gevent
+import gevent.lock
+import gevent.queue
+from flask import Blueprint, Response, g, request
+from geventwebsocket.exceptions import ProtocolError, WebSocketError
+from geventwebsocket.websocket import Header
+from werkzeug.wrappers import Request
+
+from actors.event_bus import ChangeFilter
+from actors.subscriber import Closing
+from core import context, sentry
+from db import outbox, tenants
+from sansio import sse
+from web.auth import system
+from web.errors import ApiError, bad_request, not_found
+from web.streams import SUBSCRIBE_TIMEOUT, backlog, close_subscription, open_subscription, parse_filter
+
+log = logging.getLogger(__name__)
+
+blueprint = Blueprint("ws", __name__)
+
+OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_INVALID_DATA = 1007
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL = 1011
+CLOSE_TRY_AGAIN = 1013
+
+SEND_TIMEOUT = 30.0
+"""Seconds one frame may take to be written; a client that takes longer is gone."""
+CLOSE_WAIT = 2.0
+"""Seconds the server waits for the client's close frame after sending its own."""
+DRAIN_MAX = 1 << 20
+"""Bytes of a refused frame read and dropped to reach the client's close frame; beyond this the
+connection is just closed."""
+PING_GRACE = 2
+"""Heartbeats a WebSocket ping may go unanswered (no frame at all from the client) before the client
+counts as gone."""
+ID_MAX = 128
+
+_GATE_TENANT = "wabot.ws_tenant"
+
+
+class _Gone(Exception):
+    """The connection cannot take another frame (closed, broken, or the client stopped reading)."""
+
+
+class _Violation(Exception):
+    """The client broke the protocol or a limit: an error frame, then close with ``close_code``."""
+
+    def __init__(self, close_code: int, code: str, message: str, in_sync: bool = True) -> None:
+        super().__init__(message)
+        self.close_code = close_code
+        self.code = code
+        self.message = message
+        self.in_sync = in_sync  # the next byte from the client starts a frame (or unread payload, below)
+
+
+# -- authentication -----------------------------------------------------------------------------------
+
+
+def _presented_key(headers: Any, args: Any) -> str | None:
+    """The header wins; the ``token`` query parameter is for clients that cannot set headers."""
+    header = headers.get("Authorization", "")
+    if header:
+        scheme, _, key = header.partition(" ")
+        return key.strip() if scheme.lower() == "bearer" and key.strip() else None
+    return args.get("token", "").strip() or None
+
+
+def _authenticate(pool: Any, headers: Any, args: Any) -> str:
+    key = _presented_key(headers, args)
+    if key is None:
+        raise ApiError(
+            401, "unauthorized", "missing API key: send 'Authorization: Bearer <key>' or the query parameter token=<key>"
+        )
+    tenant_id = tenants.authenticate(pool, key)
+    if tenant_id is None:
+        raise ApiError(401, "unauthorized", "invalid API key")
+    return tenant_id
+
+
+def _gate(app: Any, path: str, environ: dict) -> bool:
+    """For the server's handler, before it upgrades: may this request become a WebSocket? Only on this
+    route and with a valid key; otherwise the handler should run the app as plain HTTP, whose answer
+    (401, 400) is then an ordinary JSON response. Reads headers and query only, never the body."""
+    if environ.get("PATH_INFO") != path:
+        return False
+    req = Request(environ)
+    try:
+        environ[_GATE_TENANT] = _authenticate(app.extensions["wabot"].pool, req.headers, req.args)
+    except Exception:  # noqa: BLE001 - refused, or the database is away: the app answers properly
+        return False
+    return True
+
+
+@blueprint.record_once
+def _install_gate(state: Any) -> None:
+    state.app.websocket_gate = functools.partial(_gate, state.app, (state.url_prefix or "") + "/ws")
+
+
+# -- framing ------------------------------------------------------------------------------------------
+
+
+def _unmask(data: bytes, mask: bytes) -> bytes:
+    n = len(data)
+    if not n:
+        return b""
+    key = (bytes(mask) * (n // 4 + 1))[:n]
+    return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+
+
+def _valid_close_code(code: int) -> bool:
+    return 1000 <= code <= 1003 or 1007 <= code <= 1011 or code == 1013 or 3000 <= code <= 4999
+
+
+class _Socket:
+    """Frames on an upgraded connection: reading with the size limit, writing under one lock."""
+
+    def __init__(self, ws: Any, max_message: int) -> None:
+        self.ws = ws
+        self.stream = ws.stream  # .read is the handler's rfile.read, .write the socket's sendall
+        self.max_message = max_message
+        self.lock = gevent.lock.Semaphore()
+        self.close_sent = False
+        self.broken = False  # a write failed or was cut off mid-frame: nothing more can follow
+        self.last_heard = time.monotonic()
+        self.unread = 0  # payload bytes of the current frame not read (a refused frame)
+
+    # writing
+
+    def write(self, *frames: tuple[int, bytes], timeout: float = SEND_TIMEOUT) -> None:
+        data = b"".join(bytes(Header.encode_header(True, op, b"", len(body), 0)) + body for op, body in frames)
+        with self.lock:
+            if self.close_sent or self.broken:
+                raise _Gone("the connection is closing")
+            timer = gevent.Timeout(timeout)
+            timer.start()
+            done = False
+            try:
+                self.stream.write(data)
+                done = True
+            except gevent.Timeout as exc:
+                if exc is not timer:
+                    raise
+                raise _Gone(f"the client took no frame for {timeout:g} s") from None
+            except OSError as exc:
+                raise _Gone(f"write failed: {exc}") from None
+            finally:
+                timer.close()
+                if not done:
+                    self.broken = True
+            if any(op == OP_CLOSE for op, _ in frames):
+                self.close_sent = True
+
+    def send(self, message: dict) -> None:
+        self.write((OP_TEXT, _json(message)))
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Send a close frame (once; never after a broken write); never raises."""
+        try:
+            self.write((OP_CLOSE, struct.pack("!H", code) + reason.encode()[:123]), timeout=CLOSE_WAIT)
+        except _Gone:
+            pass
+
+    def abort(self) -> None:
+        """Make the coming close a reset: the kernel then drops what the client never took instead of
+        holding it, and the connection, until the client reads or TCP gives up."""
+        try:
+            self.ws.handler.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except (AttributeError, OSError):
+            pass
+
+    # reading
+
+    def _payload(self, header: Any) -> bytes:
+        if not header.length:
+            return b""
+        data = self.stream.read(header.length)
+        if len(data) != header.length:
+            raise WebSocketError("unexpected end of stream in a frame")
+        return _unmask(data, header.mask)
+
+    def read_message(self) -> tuple[int, bytes]:
+        """The next text or binary message, or ``(OP_CLOSE, payload)``; pings are answered here.
+
+        Raises ``_Violation`` for a protocol error or an oversized message (before reading its
+        payload), ``WebSocketError``/``OSError`` when the client is gone."""
+        opcode: int | None = None
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            try:
+                header = Header.decode_header(self.stream)
+            except ProtocolError as exc:  # a fragmented or oversized control frame
+                raise _Violation(CLOSE_PROTOCOL_ERROR, "protocol_error", str(exc), in_sync=False) from None
+            self.last_heard = time.monotonic()
+            op = header.opcode
+            if header.flags or not header.mask or op in (3, 4, 5, 6, 7) or op > OP_PONG:
+                self.unread = header.length
+                problem = (
+                    "reserved bits set (no extension was negotiated)" if header.flags
+                    else "client frames must be masked" if not header.mask
+                    else f"unknown opcode {op}"
+                )
+                raise _Violation(CLOSE_PROTOCOL_ERROR, "protocol_error", problem)
+            if op >= OP_CLOSE:
+                payload = self._payload(header)
+                if op == OP_PING:
+                    self.write((OP_PONG, payload))
+                elif op == OP_CLOSE:
+                    return OP_CLOSE, payload
+                continue
+            if op == OP_CONTINUATION:
+                if opcode is None:
+                    self.unread = header.length
+                    raise _Violation(CLOSE_PROTOCOL_ERROR, "protocol_error", "continuation frame without a message")
+            elif opcode is not None:
+                self.unread = header.length
+                raise _Violation(CLOSE_PROTOCOL_ERROR, "protocol_error", "a new message began before the last ended")
+            else:
+                opcode = op
+            size += header.length
+            if size > self.max_message:
+                self.unread = header.length
+                raise _Violation(
+                    CLOSE_TOO_BIG, "frame_too_large",
+                    f"messages are limited to {self.max_message} bytes (WS_MAX_FRAME); this one has {size} or more",
+                )
+            parts.append(self._payload(header))
+            if header.fin:
+                return opcode, b"".join(parts)
+
+    def await_close(self) -> None:
+        """After our close frame: read and drop what the client still sends until its close frame (or
+        the end of the stream), at most ``CLOSE_WAIT`` seconds and ``DRAIN_MAX`` bytes, so closing the
+        socket does not reset a connection with unread data (which can cost the client our last frames)."""
+        with gevent.Timeout(CLOSE_WAIT, False):
+            try:
+                budget = DRAIN_MAX
+                while budget > 0:
+                    if self.unread:
+                        if self.unread > budget:
+                            return
+                        chunk = self.stream.read(min(self.unread, 65536))
+                        if not chunk:
+                            return
+                        self.unread -= len(chunk)
+                        budget -= len(chunk)
+                        continue
+                    header = Header.decode_header(self.stream)
+                    if header.length > budget:
+                        return
+                    self.unread = header.length
+                    if header.opcode == OP_CLOSE:
+                        return
+                    budget -= header.length
+            except (WebSocketError, OSError):
+                return
+
+
+# -- the endpoint -------------------------------------------------------------------------------------
+
+
+# werkzeug routes an upgrade request only to a rule marked websocket=True (others answer 400), and a
+# plain request only to one that is not: the same view serves both, so plain HTTP gets 401/400 JSON.
+@blueprint.get("/ws", websocket=True)
+@blueprint.get("/ws", endpoint="websocket_http")
+def websocket() -> Any:
+    root = system()
+    environ = request.environ
+    ws = environ.get("wsgi.websocket")
+    try:
+        tenant_id = environ.get(_GATE_TENANT) or _authenticate(root.pool, request.headers, request.args)
+        g.tenant_id = tenant_id
+        if ws is None:
+            raise ApiError(
+                400, "websocket_required",
+                "this endpoint speaks WebSocket only: send an upgrade request (Upgrade: websocket)",
+            )
+        try:
+            last = sse.resume_position(request.headers.get("Last-Event-ID"), request.args.get("last_event_id"))
+        except ValueError as exc:  # sse.BadResume, or int() refusing a digit str.isdigit() allowed
+            raise bad_request("last_event_id", "last event id must be a non-negative integer") from None
+        flt = parse_filter(request.args.getlist("bot"), request.args.getlist("type"))
+    except ApiError as exc:
+        if ws is None:
+            raise
+        return _refuse(ws, root.settings, exc, CLOSE_POLICY)
+    with context.bound(tenant_id=tenant_id):
+        try:
+            ref, subscriber, high = open_subscription(root, tenant_id, flt, "ws")
+        except ApiError as exc:
+            return _refuse(ws, root.settings, exc, CLOSE_TRY_AGAIN)
+        try:
+            session = _Session(_Socket(ws, root.settings.ws_max_frame), root, tenant_id, ref, subscriber, high,
+                               last, flt)
+        except BaseException:
+            close_subscription(root, ref, "error")
+            raise
+        session.run()
+    return Response(status=101)
+
+
+def _refuse(ws: Any, settings: Any, exc: ApiError, close_code: int) -> Any:
+    sock = _Socket(ws, settings.ws_max_frame)
+    frame: dict[str, Any] = {"type": "error", "code": exc.code, "message": exc.message, "id": None}
+    if exc.field is not None:
+        frame["field"] = exc.field
+    try:
+        sock.send(frame)
+    except _Gone:
+        pass
+    sock.close(close_code, exc.code)
+    sock.await_close()
+    ws.closed = True  # closed here, with a status code; the library must not send a close of its own
+    return Response(status=exc.status)
+
+
+class _Session:
+    def __init__(
+        self, sock: _Socket, root: Any, tenant_id: str, ref: Any, subscriber: Any, high: int, last: int | None,
+        flt: sse.Filter,
+    ) -> None:
+        self.sock = sock
+        self.root = root
+        self.tenant_id = tenant_id
+        self.ref = ref
+        self.subscriber = subscriber
+        self.high = high
+        self.last = last
+        self.filter = flt
+        self.heartbeat = root.settings.sse_heartbeat
+        self.work = context.current()
+        self.connection_id = self.work.correlation_id
+        self.delivered = root.bus_metrics.delivered.labels("ws")
+        self.sent = high if last is None else last  # the stream position the client has reached
+        self.close_code: int | None = None  # what the server's close frame will say
+        self.close_text = ""
+        self.reason = "client_closed"  # for the disconnect metric
+        self.ping_sent_at: float | None = None
+        self.ops: dict[str, Callable[[dict], dict]] = {
+            "ping": self._op_ping, "filter": self._op_filter, "send": self._op_send,
+        }
+
+    def run(self) -> None:
+        reader = gevent.spawn(self._guard, self._read_loop)
+        pump = gevent.spawn(self._guard, self._pump)
+        subscribed = True
+        try:
+            gevent.wait([reader, pump], count=1)
+            close_subscription(self.root, self.ref, self.reason)
+            subscribed = False
+            if not reader.dead:
+                # The server ends it (cut off, shutting down, ping timeout): close, and let the reader
+                # take the client's close frame.
+                if not self.sock.broken:
+                    self.sock.close(self.close_code or CLOSE_NORMAL, self.close_text)
+                    if self.reason != "ping_timeout":  # a client that answers no ping answers no close
+                        reader.join(CLOSE_WAIT)
+            else:
+                self._stop_pump(pump)
+                if self.close_code is not None:
+                    self.sock.close(self.close_code, self.close_text)
+                    if self.reason != "client_closed":
+                        self.sock.await_close()
+        finally:
+            reader.kill()
+            pump.kill()
+            if subscribed:
+                close_subscription(self.root, self.ref, "closed")
+            if self.sock.broken or self.reason == "ping_timeout":
+                self.sock.abort()
+            self.sock.ws.closed = True  # closed here, with a status code; not again by the library
+
+    def _stop_pump(self, pump: gevent.Greenlet) -> None:
+        """Kill the pump between frames when it can be had, so the close frame can still follow; one
+        stuck on a client that does not read is killed mid-frame (and no close frame follows)."""
+        held = self.sock.lock.acquire(timeout=CLOSE_WAIT)
+        try:
+            pump.kill()
+        finally:
+            if held:
+                self.sock.lock.release()
+
+    def _guard(self, loop: Callable[[], None]) -> None:
+        context.set_current(self.work)
+        try:
+            loop()
+        except Exception as exc:  # noqa: BLE001 - a bug: close with 1011, report it once
+            log.exception("websocket connection failed", extra={"error": repr(exc)})
+            self.root.metrics.errors.labels(type(exc).__name__, "ws").inc()
+            sentry.capture(exc, where="ws")
+            if self.close_code is None:
+                self.close_code, self.close_text, self.reason = CLOSE_INTERNAL, "internal error", "error"
+
+    # -- events to the client ------------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        self.subscriber.writer = gevent.getcurrent()  # killed by the subscriber if it hangs once cut off
+        try:
+            self.sock.send({"type": "ready", "last_event_id": self.sent})
+            if self.last is not None and self.last < self.high:
+                for event in backlog(self.root.pool, self.tenant_id, self.filter, self.last, self.high):
+                    self._event(event)
+                self.sent = max(self.sent, self.high)
+            while True:
+                try:
+                    item = self.subscriber.handoff.get(timeout=self.heartbeat)
+                except gevent.queue.Empty:
+                    if not self._heartbeat():
+                        self.close_code, self.close_text = CLOSE_GOING_AWAY, "ping timeout"
+                        self.reason = "ping_timeout"
+                        return
+                    continue
+                if isinstance(item, Closing):
+                    self._closing(item)
+                    return
+                if item.id > self.sent:
+                    self._event(item)
+        except _Gone:
+            self.reason = "client_gone"
+
+    def _event(self, event: Any) -> None:
+        self.sent = event.id
+        # The filter may have changed since the event was routed (or the backlog was read).
+        if self.filter.matches(event.bot_id, event.type):
+            self.sock.send({"type": "event", "event": event.as_json()})
+            self.delivered.inc()
+
+    def _heartbeat(self) -> bool:
+        """A JSON ping (for applications) and a WebSocket ping (answered by any client library, browsers
+        included). False once a ping has gone unanswered for PING_GRACE heartbeats."""
+        now = time.monotonic()
+        if self.ping_sent_at is not None and self.sock.last_heard < self.ping_sent_at:
+            if now - self.ping_sent_at >= PING_GRACE * self.heartbeat:
+                return False
+        else:
+            self.ping_sent_at = now
+        self.sock.write((OP_TEXT, b'{"type":"ping"}'), (OP_PING, b""))
+        return True
+
+    def _closing(self, item: Closing) -> None:
+        if item.reason.startswith("too slow"):
+            self.sock.send(
+                {"type": "error", "code": "too_slow", "message": item.reason, "id": None, "last_event_id": self.sent}
+            )
+            self.close_code, self.close_text, self.reason = CLOSE_POLICY, "too slow", "overflow"
+        else:
+            self.sock.send({"type": "closed", "reason": item.reason, "last_event_id": self.sent})
+            self.close_code, self.close_text, self.reason = CLOSE_GOING_AWAY, item.reason[:100], "closed"
+
+    # -- frames from the client ----------------------------------------------------------------------
+
+    def _read_loop(self) -> None:
+        try:
+            while True:
+                opcode, payload = self.sock.read_message()
+                if opcode == OP_CLOSE:
+                    self._client_close(payload)
+                    return
+                if opcode == OP_BINARY:
+                    self._error("binary_not_supported", "commands are JSON text frames; binary frames are ignored")
+                    continue
+                try:
+                    text = payload.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise _Violation(CLOSE_INVALID_DATA, "invalid_utf8", "a text frame must be valid UTF-8") from None
+                self._command(text)
+        except _Violation as exc:
+            log.info("websocket protocol violation", extra={"code": exc.code, "error": exc.message})
+            if not exc.in_sync:
+                self.sock.unread = DRAIN_MAX + 1  # cannot find the next frame: do not wait for a close
+            try:
+                self._error(exc.code, exc.message)
+            except _Gone:
+                pass
+            self.close_code, self.close_text, self.reason = exc.close_code, exc.code, exc.code
+        except _Gone:
+            self.reason = "client_gone"
+        except (WebSocketError, OSError):
+            self.reason = "client_gone"  # the end of the stream without a close frame, or a reset
+
+    def _client_close(self, payload: bytes) -> None:
+        code = CLOSE_NORMAL
+        if len(payload) >= 2:
+            received = struct.unpack("!H", payload[:2])[0]
+            code = received if _valid_close_code(received) else CLOSE_PROTOCOL_ERROR
+        elif payload:
+            code = CLOSE_PROTOCOL_ERROR
+        self.close_code, self.close_text, self.reason = code, "client closed", "client_closed"
+
+    def _error(self, code: str, message: str, cid: Any = None, **extra: Any) -> None:
+        frame = {"type": "error", "code": code, "message": message, "id": cid}
+        frame.update({key: value for key, value in extra.items() if value is not None})
+        self.sock.send(frame)
+
+    def _command(self, text: str) -> None:
+        try:
+            message = json.loads(text)
+        except ValueError as exc:
+            self._error("invalid_json", f"not JSON: {exc}")
+            return
+        if not isinstance(message, dict):
+            self._error("invalid_message", 'a command is a JSON object like {"op": "ping"}')
+            return
+        cid = message.get("id")
+        if cid is not None and not (
+            (isinstance(cid, str) and len(cid) <= ID_MAX)
+            or (isinstance(cid, int) and not isinstance(cid, bool) and abs(cid) < 2**53)
+        ):
+            self._error("invalid_input", f"id must be a string of at most {ID_MAX} characters or an integer",
+                        field="id")
+            return
+        op = message.get("op")
+        if op is None:
+            self._error("invalid_input", "is required; one of " + ", ".join(self.ops), cid, field="op")
+            return
+        handler = self.ops.get(op) if isinstance(op, str) else None
+        if handler is None:
+            self._error("unknown_op", f"unknown op {str(op)[:100]!r}; one of " + ", ".join(self.ops), cid)
+            return
+        started = time.perf_counter()
+        outcome = "ok"
+        with context.bound(correlation_id=context.new_correlation_id()):
+            try:
+                reply = handler(message)
+            except ApiError as exc:
+                outcome = exc.code
+                self._error(exc.code, exc.message, cid, op=op, field=exc.field)
+            except _Gone:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a bug or the database is away; the connection stays
+                outcome = "internal_error"
+                log.exception("websocket command failed", extra={"op": op, "error": repr(exc)})
+                self.root.metrics.errors.labels(type(exc).__name__, "ws").inc()
+                sentry.capture(exc, where="ws", op=op)
+                self._error("internal_error", "the command failed; try again", cid, op=op)
+            else:
+                reply["id"] = cid
+                self.sock.send(reply)
+            if op != "ping":
+                log.info(
+                    "websocket command",
+                    extra={"op": op, "outcome": outcome, "connection": self.connection_id,
+                           "duration_ms": round((time.perf_counter() - started) * 1000, 2)},
+                )
+
+    @staticmethod
+    def _fields(message: dict, allowed: tuple[str, ...]) -> None:
+        for key in message:
+            if key not in allowed and key not in ("op", "id"):
+                raise bad_request(str(key)[:100], "unknown field; allowed: " + ", ".join(allowed))
+
+    def _op_ping(self, message: dict) -> dict:
+        self._fields(message, ())
+        return {"type": "pong"}
+
+    def _op_filter(self, message: dict) -> dict:
+        self._fields(message, ("bot", "type"))
+        lists = {}
+        for field in ("bot", "type"):
+            value = message.get(field)
+            if value is None:
+                value = []
+            elif isinstance(value, str):
+                value = [value]
+            if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+                raise bad_request(field, "must be a list of strings")
+            lists[field] = value
+        flt = parse_filter(lists["bot"], lists["type"])
+        try:
+            self.root.bus.ask(ChangeFilter(self.ref, flt), timeout=SUBSCRIBE_TIMEOUT)
+        except Exception as exc:  # noqa: BLE001 - the bus is stopping or stuck
+            raise ApiError(503, "streams_unavailable", f"cannot change the filter right now: {exc}") from None
+        self.filter = flt
+        return {
+            "type": "result", "op": "filter", "ok": True,
+            "filter": {"bot": sorted(flt.bot_ids), "type": sorted(flt.types)},
+        }
+
+    def _op_send(self, message: dict) -> dict:
+        self._fields(message, ("bot_id", "to", "text"))
+        for field in ("bot_id", "to", "text"):
+            if message.get(field) is None:
+                raise bad_request(field, "is required")
+        bot_id = message["bot_id"]
+        if not isinstance(bot_id, str):
+            raise bad_request("bot_id", "must be a bot id (a string)")
+        try:
+            to = outbox.to_jid(message["to"])
+        except ValueError as exc:
+            raise bad_request("to", str(exc)) from None
+        try:
+            text = outbox.check_text(message["text"])
+        except ValueError as exc:
+            raise bad_request("text", str(exc)) from None
+        try:
+            bot_id = str(uuid.UUID(bot_id))
+        except ValueError:
+            raise not_found("bot") from None
+        outbox_id = outbox.enqueue_text(
+            self.root.pool, self.tenant_id, bot_id, to, text, context.correlation_id()
+        )
+        if outbox_id is None:
+            raise not_found("bot")
+        return {"type": "result", "op": "send", "ok": True, "outbox_id": outbox_id, "to": to}
