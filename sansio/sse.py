@@ -48,7 +48,7 @@ def resume_position(header: str | None, query: str | None) -> int | None:
         if raw is None or raw == "":
             continue
         raw = raw.strip()
-        if not raw.isdigit() or len(raw) > 19:
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > 19:
             raise BadResume("last event id must be a non-negative integer")
         return int(raw)
     return None

@@ -147,6 +147,9 @@ def test_connections_are_recycled_after_their_lifetime(make_pool):
 
 def test_lifetimes_are_jittered_so_connections_do_not_recycle_together(make_pool):
     pool = make_pool(size=8, max_lifetime=1000)
+    with gevent.Timeout(10):
+        while pool.stats()["idle"] < 8:
+            gevent.sleep(0.01)
     expiries = {round(c.expires_at, 6) for c in pool._shared.idle}  # noqa: SLF001
     assert len(expiries) == 8
 

@@ -86,9 +86,11 @@ def _live_greenlets():
     return sum(
         1
         for obj in gc.get_objects()
-        if isinstance(obj, greenlet.greenlet)
+        # type(), not isinstance(): isinstance() on the openai client's lazy module proxies imports
+        # what they stand for (numpy and its BLAS threads), which the count itself would cause.
+        if issubclass(type(obj), greenlet.greenlet)
         and not obj.dead
-        and not isinstance(obj, _RESOLVER_WORKER)
+        and not (_RESOLVER_WORKER and issubclass(type(obj), _RESOLVER_WORKER))
         and (obj.parent is not None or obj is root)  # another thread's root: a resolver worker's
     )
 

@@ -74,8 +74,14 @@ def test_two_supervisor_processes_run_every_bot_once_and_take_over_a_dead_ones_b
                 30,
                 "every bot connected under a supervisor process",
             )
-            owners = {r["supervisor"] for r in rows().values()}
-            assert len(owners) == 2, f"both processes should hold bots, got {owners}"
+            # The first process may have claimed everything before the second joined; it hands the
+            # excess back within a few lease rounds.
+            def balanced():
+                current = rows().values()
+                owners = {r["supervisor"] for r in current}
+                return owners if len(owners) == 2 and all(r["state"] == "connected" for r in current) else None
+
+            owners = _wait(balanced, 30, "both processes to hold bots")
             # Exactly once: a second driver of one number would be seen by the network as a
             # replacement and end the first; over several lease rounds nothing is replaced.
             gevent.sleep(LEASE_TTL)  # let several lease rounds pass; the check is that nothing happens

@@ -616,17 +616,10 @@ def test_plain_http_with_a_good_key_is_400_json(web, tenant):
 
 
 def test_an_upgrade_with_a_bad_or_missing_key_never_subscribes(web, tenant):
-    """As served today the handler upgrades before the app runs: the refusal is an ``unauthorized``
-    error frame and close 1008. With the gate in the server it is a 401 (see the gated tests)."""
-    tenant_id, _, _ = tenant
     before = len(actor_of(web.bus).entries)
     for key, params in ((None, {}), ("wbk_nope", {}), (None, {"token": "wbk_nope"})):
         ws = WS(web.url, key, params)
-        if ws.status == 101:
-            code, frames = ws.expect_close()
-            assert code == 1008 and [f["code"] for f in frames] == ["unauthorized"]
-        else:
-            assert ws.status == 401 and json.loads(ws.body)["error"]["code"] == "unauthorized"
+        assert ws.status == 401 and json.loads(ws.body)["error"]["code"] == "unauthorized"
         assert len(actor_of(web.bus).entries) == before
 
 
@@ -639,51 +632,28 @@ def test_bad_query_parameters_are_refused_after_authentication(web, tenant):
         assert code == 1008 and frames[0]["code"] == "invalid_input" and frames[0]["field"] == field
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="web/server.py's handler upgrades before the app runs; it needs to ask app.websocket_gate first",
-)
 def test_the_served_app_answers_a_bad_key_with_401_before_upgrading(web):
     ws = WS(web.url, "wbk_nope")
     assert ws.status == 401
 
 
-@pytest.fixture
-def gated_web(web):
-    """``web`` served by a handler that asks the app's gate before upgrading — the change proposed for
-    web/server.py (a refused request runs as plain HTTP)."""
-    from gevent.pywsgi import WSGIServer
-
-    class GatedHandler(web.server.handler_class):
-        def upgrade_websocket(self):
-            gate = getattr(self.application, "websocket_gate", None)
-            if self.environ.get("HTTP_UPGRADE", "").lower() == "websocket" and (gate is None or not gate(self.environ)):
-                return None
-            return super().upgrade_websocket()
-
-    server = WSGIServer(("127.0.0.1", 0), web.server.application, handler_class=GatedHandler, log=None)
-    server.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.stop(timeout=2)
-
-
-def test_with_the_gate_a_bad_key_gets_401_json_before_any_upgrade(gated_web, tenant):
+def test_a_bad_key_gets_401_json_before_any_upgrade(web, tenant):
     for key, params in ((None, {}), ("wbk_nope", {}), (None, {"token": "wbk_nope"})):
-        ws = WS(gated_web, key, params)
+        ws = WS(web.url, key, params)
         assert ws.status == 401
         assert json.loads(ws.body)["error"]["code"] == "unauthorized"
         assert "upgrade" not in ws.headers.get("connection", "").lower()
 
 
-def test_with_the_gate_a_good_key_upgrades_and_other_paths_never_do(gated_web, web, tenant):
+def test_a_good_key_upgrades_and_other_paths_never_do(web, tenant):
     tenant_id, key, bot = tenant
-    ws = WS(gated_web, None, {"token": key})
+    ws = WS(web.url, None, {"token": key})
     assert ws.status == 101
     ws.ready()
     event_id = web.publish(tenant_id, bot, "gated", {})
     assert ws.event()["id"] == event_id
     ws.close()
-    other = WS(gated_web, key, path="/api/v1/bots")
+    other = WS(web.url, key, path="/api/v1/bots")
     # Answered as plain HTTP (werkzeug refuses an upgrade request on a route that is not a WebSocket).
     assert other.status != 101 and "error" in json.loads(other.body)
     other.close()
