@@ -13,7 +13,6 @@ Every function takes the pool and a tenant id, so row-level security scopes it.
 
 from __future__ import annotations
 
-import re
 import uuid
 from typing import Any
 
@@ -22,43 +21,7 @@ import psycopg2.errors
 from db import conversations
 from db import conversations_api
 
-TEXT_MAX = 4096
-"""Longest text body, in characters (as for the HTTP send)."""
-
-_PHONE_SEPARATORS = re.compile(r"[+\s-]")
-_PHONE = re.compile(r"^[0-9]{8,15}$")
-_USER_JID = re.compile(r"^[0-9]{8,15}@s\.whatsapp\.net$")
-
-
-def to_jid(to: str) -> str:
-    """The recipient as a JID, by the same rule as the HTTP send: a phone number (8–15 digits, country
-    code first; ``+``, spaces and dashes are dropped) becomes ``<digits>@s.whatsapp.net``; such a JID
-    is kept (lower-cased). Anything else raises ``ValueError`` with a message for the client."""
-    if not isinstance(to, str):
-        raise ValueError("must be a phone number (digits) or a jid ending @s.whatsapp.net")
-    value = to.strip()
-    if "@" in value:
-        if not _USER_JID.match(value.lower()):
-            raise ValueError("must be a jid like 4915112345678@s.whatsapp.net (8 to 15 digits)")
-        return value.lower()
-    digits = _PHONE_SEPARATORS.sub("", value)
-    if not _PHONE.match(digits):
-        raise ValueError("must be a phone number of 8 to 15 digits (country code first, no '+')")
-    return digits + "@s.whatsapp.net"
-
-
-def check_text(text: str) -> str:
-    """The text as the recipient will see it (not trimmed): non-blank, at most ``TEXT_MAX`` characters,
-    no NUL. Anything else raises ``ValueError`` with a message for the client."""
-    if not isinstance(text, str):
-        raise ValueError("must be a string")
-    if not text.strip():
-        raise ValueError("must not be empty")
-    if len(text) > TEXT_MAX:
-        raise ValueError(f"must be at most {TEXT_MAX} characters")
-    if "\x00" in text:
-        raise ValueError("must not contain NUL characters")
-    return text
+from sansio.recipients import TEXT_MAX, check_text, to_jid  # noqa: F401 - part of this module's API
 
 
 def enqueue_text(

@@ -3,7 +3,6 @@
 receipts, debounce, duplicates, human takeover, rate limit, dead letters."""
 
 import json
-import time
 
 import pytest
 

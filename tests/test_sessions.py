@@ -1,6 +1,5 @@
 """Bot sessions end to end over the simulator's real socket, supervised, with leases in PostgreSQL."""
 
-import gevent
 import pytest
 
 from actors.base import actor_of

@@ -3,7 +3,6 @@ off, and a dial that hangs never blocks the process and does not hold up a stop.
 
 import time
 
-import gevent
 import pytest
 
 from db import bots as bots_db

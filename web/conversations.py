@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime
-import re
 import uuid
 from typing import Any
 
@@ -26,6 +25,7 @@ from flask import Blueprint, g, jsonify, request
 
 from core import context
 from db import conversations, conversations_api as api_db, tenants
+from sansio import recipients
 from sansio import rules as rules_mod
 from web import validation as v
 from web.auth import require_tenant, system
@@ -33,16 +33,13 @@ from web.errors import ApiError, bad_request, not_found
 
 blueprint = Blueprint("conversations", __name__)
 
-TEXT_MAX = 4096
+TEXT_MAX = recipients.TEXT_MAX
 CAPTION_MAX = 1024
 LIMIT_DEFAULT = 50
 LIMIT_MAX = 100
 OUTBOX_STATES = ("dead", "pending", "sending", "sent")
 
 _SEND_FIELDS = ("to", "text", "media_id", "caption")
-_PHONE = re.compile(r"^[0-9]{8,15}$")
-_PHONE_SEPARATORS = re.compile(r"[+\s-]")
-_USER_JID = re.compile(r"^([0-9]{8,15})@s\.whatsapp\.net$")
 _JID_MAX = 300
 _CURSOR_PREFIX = "c1."
 
@@ -51,36 +48,17 @@ _CURSOR_PREFIX = "c1."
 
 
 def _recipient(value: Any, field: str = "to") -> str:
-    """The recipient's jid: 8–15 digits ('+', spaces and dashes dropped) or ``<digits>@s.whatsapp.net``."""
-    if not isinstance(value, str):
-        raise bad_request(field, "must be a phone number (digits) or a jid ending @s.whatsapp.net")
-    value = value.strip()
-    if "@" in value:
-        match = _USER_JID.match(value.lower())
-        if match is None:
-            raise bad_request(field, "must be a jid like 4915112345678@s.whatsapp.net (8 to 15 digits)")
-        return match.group(0)
-    digits = _PHONE_SEPARATORS.sub("", value)
-    if not _PHONE.match(digits):
-        raise bad_request(field, "must be a phone number of 8 to 15 digits (country code first, no '+')")
-    return digits + "@s.whatsapp.net"
+    try:
+        return recipients.to_jid(value)
+    except ValueError as exc:
+        raise bad_request(field, str(exc)) from None
 
 
 def _message_text(value: Any, field: str, max_len: int, *, required: bool) -> str:
-    """Text as the customer will see it (not trimmed): non-blank when required, at most ``max_len``."""
-    if value is None:
-        if required:
-            raise bad_request(field, "is required")
-        return ""
-    if not isinstance(value, str):
-        raise bad_request(field, "must be a string")
-    if required and not value.strip():
-        raise bad_request(field, "must not be empty")
-    if len(value) > max_len:
-        raise bad_request(field, f"must be at most {max_len} characters")
-    if "\x00" in value:
-        raise bad_request(field, "must not contain NUL characters")
-    return value
+    try:
+        return recipients.check_text(value, max_len, required=required)
+    except ValueError as exc:
+        raise bad_request(field, str(exc)) from None
 
 
 def _uuid_field(value: Any, field: str) -> str:
@@ -192,8 +170,7 @@ def _contact_jid(ref: str) -> str | None:
     ref = ref.strip()
     if "@" in ref:
         return ref.lower() if len(ref) <= _JID_MAX and "\x00" not in ref else None
-    digits = _PHONE_SEPARATORS.sub("", ref)
-    return digits + "@s.whatsapp.net" if _PHONE.match(digits) else None
+    return recipients.phone_jid(ref)
 
 
 def _api_key_hash() -> bytes | None:

@@ -326,8 +326,8 @@ def websocket() -> Any:
             )
         try:
             last = sse.resume_position(request.headers.get("Last-Event-ID"), request.args.get("last_event_id"))
-        except ValueError as exc:  # sse.BadResume, or int() refusing a digit str.isdigit() allowed
-            raise bad_request("last_event_id", "last event id must be a non-negative integer") from None
+        except sse.BadResume as exc:
+            raise bad_request("last_event_id", str(exc)) from None
         flt = parse_filter(request.args.getlist("bot"), request.args.getlist("type"))
     except ApiError as exc:
         if ws is None:
