@@ -20,7 +20,7 @@ import collections
 import math
 
 
-ADMIT_MARGIN = 0.001
+ADMIT_MARGIN = 0.01
 
 
 class ConnectRateLimiter:
@@ -54,7 +54,8 @@ class ConnectRateLimiter:
         wait = 0.0
         for count, period in self._limits:
             if len(self._started) >= count:
-                # A millisecond of margin: the dial itself happens a moment after this clock read.
+                # Ten milliseconds of margin: the dial itself happens a moment after this clock read
+                # (longer if the OS deschedules the process in between); costs 1% of the rate.
                 wait = max(wait, self._started[-count] + period + ADMIT_MARGIN - now)
         if wait > 0:
             return wait

@@ -200,7 +200,9 @@ def test_a_thousand_forced_restarts_leave_no_greenlets_threads_sockets_or_memory
     assert env.counters["connect_attempts"] >= WARM_UP + CYCLES
     assert after["live_transports"] == 1  # every transport created but the live one was closed
     assert after["bot_connections"] == 1 and after["connections"] == 1
-    assert after["threads"] == baseline["threads"]
-    assert after["sockets"] == baseline["sockets"]
+    # No growth. (Fewer is fine: earlier tests' leftovers — lingering neonize threads, closing
+    # sockets — may end during this one.)
+    assert after["threads"] <= baseline["threads"]
+    assert after["sockets"] <= baseline["sockets"]
     assert after["greenlets"] <= baseline["greenlets"] + GREENLET_SLACK
     assert rss <= baseline_rss * RSS_GROWTH
