@@ -39,6 +39,22 @@ def call(
     within ``deadline`` seconds). Non-repeatable work runs once and its fault propagates."""
     if not repeatable:
         return fn()
+    # Fast path: the first attempt runs without tenacity. Building and driving a tenacity.Retrying
+    # costs ~45 µs a call (bench/db_pool.py), more than a pooled query's whole round trip.
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001 - classified below
+        if attempts <= 1 or not classify(exc):
+            raise
+        first_failure: list[BaseException] = [exc]
+
+    def attempt() -> T:
+        # Replay the failure already seen as tenacity's first attempt, so attempts, backoff and the
+        # retry log stay exactly as they would be.
+        if first_failure:
+            raise first_failure.pop()
+        return fn()
+
     stop = tenacity.stop_after_attempt(attempts)
     if deadline is not None:
         stop = stop | tenacity.stop_after_delay(deadline)
@@ -49,4 +65,4 @@ def call(
         before_sleep=_log_retry,
         reraise=True,
     )
-    return retrying(fn)
+    return retrying(attempt)

@@ -9,6 +9,7 @@ psycopg2 closes the connection after a failed wait, so the pool discards it.
 from __future__ import annotations
 
 import psycopg2
+from gevent.socket import wait_read, wait_write
 from psycopg2 import extensions
 
 _POLL_OK = extensions.POLL_OK
@@ -17,8 +18,6 @@ _POLL_WRITE = extensions.POLL_WRITE
 
 
 def gevent_wait_callback(conn, timeout=None):  # noqa: ANN001 - signature fixed by psycopg2
-    from gevent.socket import wait_read, wait_write
-
     try:
         while True:
             state = conn.poll()
