@@ -38,6 +38,7 @@ from sansio.prompt import build_messages
 from sansio.retry_rules import is_transient
 from sansio.token_bucket import TokenBucket
 from transports import events as tev
+from transports.base import TransportError
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,17 @@ class Wake:
 class SendText:
     to: str
     text: str
+    message_id: str
+
+
+@dataclasses.dataclass(frozen=True)
+class SendMedia:
+    to: str
+    kind: str
+    data: bytes
+    mime_type: str
+    caption: str
+    filename: str
     message_id: str
 
 
@@ -409,7 +421,7 @@ class BotPipeline(Actor):
         conv.mark_sending(pool, tenant, row.id)
         self.bucket.take(self.deps.clock())
         try:
-            network_id = self.session.ask(SendText(row.to_jid, row.body, row.wa_message_id), timeout=30)
+            network_id = self.session.ask(self._request_for(row), timeout=60)
         except Exception as exc:  # noqa: BLE001 - classified below
             attempts = row.attempts + 1
             permanent = bool(getattr(exc, "permanent", False))
@@ -429,6 +441,20 @@ class BotPipeline(Actor):
         conv.mark_sent(pool, tenant, row.id, network_id if isinstance(network_id, str) else None)
         self._sent(row)
         return True
+
+    def _request_for(self, row: conv.Outgoing) -> SendText | SendMedia:
+        if row.media_id is None:
+            return SendText(row.to_jid, row.body, row.wa_message_id)
+        if self.deps.media is None:
+            raise TransportError("media storage is not configured in this process", permanent=True)
+        from db import media as media_db
+
+        record = media_db.get(self.deps.pool, self.tenant_id, row.media_id)
+        if record is None:
+            raise TransportError("the media to send no longer exists", permanent=True)
+        data = self.deps.media.get(record["backend"], record["object_key"])
+        return SendMedia(row.to_jid, row.kind if row.kind in ("image", "document") else "document", data,
+                         record["mime_type"], row.body, record["filename"], row.wa_message_id)
 
     def _sent(self, row: conv.Outgoing) -> None:
         self._count("out")

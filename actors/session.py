@@ -24,7 +24,18 @@ from typing import Any, Callable
 import gevent
 
 from actors.base import Actor, actor_of
-from actors.pipeline import Ack, BotPipeline, DownloadMedia, Inbound, LinkUp, ReceiptIn, SendText, Wake, WasReceived
+from actors.pipeline import (
+    Ack,
+    BotPipeline,
+    DownloadMedia,
+    Inbound,
+    LinkUp,
+    ReceiptIn,
+    SendMedia,
+    SendText,
+    Wake,
+    WasReceived,
+)
 from core import context, sentry
 from db import bots as bots_db
 from sansio import session_machine as sm
@@ -168,7 +179,7 @@ class BotSession(Actor):
                 return self._to_pipeline(event)
             self._on_transport_event(event)
             return self._apply(event)
-        if isinstance(message, (SendText, WasReceived, Ack, DownloadMedia)):
+        if isinstance(message, (SendText, SendMedia, WasReceived, Ack, DownloadMedia)):
             return self._network(message)
         if isinstance(message, _PipelineFailed):
             raise RuntimeError(f"the bot's pipeline failed: {message.reason}")
@@ -349,6 +360,9 @@ class BotSession(Actor):
             raise TransportError(f"not connected ({self.session.state.value})")
         if isinstance(message, SendText):
             return transport.send_text(message.to, message.text, message.message_id)
+        if isinstance(message, SendMedia):
+            return transport.send_media(message.to, message.kind, message.data, message.mime_type, message.caption,
+                                        message.filename, message.message_id)
         if isinstance(message, WasReceived):
             return transport.was_received(message.message_id)
         return transport.download_media(message.media_ref)

@@ -381,6 +381,16 @@ class Simulator:
         if message_id in bot.outbox:
             return {"dup": True}  # the network has it already: a resend after a lost ack is no copy
         record = {"id": message_id, "to": to, "text": text, "ts": time.time(), "status": "sent"}
+        if frame.get("kind") in protocol.MEDIA_KINDS:
+            try:
+                data = base64.b64decode(frame.get("data") or "", validate=True)
+            except ValueError:
+                return {"error": "media data must be base64"}
+            if not data:
+                return {"error": "media needs data"}
+            # Customers see the media's type, size and name; the bytes themselves are not kept.
+            record.update(kind=frame["kind"], mime=str(frame.get("mime") or ""), size=len(data),
+                          filename=str(frame.get("filename") or ""))
         bot.outbox[message_id] = record
         if len(bot.outbox) > self.outbox_limit:
             del bot.outbox[next(iter(bot.outbox))]  # dicts keep insertion order: the oldest goes

@@ -216,3 +216,16 @@ def test_inbound_media_is_downloaded_stored_and_linked_from_its_message(env, sim
     record = media_db.get(pool, tenant, media_id)
     assert record["mime_type"] == "image/png" and record["size_bytes"] == len(picture)
     assert sup.pipeline_deps.media.get(record["backend"], record["object_key"]) == picture
+
+
+def test_an_image_sent_through_the_api_reaches_the_customer_with_its_caption(env, sim, ai_server, pool):
+    import media
+
+    sup, events, tenant = env
+    bot = _connected_bot(sim, events, pool, tenant)
+    picture = b"\x89PNG\r\n\x1a\n" + b"\x00" * 2048
+    media_id, _ = media.save(pool, sup.pipeline_deps.media, tenant, bot, picture, "image/png", "menu.png")
+    conv.enqueue(pool, tenant, bot, CUSTOMER_JID, "today's menu", None, media_id=media_id, kind="image")
+    sent = events.wait_for(lambda: sim.outbox(bot), what="the image on the network")[0]
+    assert (sent["kind"], sent["mime"], sent["size"], sent["text"]) == ("image", "image/png", len(picture), "today's menu")
+    assert sent["filename"] == "menu.png"

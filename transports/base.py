@@ -57,6 +57,11 @@ class Transport(abc.ABC):
     def send_text(self, to: str, text: str, message_id: str) -> None:
         """Send a text with a message id fixed by the caller (idempotent where the network allows)."""
 
+    def send_media(self, to: str, kind: str, data: bytes, mime_type: str, caption: str, filename: str,
+                   message_id: str) -> Any:
+        """Send an image or document (``kind``) with an optional caption, under a fixed message id."""
+        raise TransportError(f"{self.kind} transport cannot send media", permanent=True)
+
     def ack(self, message_ids: list[str]) -> None:
         """Tell the network these inbound messages are safely stored. Networks that redeliver unacked
         messages (the simulator, at each login) then stop; the default does nothing."""

@@ -199,6 +199,14 @@ class SimulatorTransport(Transport):
         store = self._load_store()
         return store.get("jid") if store else None
 
+    def send_media(self, to: str, kind: str, data: bytes, mime_type: str, caption: str, filename: str,
+                   message_id: str) -> None:
+        conn = self._live()
+        if conn.state != _ONLINE:
+            raise TransportError("not logged in")
+        self._request(conn, {"t": "send", "to": to, "text": caption, "id": message_id, "kind": kind,
+                             "mime": mime_type, "filename": filename, "data": base64.b64encode(data).decode()})
+
     def download_media(self, media_ref: str) -> bytes:
         conn = self._live()
         if conn.state != _ONLINE:
