@@ -127,6 +127,7 @@ class _StoreRetry:
 @dataclasses.dataclass(frozen=True)
 class _Debounced:
     contact_id: str
+    correlation_id: str | None  # the latest message's: the answer continues its line of work
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,7 +211,8 @@ class BotPipeline(Actor):
             return self._recover()
         if isinstance(message, _Debounced):
             self._debounce.pop(message.contact_id, None)
-            return self._think(message.contact_id)
+            with context.bound(correlation_id=message.correlation_id):
+                return self._think(message.contact_id)
         if isinstance(message, _AiDone):
             return self._ai_done(message)
         if isinstance(message, _DeliverDue):
@@ -245,6 +247,7 @@ class BotPipeline(Actor):
                 if stored.message_id is None:
                     continue  # a replay: stored and handled before
                 self._count("in")
+                log.info("message stored", extra={"message_id": stored.message_id, "wa_message_id": event.message_id})
                 self.deps.publish(self.tenant_id, self.bot_id, "message.in", {
                     "message_id": stored.message_id, "contact_id": stored.contact_id, "from": event.sender,
                     "kind": event.kind, "text": event.text or event.caption, "wa_message_id": event.message_id,
@@ -314,7 +317,8 @@ class BotPipeline(Actor):
         if timer is not None:
             timer.kill(block=False)
         self._debounce[contact_id] = gevent.spawn_later(
-            self.deps.settings.ai_debounce, _tell_quietly, self.actor_ref, _Debounced(contact_id)
+            self.deps.settings.ai_debounce, _tell_quietly, self.actor_ref,
+            _Debounced(contact_id, context.correlation_id()),
         )
 
     def _think(self, contact_id: str) -> None:
@@ -341,6 +345,7 @@ class BotPipeline(Actor):
     def _ai_done(self, done: _AiDone) -> None:
         self._thinking.pop(done.contact_id, None)
         if done.text is not None:
+            log.info("AI answered", extra={"contact_id": done.contact_id, "messages": len(done.message_ids)})
             self._answer(done.contact_id, list(done.message_ids), done.text, "ai")
         else:
             _, ai = self._reply_config()
@@ -458,6 +463,7 @@ class BotPipeline(Actor):
 
     def _sent(self, row: conv.Outgoing) -> None:
         self._count("out")
+        log.info("message sent", extra={"outbox_id": row.id, "wa_message_id": row.wa_message_id})
         self.deps.publish(self.tenant_id, self.bot_id, "message.out", {
             "outbox_id": row.id, "to": row.to_jid, "text": row.body, "wa_message_id": row.wa_message_id,
             "correlation_id": row.correlation_id,
@@ -472,9 +478,13 @@ class BotPipeline(Actor):
 
     def _receipt(self, event: tev.Receipt) -> None:
         changed = conv.record_receipt(self.deps.pool, self.tenant_id, self.bot_id, list(event.message_ids), event.status)
-        for message_id, outbox_id in changed:
-            self.deps.publish(self.tenant_id, self.bot_id, "message.status", {
-                "message_id": message_id, "outbox_id": outbox_id, "status": event.status})
+        for message_id, outbox_id, correlation_id in changed:
+            # The receipt belongs to the work that caused the message: log and publish under its id.
+            with context.bound(correlation_id=correlation_id or context.correlation_id()):
+                log.info("message status", extra={"message_id": message_id, "status": event.status})
+                self.deps.publish(self.tenant_id, self.bot_id, "message.status", {
+                    "message_id": message_id, "outbox_id": outbox_id, "status": event.status,
+                    "correlation_id": correlation_id})
 
     def _count(self, what: str) -> None:
         if self.deps.metrics is not None:

@@ -265,9 +265,11 @@ def mark_failed(pool: Any, tenant_id: str, outbox_id: str, error: str, retry_in:
 _STATUS_RANK = {"pending": 0, "sent": 1, "delivered": 2, "read": 3, "played": 3}
 
 
-def record_receipt(pool: Any, tenant_id: str, bot_id: str, wa_ids: list[str], status: str) -> list[tuple[str, str]]:
+def record_receipt(
+    pool: Any, tenant_id: str, bot_id: str, wa_ids: list[str], status: str
+) -> list[tuple[str, str, str | None]]:
     """Move outgoing messages forward (never back: a late 'delivered' after 'read' changes nothing);
-    returns (message id, outbox id) of the rows that changed."""
+    returns (message id, outbox id, correlation id) of the rows that changed."""
     status = "read" if status == "played" else status
     if status not in _STATUS_RANK:
         return []
@@ -275,11 +277,11 @@ def record_receipt(pool: Any, tenant_id: str, bot_id: str, wa_ids: list[str], st
     rows = pool.query(
         tenant_id,
         "UPDATE messages SET status = %s WHERE bot_id = %s AND direction = 'out' AND wa_message_id = ANY(%s)"
-        " AND status = ANY(%s) RETURNING id, outbox_id",
+        " AND status = ANY(%s) RETURNING id, outbox_id, correlation_id",
         (status, bot_id, wa_ids, lower),
         repeatable=True,
     )
-    return [(str(r[0]), str(r[1])) for r in rows]
+    return [(str(r[0]), str(r[1]), r[2]) for r in rows]
 
 
 def set_media(pool: Any, tenant_id: str, message_id: str, media_id: str, key: str) -> None:

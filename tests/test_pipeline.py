@@ -229,3 +229,44 @@ def test_an_image_sent_through_the_api_reaches_the_customer_with_its_caption(env
     sent = events.wait_for(lambda: sim.outbox(bot), what="the image on the network")[0]
     assert (sent["kind"], sent["mime"], sent["size"], sent["text"]) == ("image", "image/png", len(picture), "today's menu")
     assert sent["filename"] == "menu.png"
+
+
+def test_one_inbound_messages_correlation_id_follows_it_through_store_ai_outbox_send_and_receipt(
+    env, sim, ai_server, pool
+):
+    import logging
+
+    from core.logs import JsonFormatter
+
+    lines = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            lines.append(json.loads(JsonFormatter().format(record)))
+
+    handler = Collect(level=logging.INFO)
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        sup, events, tenant = env
+        ai_server.default = reply("Your order ships today.")
+        bot = _connected_bot(sim, events, pool, tenant, ai=AI_ON)
+        sim.inbound(bot, CUSTOMER, "Where is my order?")
+        events.wait_for(lambda: any(t == "message.status" and p["status"] == "read"
+                                    for _, b, t, p in events.events if b == bot), what="the read receipt")
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+    published = {t: p for _, b, t, p in events.events if b == bot and t.startswith("message.")}
+    correlation = published["message.in"]["correlation_id"]
+    assert correlation
+    assert published["message.out"]["correlation_id"] == correlation
+    assert published["message.status"]["correlation_id"] == correlation
+    stored = pool.query(tenant, "SELECT correlation_id FROM outbox WHERE bot_id = %s", (bot,))
+    assert stored == [(correlation,)]
+    followed = [line["msg"] for line in lines if line.get("correlation_id") == correlation]
+    for step in ("message stored", "AI answered", "message sent", "message status"):
+        assert step in followed, (step, followed)
+    assert all(line.get("bot_id") == bot for line in lines if line.get("correlation_id") == correlation)
