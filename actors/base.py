@@ -56,6 +56,7 @@ class _ContextInbox(queue.Queue):
             self.bound
             and self.qsize() >= self.bound
             and not isinstance(item.message, pykka_messages._ActorStop)  # noqa: SLF001
+            and not getattr(item.message, "bypasses_bound", False)
         ):
             raise MailboxFull(f"mailbox full ({self.bound} messages)")
         super().put((item, context.current()))
@@ -90,6 +91,40 @@ class Actor(pykka.ThreadingActor):
     @property
     def mailbox_depth(self) -> int:
         return self.actor_inbox.qsize()
+
+    # -- running inline ----------------------------------------------------------------------------
+
+    def start_inline(self) -> pykka.ActorRef:
+        """Bring the actor to life without a greenlet of its own: the calling greenlet becomes its
+        thread and drives the mailbox with ``receive_inline``. Meant for an actor that exists to feed
+        one connection (a stream subscriber), where the connection's greenlet would otherwise only wait
+        on the actor: it saves a greenlet and two switches per message. End with ``finish_inline``."""
+        self._greenlet = gevent.getcurrent()
+        pykka.ActorRegistry.register(self.actor_ref)
+        self.on_start()
+        return self.actor_ref
+
+    def receive_inline(self, timeout: float | None) -> Any:
+        """Handle the next message, waiting up to ``timeout`` (``queue.Empty`` if none came); returns
+        what the handler returned. A stop request stops the actor and returns None."""
+        envelope, ctx = self.actor_inbox.get(timeout=timeout)
+        token = context.set_current(ctx)
+        try:
+            response = self._handle_receive(envelope.message)
+        except Exception:
+            if envelope.reply_to is None:
+                raise
+            envelope.reply_to.set_exception()
+            return None
+        finally:
+            context.reset(token)
+        if envelope.reply_to is not None:
+            envelope.reply_to.set(response)
+        return response
+
+    def finish_inline(self, reason: BaseException | None = None) -> None:
+        if not self._ended:
+            self._finish(reason)
 
     # -- pykka internals, replaced ----------------------------------------------------------------
 

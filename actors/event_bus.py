@@ -16,6 +16,7 @@ the others); the bus drops it from its routing table. Old events are pruned afte
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from typing import Any, Callable
 
@@ -28,15 +29,35 @@ from actors.base import Actor, MailboxFull, actor_of
 from db import events as events_db
 from db.listen import listen_forever
 from sansio.sse import Filter
+from sansio.sse import frame as sse_frame
 
 log = logging.getLogger(__name__)
 
 BATCH = 1000
 
 
-@dataclasses.dataclass(frozen=True)
 class Deliver:
-    event: events_db.StoredEvent
+    """One event on its way to every subscriber it matches: a single message object shared by all
+    their mailboxes, which encodes the event once per wire format however many subscribers get it."""
+
+    __slots__ = ("event", "_sse", "_ws")
+
+    def __init__(self, event: events_db.StoredEvent) -> None:
+        self.event = event
+        self._sse: bytes | None = None
+        self._ws: bytes | None = None
+
+    def sse(self) -> bytes:
+        if self._sse is None:
+            self._sse = sse_frame(self.event.id, self.event.type, self.event.as_json())
+        return self._sse
+
+    def ws(self) -> bytes:
+        """The WebSocket text frame's payload: ``{"type": "event", "event": {...}}`` in UTF-8."""
+        if self._ws is None:
+            self._ws = json.dumps({"type": "event", "event": self.event.as_json()}, separators=(",", ":"),
+                                  ensure_ascii=False, default=str).encode()
+        return self._ws
 
 
 @dataclasses.dataclass

@@ -1,23 +1,24 @@
 """One live-stream client (SSE or WebSocket) as an actor.
 
-Its bounded mailbox (``SSE_BUFFER``) is the client's buffer: the bus ``tell``s it events, and it
-passes them one at a time to the connection's writer through a one-slot hand-off. A writer stuck on a
-client that does not read blocks that hand-off, the mailbox fills, and the bus cuts the subscriber off
-(``close_stream``) — the stalled client costs the others nothing.
+The bus ``tell``s it events; its bounded mailbox (``SSE_BUFFER``) is the client's buffer. It runs
+inline (``Actor.start_inline``): the connection's own greenlet is the actor's thread and takes each
+message with ``next()`` before writing it, so there is no extra greenlet or hand-off per subscriber.
+A writer stuck on a client that does not read stops taking messages, the mailbox fills, and the bus
+cuts the subscriber off (``close_stream``) — the stalled client costs the others nothing.
 
-``close_stream`` is called by the bus directly (also at shutdown) (the mailbox is full, so a message could not get in): it
-replaces whatever waits in the hand-off with a closing notice, so the writer sends a last event that
-says why and ends the stream; if the client does not even take that within ``grace`` seconds, the
-connection's greenlet is killed.
+``close_stream`` is called by the bus directly (the mailbox is full, so a plain message could not get
+in; also at shutdown): it drops what is queued and leaves a ``Closing`` notice that bypasses the bound,
+so the writer sends a last event saying why and ends the stream; if the client does not even take
+that within ``grace`` seconds, the connection's greenlet is killed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import queue
 from typing import Any
 
 import gevent
-import gevent.queue
 
 from actors.base import Actor
 from actors.event_bus import Deliver
@@ -26,6 +27,7 @@ from actors.event_bus import Deliver
 @dataclasses.dataclass(frozen=True)
 class Closing:
     reason: str
+    bypasses_bound = True  # must reach a full mailbox
 
 
 class Subscriber(Actor):
@@ -35,39 +37,48 @@ class Subscriber(Actor):
         self.tenant_id = tenant_id
         self.kind = kind
         self.grace = grace
-        self.handoff: gevent.queue.Queue = gevent.queue.Queue(maxsize=1)
-        self.writer: gevent.Greenlet | None = None  # the connection's greenlet, killed if it hangs
         self.closed_reason: str | None = None
+
+    def bind_writer(self) -> None:
+        """The calling greenlet takes the messages and writes them (the one killed if it hangs)."""
+        self._greenlet = gevent.getcurrent()
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Deliver):
-            if self.closed_reason is None:
-                self.handoff.put(message.event)  # blocks while the writer is busy: the backpressure
-            return None
+            return message if self.closed_reason is None else None
+        if isinstance(message, Closing):
+            return message
         return super().on_receive(message)
 
+    def next(self, timeout: float) -> Deliver | Closing:
+        """The next event (or closing notice) for the connection to write; ``queue.Empty`` after
+        ``timeout`` seconds without one (time for a heartbeat)."""
+        while True:
+            item = self.receive_inline(timeout)
+            if item is not None:
+                return item
+            if self.actor_stopped.is_set():
+                return Closing("stream stopped")
+
     def end(self) -> None:
-        """The connection is gone: stop taking events and stop the actor without a kill. Draining
-        with get() wakes a handler blocked on the hand-off, so the stop request gets handled."""
+        """The connection is gone: the actor ends with it."""
         if self.closed_reason is None:
             self.closed_reason = "connection closed"
-        while True:
-            try:
-                self.handoff.get_nowait()
-            except gevent.queue.Empty:
-                break
-        try:
-            self.actor_ref.stop(block=False)
-        except Exception:  # noqa: BLE001 - already stopped
-            pass
+        self.finish_inline()
 
     def close_stream(self, reason: str) -> None:
         if self.closed_reason is not None:
             return
         self.closed_reason = reason
-        # No yield between clearing and putting: the slot is ours before the blocked handler wakes.
-        self.handoff.queue.clear()
-        self.handoff.put_nowait(Closing(reason))
-        writer = self.writer
+        while True:  # what is queued will not be written; the client resumes from its last id
+            try:
+                self.actor_inbox.get_nowait()
+            except queue.Empty:
+                break
+        try:
+            self.actor_ref.tell(Closing(reason))
+        except Exception:  # noqa: BLE001 - already ended
+            return
+        writer = self._greenlet
         if writer is not None:
             gevent.spawn_later(self.grace, writer.kill, block=False)

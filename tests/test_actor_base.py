@@ -299,3 +299,29 @@ def test_an_exception_marked_already_reported_is_not_sent_to_sentry_twice(monkey
     other.tell(raise_(fresh))
     other_died.get(timeout=WAIT)
     assert captured == [fresh]
+
+
+def test_an_inline_actor_is_driven_by_the_calling_greenlet_and_ends_with_one_death_signal():
+    from actors.base import Actor, MailboxFull
+
+    class Echo(Actor):
+        mailbox_size = 2
+
+        def on_receive(self, message):
+            return ("handled", message)
+
+    echo = Echo()
+    ref = echo.start_inline()
+    assert pykka.ActorRegistry.get_by_urn(ref.actor_urn) is ref
+    ref.tell("a")
+    ref.tell("b")
+    with pytest.raises(MailboxFull):
+        ref.tell("c")
+    assert echo.receive_inline(1) == ("handled", "a")
+    assert echo.receive_inline(1) == ("handled", "b")
+    ended = []
+    echo.watch(lambda r, reason: ended.append(reason))
+    echo.finish_inline()
+    echo.finish_inline()
+    assert ended == [None]
+    assert not ref.is_alive() and pykka.ActorRegistry.get_by_urn(ref.actor_urn) is None

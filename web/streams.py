@@ -52,7 +52,9 @@ def open_subscription(root: Any, tenant_id: str, flt: sse.Filter, kind: str) -> 
     bus = getattr(root, "bus", None)
     if bus is None:
         raise ApiError(503, "streams_unavailable", "this process does not serve live streams")
-    ref = Subscriber.start(tenant_id, root.settings.sse_buffer, kind)
+    subscriber = Subscriber(tenant_id, root.settings.sse_buffer, kind)
+    # Runs in the request's greenlet, which is the one that writes this client's stream.
+    ref = subscriber.start_inline()
     try:
         high = bus.ask(Subscribe(ref, tenant_id, flt, kind), timeout=SUBSCRIBE_TIMEOUT)
     except Exception as exc:  # noqa: BLE001 - the database or the bus is unavailable
@@ -104,7 +106,7 @@ def events() -> Any:
 
     def stream() -> Iterator[bytes]:
         context.set_current(work)
-        subscriber.writer = gevent.getcurrent()
+        subscriber.bind_writer()
         reason = "client_closed"
         sent = high if last is None else last
         try:
@@ -117,7 +119,7 @@ def events() -> Any:
                 sent = max(sent, high)
             while True:
                 try:
-                    item = subscriber.handoff.get(timeout=settings.sse_heartbeat)
+                    item = subscriber.next(timeout=settings.sse_heartbeat)
                 except gevent.queue.Empty:
                     yield sse.comment("keepalive")
                     continue
@@ -125,10 +127,10 @@ def events() -> Any:
                     reason = "overflow" if item.reason.startswith("too slow") else "closed"
                     yield sse.frame(None, "stream.closed", {"reason": item.reason, "last_event_id": sent})
                     return
-                if item.id <= sent:
+                if item.event.id <= sent:
                     continue
-                sent = item.id
-                yield sse.frame(item.id, item.type, item.as_json())
+                sent = item.event.id
+                yield item.sse()  # encoded once for every subscriber of this event
                 delivered.inc()
         finally:
             close_subscription(root, ref, reason)

@@ -443,7 +443,7 @@ class _Session:
     # -- events to the client ------------------------------------------------------------------------
 
     def _pump(self) -> None:
-        self.subscriber.writer = gevent.getcurrent()  # killed by the subscriber if it hangs once cut off
+        self.subscriber.bind_writer()
         try:
             self.sock.send({"type": "ready", "last_event_id": self.sent})
             if self.last is not None and self.last < self.high:
@@ -452,7 +452,7 @@ class _Session:
                 self.sent = max(self.sent, self.high)
             while True:
                 try:
-                    item = self.subscriber.handoff.get(timeout=self.heartbeat)
+                    item = self.subscriber.next(timeout=self.heartbeat)
                 except gevent.queue.Empty:
                     if not self._heartbeat():
                         self.close_code, self.close_text = CLOSE_GOING_AWAY, "ping timeout"
@@ -462,16 +462,19 @@ class _Session:
                 if isinstance(item, Closing):
                     self._closing(item)
                     return
-                if item.id > self.sent:
-                    self._event(item)
+                if item.event.id > self.sent:
+                    self._event(item.event, item.ws())
         except _Gone:
             self.reason = "client_gone"
 
-    def _event(self, event: Any) -> None:
+    def _event(self, event: Any, payload: bytes | None = None) -> None:
         self.sent = event.id
         # The filter may have changed since the event was routed (or the backlog was read).
         if self.filter.matches(event.bot_id, event.type):
-            self.sock.send({"type": "event", "event": event.as_json()})
+            if payload is None:
+                self.sock.send({"type": "event", "event": event.as_json()})
+            else:
+                self.sock.write((OP_TEXT, payload))  # encoded once for every subscriber of this event
             self.delivered.inc()
 
     def _heartbeat(self) -> bool:
