@@ -374,6 +374,7 @@ class Unit:
 
 _BEGIN_NO_TENANT = b"BEGIN; "
 _TENANT_SQL = "SELECT set_config('app.current_tenant', %s, true); "
+_NOT_DURABLE = b"SELECT set_config('synchronous_commit', 'off', true); "
 
 
 class Pool:
@@ -399,13 +400,19 @@ class Pool:
 
         return retry.call(attempt, repeatable=repeatable)
 
-    def query(self, tenant_id: str | None, sql: str, params: Any = None, *, repeatable: bool = True) -> list[Any]:
-        """One statement, one round trip; returns all rows (or [] for statements without rows)."""
-        return retry.call(lambda: self._single(tenant_id, sql, params, True), repeatable=repeatable)
+    def query(self, tenant_id: str | None, sql: str, params: Any = None, *, repeatable: bool = True,
+              durable: bool = True) -> list[Any]:
+        """One statement, one round trip; returns all rows (or [] for statements without rows).
 
-    def execute(self, tenant_id: str | None, sql: str, params: Any = None, *, repeatable: bool = False) -> int:
-        """One statement, one round trip; returns the row count."""
-        return retry.call(lambda: self._single(tenant_id, sql, params, False), repeatable=repeatable)
+        ``durable=False`` commits without waiting for the WAL flush (``synchronous_commit = off`` for
+        this transaction only): for writes that a crash may lose because they can be repaired (event
+        notices, outbox bookkeeping that the network's message ids make safe to redo)."""
+        return retry.call(lambda: self._single(tenant_id, sql, params, True, durable), repeatable=repeatable)
+
+    def execute(self, tenant_id: str | None, sql: str, params: Any = None, *, repeatable: bool = False,
+                durable: bool = True) -> int:
+        """One statement, one round trip; returns the row count (``durable`` as for ``query``)."""
+        return retry.call(lambda: self._single(tenant_id, sql, params, False, durable), repeatable=repeatable)
 
     def stats(self) -> dict[str, Any]:
         return stats_of(self._shared)
@@ -448,7 +455,7 @@ class Pool:
 
     # -- internals ---------------------------------------------------------------------------------
 
-    def _single(self, tenant_id: str | None, sql: str, params: Any, rows: bool) -> Any:
+    def _single(self, tenant_id: str | None, sql: str, params: Any, rows: bool, durable: bool = True) -> Any:
         conn = self._acquire()
         broken = lost = False
         try:
@@ -456,6 +463,8 @@ class Pool:
             body = cur.mogrify(sql, params)
             if tenant_id is not None:
                 body = cur.mogrify(_TENANT_SQL, (str(tenant_id),)) + body
+            if not durable:
+                body = _NOT_DURABLE + body
             cur.execute(body)
             if not rows:
                 return cur.rowcount

@@ -228,6 +228,7 @@ def mark_sending(pool: Any, tenant_id: str, outbox_id: str) -> bool:
         "UPDATE outbox SET state = 'sending', attempts = attempts + 1 WHERE id = %s AND state IN ('pending', 'sending')",
         (outbox_id,),
         repeatable=True,
+        durable=False,  # lost in a crash, the attempt is redone under the same message id
     ))
 
 
@@ -239,6 +240,7 @@ def mark_sent(pool: Any, tenant_id: str, outbox_id: str, network_id: str | None 
         " wa_message_id = coalesce(%s, wa_message_id) WHERE outbox_id IN (SELECT id FROM o) AND direction = 'out'",
         (outbox_id, network_id),
         repeatable=True,
+        durable=False,  # lost in a crash, the row is still 'sending': the network is asked first
     )
 
 
@@ -280,6 +282,7 @@ def record_receipt(
         " AND status = ANY(%s) RETURNING id, outbox_id, correlation_id",
         (status, bot_id, wa_ids, lower),
         repeatable=True,
+        durable=False,  # a receipt lost in a crash only leaves the status one step behind
     )
     return [(str(r[0]), str(r[1]), r[2]) for r in rows]
 
