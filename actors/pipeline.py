@@ -155,6 +155,7 @@ class BotPipeline(Actor):
         self._thinking: dict[str, gevent.Greenlet] = {}
         self._again: set[str] = set()
         self._deliver_timer: gevent.Greenlet | None = None
+        self._deliver_due_at = 0.0
         self._delivering = False
         self.connected = False
         self._config: tuple[list[rules_mod.Rule], rules_mod.AiConfig] | None = None
@@ -378,6 +379,10 @@ class BotPipeline(Actor):
                     self._answer(contact_id, [message_id], rule.reply, "rule")
             if ai.enabled and self.deps.ai is not None and self.deps.ai.enabled:
                 self._schedule_think(contact_id)
+        # Retries left waiting by the previous incarnation.
+        due_in = conv.next_due_in(self.deps.pool, self.tenant_id, self.bot_id)
+        if due_in is not None:
+            self._deliver_later(due_in)
         self._deliver()
 
     # -- outbox ------------------------------------------------------------------------------------
@@ -406,10 +411,8 @@ class BotPipeline(Actor):
                     return
         if len(rows) == DELIVERY_BATCH:
             _tell_quietly(self.actor_ref, Wake())
-            return
-        due_in = conv.next_due_in(pool, tenant, self.bot_id)
-        if due_in is not None:
-            self._deliver_later(due_in)
+        # Rows due later (retries) are timed when they fail, and new rows wake the pipeline, so
+        # there is nothing to look up after a batch.
 
     def _send(self, row: conv.Outgoing) -> bool:
         """One attempt; False when delivery should pause (link down)."""
@@ -440,6 +443,7 @@ class BotPipeline(Actor):
                 base = self.deps.settings.outbox_retry_base
                 delay = min(300.0, base * 2 ** (attempts - 1)) * (0.5 + self.deps.rng.random() / 2)
                 conv.mark_failed(pool, tenant, row.id, str(exc) or type(exc).__name__, delay)
+                self._deliver_later(delay, only_if_sooner=True)
                 log.warning("send failed; will retry", extra={"outbox_id": row.id, "retry_in": round(delay, 2),
                                                                "error": repr(exc)})
             return self.connected
@@ -469,9 +473,13 @@ class BotPipeline(Actor):
             "correlation_id": row.correlation_id,
         })
 
-    def _deliver_later(self, delay: float) -> None:
+    def _deliver_later(self, delay: float, only_if_sooner: bool = False) -> None:
+        due_at = self.deps.clock() + delay
         if self._deliver_timer is not None:
+            if only_if_sooner and self._deliver_due_at <= due_at:
+                return
             self._deliver_timer.kill(block=False)
+        self._deliver_due_at = due_at
         self._deliver_timer = gevent.spawn_later(delay, _tell_quietly, self.actor_ref, _DeliverDue())
 
     # -- receipts ----------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import secrets
+import uuid
 from typing import Any
 
 from transports.events import MessageReceived
@@ -109,27 +110,36 @@ def history(pool: Any, tenant_id: str, contact_id: str, limit: int, before_ids: 
     return [(r[0], r[1]) for r in reversed(rows)]
 
 
+_ANSWER = (
+    # One statement: claim the messages still unanswered, and only if any were claimed write the
+    # outbox row and its outgoing message (the outbox id is chosen here so the claim can point at it).
+    "WITH claimed AS (UPDATE messages SET status = 'answered', answered_at = now(), outbox_id = %(outbox)s"
+    " WHERE id = ANY(%(ids)s::uuid[]) AND status = 'stored' RETURNING id),"
+    " c AS (SELECT id, jid FROM contacts WHERE id = %(contact)s AND EXISTS (SELECT 1 FROM claimed)),"
+    " o AS (INSERT INTO outbox (id, bot_id, contact_id, to_jid, wa_message_id, kind, body, source, correlation_id,"
+    " cause_message_id) SELECT %(outbox)s, %(bot)s, c.id, c.jid, %(wa)s, 'text', %(text)s, %(source)s, %(cid)s,"
+    " %(cause)s FROM c RETURNING id, contact_id)"
+    " INSERT INTO messages (bot_id, contact_id, direction, wa_message_id, kind, body, status, correlation_id,"
+    " outbox_id, payload) SELECT %(bot)s, o.contact_id, 'out', %(wa)s, 'text', %(text)s, 'pending', %(cid)s, o.id,"
+    " jsonb_build_object('source', %(source)s) FROM o RETURNING outbox_id"
+)
+
+
 def answer(
     pool: Any, tenant_id: str, bot_id: str, contact_id: str, message_ids: list[str], text: str, source: str,
     correlation_id: str | None,
 ) -> str | None:
-    """Queue ``text`` as the answer to ``message_ids``; returns the outbox id, or None when every one of
-    them was already answered (or ignored) — then nothing is queued."""
-
-    def work(unit: Any) -> str | None:
-        claimed = unit.all(
-            "UPDATE messages SET status = 'answered', answered_at = now()"
-            " WHERE id = ANY(%s::uuid[]) AND status = 'stored' RETURNING id",
-            (message_ids,),
-        )
-        if not claimed:
-            return None
-        outbox_id = _enqueue(unit, bot_id, contact_id, None, text, source, correlation_id, message_ids[-1])
-        unit.execute("UPDATE messages SET outbox_id = %s WHERE id = ANY(%s::uuid[])",
-                     (outbox_id, [str(r[0]) for r in claimed]))
-        return outbox_id
-
-    return pool.run(tenant_id, work, repeatable=True)
+    """Queue ``text`` as the answer to ``message_ids`` (one statement, one round trip); returns the
+    outbox id, or None when every one of them was already answered (or ignored) — then nothing is
+    queued."""
+    rows = pool.query(
+        tenant_id,
+        _ANSWER,
+        {"outbox": str(uuid.uuid4()), "ids": message_ids, "contact": contact_id, "bot": bot_id,
+         "wa": new_message_id(), "text": text, "source": source, "cid": correlation_id, "cause": message_ids[-1]},
+        repeatable=True,
+    )
+    return str(rows[0][0]) if rows else None
 
 
 def ignore(pool: Any, tenant_id: str, message_ids: list[str], reason: str) -> None:
