@@ -16,6 +16,7 @@ lease, so a stalled process that lost a bot cannot overwrite what the new owner 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import math
 import os
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 MAX_CLAIMS_PER_ROUND = 200
 MAX_SHED_PER_ROUND = 50
+FREEZE_AFTER_STARTS = 100
 
 
 class _Round:
@@ -82,14 +84,11 @@ class LeaseKeeper(Actor):
         return super().on_receive(message)
 
     def on_stop(self) -> None:
+        # Only stop claiming: the sessions are stopped next by their own supervisor (stop order),
+        # and the leases are released after that (Supervision.stop), so no other process can start
+        # a bot while this one still drives it.
         self._stopping = True
         self._teardown()
-        for bot_id in list(self.held):
-            self._drop(bot_id, release=True)
-        try:
-            bots_db.leave(self.deps.pool, self.deps.owner)
-        except Exception as exc:  # noqa: BLE001 - leases and the heartbeat expire on their own
-            log.warning("leaving supervision failed", extra={"error": repr(exc)})
 
     def on_failure(self, *exc_info: Any) -> None:
         self._teardown()
@@ -116,16 +115,25 @@ class LeaseKeeper(Actor):
         except Exception as exc:  # noqa: BLE001 - the database may be down; sessions keep running
             log.warning("lease round failed", extra={"error": repr(exc)})
             held = share = None
+        started = 0
         if held is not None:
             try:
-                self._reconcile(held)
+                started = self._reconcile(held)
                 self._shed(share)
             except Exception as exc:  # noqa: BLE001 - next round tries again
                 log.warning("lease reconcile failed", extra={"error": repr(exc)})
-        self._ticker = gevent.spawn_later(self.interval, _tell_quietly, self.actor_ref, _Round())
+        if started >= FREEZE_AFTER_STARTS:
+            # Thousands of long-lived session objects just appeared; keep full collections from
+            # walking them again and again (they stall the hub for hundreds of ms at 2,000 bots).
+            gc.collect()
+            gc.freeze()
+        # A full round means more bots are waiting to be claimed: claim them now, not a round later.
+        delay = 0 if started >= MAX_CLAIMS_PER_ROUND else self.interval
+        self._ticker = gevent.spawn_later(delay, _tell_quietly, self.actor_ref, _Round())
 
-    def _reconcile(self, held: list[tuple[str, str, str]]) -> None:
+    def _reconcile(self, held: list[tuple[str, str, str]]) -> int:
         now_held = {bot_id: (tenant_id, desired) for bot_id, tenant_id, desired in held}
+        started = 0
         for bot_id in list(self.held):
             if bot_id not in now_held:
                 log.warning("lease lost", extra={"bot_id": bot_id})
@@ -139,7 +147,12 @@ class LeaseKeeper(Actor):
                 continue
             if bot_id not in self.held:
                 self.held[bot_id] = tenant_id
+                bots = self._bots_supervisor()
+                if bots is not None and bot_id in children_of(bots).names():
+                    continue  # already supervised: a keeper restarted after a crash adopts its sessions
                 self.supervisor.start_child(self._spec(bot_id, tenant_id)).get()
+                started += 1
+        return started
 
     def _shed(self, share: int | None) -> None:
         """Hand back bots beyond this process's fair share, a few per round, for a newer process."""
@@ -332,10 +345,15 @@ class Supervision:
         self.system.metrics.actor_events.labels(kind).inc()
 
     def stop(self) -> None:
+        """Stop claiming, stop the sessions, then give every lease back at once for other processes."""
         try:
             self.top_ref.stop(timeout=self.system.settings.shutdown_timeout)
         except Exception as exc:  # noqa: BLE001 - already stopped
             log.warning("supervision stop", extra={"error": repr(exc)})
+        try:
+            bots_db.leave(self.system.pool, self.owner)
+        except Exception as exc:  # noqa: BLE001 - the leases and the heartbeat expire on their own
+            log.warning("leaving supervision failed", extra={"error": repr(exc)})
 
 
 def pipeline_deps(system: Any, rng: random.Random) -> PipelineDeps:

@@ -195,3 +195,22 @@ def test_a_crashing_session_is_restarted_alone(env, sim, events, pool):
     events.wait_for(lambda: env.session_ref(bot_a) not in (None, victim), timeout=10, what="a new incarnation")
     assert env.session_ref(bot_b) is other and other.is_alive()
     events.wait_state(bot_a, "connected", after=mark)
+
+
+def test_a_restarted_lease_keeper_adopts_the_running_sessions(env, sim, events, pool):
+    from actors.supervisor import children_of
+
+    tenant = new_tenant(pool)
+    bot = new_bot(pool, tenant)
+    _pair(sim, events, pool, tenant, bot)
+    session = env.session_ref(bot)
+    keeper = children_of(env.top_ref).ref_of("leases")
+    actor_of(keeper).kill()
+    events.wait_for(lambda: children_of(env.top_ref).ref_of("leases") not in (None, keeper),
+                    what="a new lease keeper")
+    # The session was neither restarted nor duplicated, and the new keeper acts on it.
+    assert env.session_ref(bot) is session and session.is_alive()
+    mark = len(events.states(bot))
+    bots_db.set_desired(pool, tenant, bot, "stopped")
+    events.wait_state(bot, "stopped", after=mark)
+    events.wait_for(lambda: env.session_ref(bot) is None, what="the session to go")
