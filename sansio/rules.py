@@ -19,11 +19,11 @@ blocks every bot in it, so three guards apply, and they are honest about their r
    The check walks the parse tree of the stdlib parser (``re._parser``, private but stable across
    3.11-3.13; a change there breaks the tests, not production silently).
 2. Rules only look at the first ``MAX_TEXT`` (4096) characters of a message.
-3. If the third-party ``regex`` module is installed, patterns run on it with a per-match timeout of
-   ``MATCH_TIMEOUT``; a match that runs out of time counts as no match. Without it, patterns run on
-   stdlib ``re`` with no timeout: guards 1 and 2 remove exponential blow-ups but not polynomial ones
-   (``a*a*a*a*a*[^a]`` passes validation and keeps stdlib ``re`` busy for minutes on 300 "a"s), so
-   deployments should install ``regex`` (``HAS_MATCH_TIMEOUT`` says whether it is there).
+3. Patterns run on the third-party ``regex`` module (an install requirement) with a per-match timeout
+   of ``MATCH_TIMEOUT``; a match that runs out of time counts as no match. Guards 1 and 2 alone remove
+   exponential blow-ups but not polynomial ones (``a*a*a*a*a*[^a]`` passes validation and keeps stdlib
+   ``re`` busy for minutes on 300 "a"s); should ``regex`` be missing, matching falls back to ``re``
+   without a timeout and ``HAS_MATCH_TIMEOUT`` is false (a test fails on such an install).
 
 Validation always compiles with stdlib ``re``, so what a tenant may store does not depend on whether
 ``regex`` is installed (its default V0 syntax is compatible with ``re``).
