@@ -127,3 +127,33 @@ def _bots_at_rest(request):
             cur.execute("DELETE FROM supervisors")
     finally:
         conn.close()
+
+
+class ApiClient:
+    """An HTTP client of the API as one tenant: ``client.get("/bots")``, ``client.post(...)``..."""
+
+    def __init__(self, base, key, tenant_id):
+        import requests
+
+        self.base, self.key, self.tenant_id = base + "/api/v1", key, tenant_id
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"Bearer {key}"
+
+    def __getattr__(self, method):
+        def call(path, **kwargs):
+            kwargs.setdefault("timeout", 10)
+            return self.session.request(method.upper(), self.base + path, **kwargs)
+
+        return call
+
+
+@pytest.fixture
+def alice(web, make_tenant):
+    tenant_id, key = make_tenant()
+    return ApiClient(web.url, key, tenant_id)
+
+
+@pytest.fixture
+def mallory(web, make_tenant):
+    tenant_id, key = make_tenant()
+    return ApiClient(web.url, key, tenant_id)

@@ -14,30 +14,6 @@ QR_PAYLOAD = "2@AbCdEfGhIjKlMnOp,QrStUvWxYz0123456789+/=,aGVsbG8gd29ybGQ=,ZmFrZS
 INJECTIONS = ["'; DROP TABLE bots; --", "x' OR '1'='1", "1); DELETE FROM tenants; --", "\\'; SELECT pg_sleep(5); --"]
 
 
-class Client:
-    def __init__(self, base, key, tenant_id):
-        self.base, self.tenant_id = base + "/api/v1", tenant_id
-        self.session = requests.Session()
-        self.session.headers["Authorization"] = f"Bearer {key}"
-
-    def __getattr__(self, method):
-        def call(path, **kwargs):
-            kwargs.setdefault("timeout", 10)
-            return self.session.request(method.upper(), self.base + path, **kwargs)
-
-        return call
-
-
-@pytest.fixture
-def alice(web, make_tenant):
-    tenant_id, key = make_tenant()
-    return Client(web.url, key, tenant_id)
-
-
-@pytest.fixture
-def mallory(web, make_tenant):
-    tenant_id, key = make_tenant()
-    return Client(web.url, key, tenant_id)
 
 
 def _bot(client, name="support", **options):

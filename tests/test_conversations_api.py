@@ -3,7 +3,6 @@ real embedded PostgreSQL. No supervisor runs here: the pipeline is not running, 
 what the API records (and that it notifies ``bot_commands``), never a delivery."""
 
 import datetime
-import socket
 import uuid
 
 import gevent
@@ -21,39 +20,6 @@ JID = PHONE + "@s.whatsapp.net"
 T0 = 1_700_000_000.0  # fixed WhatsApp timestamps for inbound messages: a known order
 
 
-class Client:
-    def __init__(self, base, key, tenant_id):
-        self.base, self.key, self.tenant_id = base + "/api/v1", key, tenant_id
-        self.session = requests.Session()
-        self.session.headers["Authorization"] = f"Bearer {key}"
-
-    def __getattr__(self, method):
-        def call(path, **kwargs):
-            kwargs.setdefault("timeout", 10)
-            return self.session.request(method.upper(), self.base + path, **kwargs)
-
-        return call
-
-
-@pytest.fixture(autouse=True)
-def _no_delayed_ack_stall(request):
-    """web.server does not set TCP_NODELAY, so on a keep-alive connection each response's last segment
-    waits for the client's delayed ACK (~40 ms a request). Set it here (accepted sockets inherit it
-    on Linux) so these tests stay fast; the server itself is not this module's to change."""
-    if "web" in request.fixturenames:
-        request.getfixturevalue("web").server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-@pytest.fixture
-def alice(web, make_tenant):
-    tenant_id, key = make_tenant()
-    return Client(web.url, key, tenant_id)
-
-
-@pytest.fixture
-def mallory(web, make_tenant):
-    tenant_id, key = make_tenant()
-    return Client(web.url, key, tenant_id)
 
 
 @pytest.fixture
