@@ -42,6 +42,7 @@ import time
 from typing import Any, Callable, Mapping, MutableMapping, Sequence
 
 import gevent
+import gevent.lock
 
 
 def _import_httpcore() -> None:
@@ -60,6 +61,7 @@ def _import_httpcore() -> None:
 
 _import_httpcore()
 
+import httpx  # noqa: E402
 import openai  # noqa: E402
 
 from sansio.breaker import Breaker
@@ -169,12 +171,23 @@ class AiClient:
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
         self._retry_after_cap = retry_after_cap
+        # Overload queues here for a slot instead of piling requests onto the provider's connections.
+        self._slots = gevent.lock.BoundedSemaphore(settings.ai_max_in_flight)
         self._client = (
             openai.OpenAI(
                 base_url=settings.ai_base_url,
                 api_key=settings.ai_api_key,
                 timeout=settings.ai_timeout,
                 max_retries=0,  # retries are ours: Retry-After cap, breaker, metrics per attempt
+                # httpcore scans (and polls) every pooled connection on each request: a pool as large
+                # as the calls allowed in flight keeps that cheap (bench/pipeline.py: it was the top cost).
+                http_client=httpx.Client(
+                    limits=httpx.Limits(
+                        max_connections=settings.ai_max_in_flight,
+                        max_keepalive_connections=settings.ai_max_in_flight,
+                    ),
+                    timeout=settings.ai_timeout,
+                ),
             )
             if settings.ai_api_key
             else None
@@ -242,7 +255,12 @@ class AiClient:
         for attempt in range(1, attempts + 1):
             started = time.monotonic()  # latency is real time even when the breaker's clock is not
             try:
-                text = self._attempt(messages, model, temperature)
+                if not self._slots.acquire(timeout=self.settings.ai_timeout):
+                    raise AiError(f"no free slot for an AI request within {self.settings.ai_timeout:g}s", TIMEOUT)
+                try:
+                    text = self._attempt(messages, model, temperature)
+                finally:
+                    self._slots.release()
             except AiError as exc:
                 self._report(exc.kind, time.monotonic() - started)
                 if exc.kind not in _RETRYABLE:

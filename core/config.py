@@ -163,6 +163,7 @@ SPECS += (
     Spec("AI_MODEL", _str, "deepseek-chat", "Model name sent to the AI provider (a bot may override it)."),
     Spec("AI_TIMEOUT", _positive_float, "30", "Seconds one AI request may take."),
     Spec("AI_MAX_RETRIES", _non_negative_int, "2", "Retries of an AI request after 429, 5xx or a timeout (Retry-After is honoured)."),
+    Spec("AI_MAX_IN_FLIGHT", _positive_int, "16", "AI requests one process runs at once (and connections it keeps); more wait for a slot."),
     Spec("AI_DEBOUNCE", _non_negative_float, "2", "Seconds to wait for more messages from one customer before answering them together."),
     Spec("AI_BREAKER_FAILURES", _positive_int, "5", "Consecutive AI failures that open the provider's circuit breaker."),
     Spec("AI_BREAKER_RESET", _positive_float, "30", "Seconds an open breaker waits before letting one trial request through."),
