@@ -72,20 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _migrate(system: "object") -> int:
-    from db import embedded, migrate
-    from actors.system import _role_of
-
-    s = system.settings
-    if s.database_url is None:
-        system.embedded = embedded.start(s.data_dir)
-        system.add_component("embedded postgres", system.embedded.stop)
-        owner_url, app_url = system.embedded.owner_url, system.embedded.app_url
-    else:
-        if not s.database_owner_url:
-            print("cannot migrate: DATABASE_OWNER_URL is not set (migrations run as the schema owner)", file=sys.stderr)
-            return 1
-        owner_url, app_url = s.database_owner_url, s.database_url
-    applied = migrate.apply(owner_url, _role_of(app_url), s.database_connect_timeout)
+    applied = system.migrate()
     print("applied: " + ", ".join(applied) if applied else "schema is up to date")
     return 0
 

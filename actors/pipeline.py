@@ -32,7 +32,9 @@ import gevent
 
 from actors.base import Actor
 from core import context, sentry
+import media
 from db import conversations as conv
+from db import media as media_db
 from sansio import rules as rules_mod
 from sansio.prompt import build_messages
 from sansio.retry_rules import is_transient
@@ -53,7 +55,6 @@ class PipelineDeps:
     publish: Callable[[str, str | None, str, dict], Any]
     ai: Any = None  # core.ai.AiClient, shared per process (its breakers are per provider)
     media: Any = None  # media store; None: media is not downloaded
-    record_media: Callable[..., str] | None = None
     metrics: Any = None  # PipelineMetrics
     clock: Callable[[], float] = time.monotonic
     rng: random.Random = dataclasses.field(default_factory=random.Random)
@@ -297,9 +298,8 @@ class BotPipeline(Actor):
         for attempt in range(5):
             try:
                 data = self.session.ask(DownloadMedia(event.media_ref), timeout=60)
-                stored = self.deps.media.put(self.tenant_id, data, event.mime_type or "application/octet-stream", "")
-                media_id = self.deps.record_media(self.deps.pool, self.tenant_id, self.bot_id, stored,
-                                                  event.mime_type or "application/octet-stream", "")
+                media_id, stored = media.save(self.deps.pool, self.deps.media, self.tenant_id, self.bot_id, data,
+                                              event.mime_type or "application/octet-stream")
                 conv.set_media(self.deps.pool, self.tenant_id, message_id, media_id, stored.key)
                 return
             except Exception as exc:  # noqa: BLE001 - retried, then reported
@@ -456,8 +456,6 @@ class BotPipeline(Actor):
             return SendText(row.to_jid, row.body, row.wa_message_id)
         if self.deps.media is None:
             raise TransportError("media storage is not configured in this process", permanent=True)
-        from db import media as media_db
-
         record = media_db.get(self.deps.pool, self.tenant_id, row.media_id)
         if record is None:
             raise TransportError("the media to send no longer exists", permanent=True)

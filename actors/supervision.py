@@ -372,18 +372,12 @@ def pipeline_deps(system: Any, rng: random.Random) -> PipelineDeps:
     )
     ai = AiClient(settings, observe=metrics.observe_ai, rng=rng)
     holder["ai"] = ai
-    media_store = record_media = None
-    try:
-        from db import media as media_db
-        from media import store_from_settings
+    from media import store_from_settings
 
-        media_store = getattr(system, "media_store", None) or store_from_settings(settings)
-        record_media = media_db.record
-    except ImportError:  # pragma: no cover - media support not installed
-        log.warning("media storage unavailable; inbound media is not downloaded")
+    media_store = getattr(system, "media_store", None) or store_from_settings(settings)
     return PipelineDeps(
-        settings=settings, pool=system.pool, publish=system.publish, ai=ai, media=media_store,
-        record_media=record_media, metrics=metrics, rng=rng,
+        settings=settings, pool=system.pool, publish=system.publish, ai=ai, media=media_store, metrics=metrics,
+        rng=rng,
     )
 
 

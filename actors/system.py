@@ -47,19 +47,32 @@ class System:
     def start_observability(self) -> None:
         self.sentry_enabled = sentry.init(self.settings, VERSION)
 
-    def start_database(self, *, migrate_schema: bool = True) -> Pool:
+    def database_urls(self) -> tuple[str, str | None]:
+        """(app role URL, owner URL or None): the configured server, or the embedded one started now."""
         s = self.settings
-        if s.database_url is None:
+        if s.database_url is not None:
+            return s.database_url, s.database_owner_url
+        if self.embedded is None:
             self.embedded = embedded.start(s.data_dir)
             self._on_stop("embedded postgres", self.embedded.stop)
-            app_url, owner_url = self.embedded.app_url, self.embedded.owner_url
             log.info("embedded postgres started", extra={"socket_dir": self.embedded.socket_dir})
-        else:
-            app_url, owner_url = s.database_url, s.database_owner_url
+        return self.embedded.app_url, self.embedded.owner_url
+
+    def migrate(self) -> list[str]:
+        """Apply pending migrations as the owner; raises StartupError without an owner URL."""
+        app_url, owner_url = self.database_urls()
+        if not owner_url:
+            raise StartupError("DATABASE_OWNER_URL is not set (migrations run as the schema owner)")
+        applied = migrate.apply(owner_url, role_of(app_url), self.settings.database_connect_timeout)
+        if applied:
+            log.info("migrations applied", extra={"migrations": applied})
+        return applied
+
+    def start_database(self, *, migrate_schema: bool = True) -> Pool:
+        s = self.settings
+        app_url, owner_url = self.database_urls()
         if migrate_schema and owner_url:
-            applied = migrate.apply(owner_url, _role_of(app_url), s.database_connect_timeout)
-            if applied:
-                log.info("migrations applied", extra={"migrations": applied})
+            self.migrate()
         self.pool = Pool(PoolConfig.from_settings(s, app_url))
         self._on_stop("database pool", self.pool.stop)
         self.publish = make_publisher(self.pool, self.metrics.events_published)
@@ -135,7 +148,7 @@ class System:
         sentry.flush()
 
 
-def _role_of(url: str) -> str:
+def role_of(url: str) -> str:
     import psycopg2.extensions
 
     return psycopg2.extensions.parse_dsn(url).get("user") or "wabot_app"

@@ -128,6 +128,18 @@ def verdict(ok: bool) -> str:
 # -- the outside world: a zero-latency OpenAI-compatible server -------------------------------------
 
 
+
+def _content_length(rfile: Any) -> int:
+    """Read an HTTP message's header lines; its Content-Length (0 without one)."""
+    length = 0
+    while True:
+        header = rfile.readline(65537)
+        if not header or header in (b"\r\n", b"\n"):
+            return length
+        name, _, value = header.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value.strip())
+
 class FastAi:
     """``POST .../chat/completions`` answered at once, HTTP/1.1 keep-alive, on a gevent StreamServer.
     The answer is ``"a " + the q-tokens of the last user message``."""
@@ -171,14 +183,7 @@ class FastAi:
                 line = rfile.readline(65537)
                 if not line:
                     return
-                length = 0
-                while True:
-                    header = rfile.readline(65537)
-                    if not header or header in (b"\r\n", b"\n"):
-                        break
-                    name, _, value = header.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value.strip())
+                length = _content_length(rfile)
                 body = rfile.read(length) if length else b""
                 self.calls += 1
                 payload = self._answer(body)
@@ -739,14 +744,7 @@ class LeanAi:
             try:
                 sock.sendall((self._head % len(body)).encode() + body)
                 status = rfile.readline(65537).split(None, 2)
-                length = 0
-                while True:
-                    header = rfile.readline(65537)
-                    if not header or header in (b"\r\n", b"\n"):
-                        break
-                    name, _, value = header.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value.strip())
+                length = _content_length(rfile)
                 data = rfile.read(length)
             except BaseException:
                 rfile.close()

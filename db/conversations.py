@@ -15,6 +15,7 @@ import secrets
 import uuid
 from typing import Any
 
+from db.bots import NOTIFY_CHANNEL
 from transports.events import MessageReceived
 
 ANSWERABLE_KINDS = frozenset({"text", "image", "video", "document", "audio", "sticker"})
@@ -152,47 +153,33 @@ def ignore(pool: Any, tenant_id: str, message_ids: list[str], reason: str) -> No
     )
 
 
-_TARGET_KNOWN = "c AS (SELECT id, jid FROM contacts WHERE id = %(contact)s)"
-_TARGET_BY_JID = (
-    "c AS (INSERT INTO contacts (bot_id, jid) VALUES (%(bot)s, %(to)s)"
-    " ON CONFLICT (bot_id, jid) DO UPDATE SET jid = excluded.jid RETURNING id, jid)"
-)
-_OUTBOX_AND_MESSAGE = (
-    ", o AS (INSERT INTO outbox (bot_id, contact_id, to_jid, wa_message_id, kind, body, source, correlation_id,"
-    " cause_message_id, media_id) SELECT %(bot)s, c.id, c.jid, %(wa)s, %(kind)s, %(text)s, %(source)s, %(cid)s,"
-    " %(cause)s, %(media)s FROM c RETURNING id, contact_id)"
-    " INSERT INTO messages (bot_id, contact_id, direction, wa_message_id, kind, body, status, correlation_id,"
+_ENQUEUE = (
+    # One statement: the contact (found or created by jid), the outbox row, its outgoing message row
+    # (status pending, message id fixed now) and the notice that wakes the bot's pipeline.
+    "WITH c AS (INSERT INTO contacts (bot_id, jid) VALUES (%(bot)s, %(to)s)"
+    " ON CONFLICT (bot_id, jid) DO UPDATE SET jid = excluded.jid RETURNING id, jid),"
+    " o AS (INSERT INTO outbox (bot_id, contact_id, to_jid, wa_message_id, kind, body, source, correlation_id,"
+    " media_id) SELECT %(bot)s, c.id, c.jid, %(wa)s, %(kind)s, %(text)s, 'api', %(cid)s, %(media)s FROM c"
+    " RETURNING id, contact_id),"
+    " m AS (INSERT INTO messages (bot_id, contact_id, direction, wa_message_id, kind, body, status, correlation_id,"
     " outbox_id, payload) SELECT %(bot)s, o.contact_id, 'out', %(wa)s, %(kind)s, %(text)s, 'pending', %(cid)s,"
-    " o.id, jsonb_build_object('source', %(source)s) FROM o RETURNING outbox_id"
+    " o.id, jsonb_build_object('source', 'api') FROM o RETURNING outbox_id)"
+    " SELECT outbox_id, pg_notify(%(channel)s, %(bot)s::text) FROM m"
 )
-
-
-def _enqueue(unit: Any, bot_id: str, contact_id: str | None, to_jid: str | None, text: str, source: str,
-             correlation_id: str | None, cause: str | None, media_id: str | None = None, kind: str = "text") -> str:
-    """One statement: the outbox row and its outgoing message row (status pending), with the message
-    id fixed now. The contact is given (a reply) or found or created by jid (the API)."""
-    target = _TARGET_KNOWN if contact_id is not None else _TARGET_BY_JID
-    row = unit.one(
-        "WITH " + target + _OUTBOX_AND_MESSAGE,
-        {"contact": contact_id, "bot": bot_id, "to": to_jid, "wa": new_message_id(), "kind": kind, "text": text,
-         "source": source, "cid": correlation_id, "cause": cause, "media": media_id},
-    )
-    if row is None:
-        raise LookupError("the contact to answer no longer exists")
-    return str(row[0])
 
 
 def enqueue(pool: Any, tenant_id: str, bot_id: str, to_jid: str, text: str, correlation_id: str | None,
             media_id: str | None = None, kind: str = "text") -> str:
-    """Queue a message sent through the API (to a contact by jid, created if new); the outbox id."""
-
-    def work(unit: Any) -> str:
-        outbox_id = _enqueue(unit, bot_id, None, to_jid, text, "api", correlation_id, None, media_id, kind)
-        # Wakes the pipeline of whichever supervisor process holds the bot.
-        unit.execute("SELECT pg_notify('bot_commands', %s)", (bot_id,))
-        return outbox_id
-
-    return pool.run(tenant_id, work, repeatable=False)
+    """Queue a message sent through the API (to a contact by jid, created if new); the outbox id.
+    The notice wakes the pipeline of whichever supervisor process holds the bot."""
+    rows = pool.query(
+        tenant_id,
+        _ENQUEUE,
+        {"bot": bot_id, "to": to_jid, "wa": new_message_id(), "kind": kind, "text": text, "cid": correlation_id,
+         "media": media_id, "channel": NOTIFY_CHANNEL},
+        repeatable=False,
+    )
+    return str(rows[0][0])
 
 
 @dataclasses.dataclass(frozen=True)
