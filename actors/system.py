@@ -13,7 +13,7 @@ from typing import Any, Callable
 import gevent
 
 from actors.base import actor_of
-from actors.event_bus import EventBus, make_publisher
+from actors.event_bus import EventBus, make_notice_publisher, make_publisher
 from actors.pool import Pool, PoolConfig
 from core import sentry
 from core.metrics import Metrics
@@ -38,6 +38,7 @@ class System:
         self.bus: Any = None
         self.bus_metrics: Any = None
         self.publish: Any = None
+        self.notices: Any = None  # batched, never-waited publisher for high-volume notices (pipelines)
         self._media_store: Any = None
         self._stops: list[tuple[str, Callable[[], None]]] = []
         self.sentry_enabled = False
@@ -76,11 +77,18 @@ class System:
         self.pool = Pool(PoolConfig.from_settings(s, app_url))
         self._on_stop("database pool", self.pool.stop)
         self.publish = make_publisher(self.pool, self.metrics.events_published)
+        self.notices = make_notice_publisher(self.pool, self.metrics.events_published)
+        self._on_stop("event notices", self._stop_notices)
         self.metrics.watch_pool(self.pool.stats)
         if not self.pool.wait_ready(s.database_connect_timeout * 2):
             raise StartupError(f"database unreachable: {self.pool.stats()['last_connect_error']}")
         self._check_app_role()
         return self.pool
+
+    def _stop_notices(self) -> None:
+        self.notices.stop()
+        if not self.notices.flush(timeout=5):  # the last messages' notices, before the pool goes
+            log.warning("event notices not written before stop", extra={"queued": self.notices.queued})
 
     def _check_app_role(self) -> None:
         """Refuse to run as a role that row-level security would not bind."""
