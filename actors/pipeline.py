@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import logging
 import random
 import time
@@ -35,6 +36,7 @@ from core import context, sentry
 import media
 from db import conversations as conv
 from db import media as media_db
+from db.pipeline_store import PipelineStore
 from sansio import rules as rules_mod
 from sansio.prompt import build_messages
 from sansio.retry_rules import is_transient
@@ -45,6 +47,7 @@ from transports.base import TransportError
 log = logging.getLogger(__name__)
 
 MAX_WAITING_INBOUND = 10_000
+STORE_BATCH = 100
 DELIVERY_BATCH = 50
 
 
@@ -58,6 +61,11 @@ class PipelineDeps:
     metrics: Any = None  # PipelineMetrics
     clock: Callable[[], float] = time.monotonic
     rng: random.Random = dataclasses.field(default_factory=random.Random)
+    store: Any = None  # db.pipeline_store.PipelineStore, shared per process so calls batch together
+
+    def __post_init__(self) -> None:
+        if self.store is None:
+            self.store = PipelineStore(self.pool)
 
 
 # -- messages (from the session) ------------------------------------------------------------------
@@ -217,6 +225,8 @@ class BotPipeline(Actor):
                 return self._think(message.contact_id)
         if isinstance(message, _AiDone):
             return self._ai_done(message)
+        if isinstance(message, _DeliverMore):
+            return self._deliver()
         if isinstance(message, _DeliverDue):
             self._deliver_timer = None
             return self._deliver()
@@ -225,39 +235,52 @@ class BotPipeline(Actor):
     # -- inbound -----------------------------------------------------------------------------------
 
     def _store_waiting(self) -> None:
+        alone = 0  # after a batch failed on bad data: store that many one by one, to leave out only it
         while self.waiting:
-            event, ctx = self.waiting[0]
-            with context.bound(correlation_id=ctx.correlation_id):
-                try:
-                    stored = conv.store_inbound(self.deps.pool, self.tenant_id, self.bot_id, event, ctx.correlation_id)
-                except Exception as exc:  # noqa: BLE001 - decide below
-                    if is_transient(exc) or isinstance(exc, RuntimeError):
-                        self._store_delay = min(max(self._store_delay * 2, 0.2), 3.0)
-                        log.warning("inbound not stored yet; will retry",
-                                    extra={"error": repr(exc), "waiting": len(self.waiting), "retry_in": self._store_delay})
-                        self._store_timer = gevent.spawn_later(self._store_delay, _tell_quietly, self.actor_ref, _StoreRetry())
-                        return
-                    # Not a fault that time fixes (bad data): report it and leave the message unacked
-                    # with the network rather than loop on it.
+            batch = list(itertools.islice(self.waiting, 1 if alone else STORE_BATCH))
+            try:
+                stored = self.deps.store.store_inbound(
+                    self.tenant_id, self.bot_id, [(event, ctx.correlation_id) for event, ctx in batch])
+            except Exception as exc:  # noqa: BLE001 - decide below
+                if is_transient(exc) or isinstance(exc, RuntimeError):
+                    self._store_delay = min(max(self._store_delay * 2, 0.2), 3.0)
+                    log.warning("inbound not stored yet; will retry",
+                                extra={"error": repr(exc), "waiting": len(self.waiting), "retry_in": self._store_delay})
+                    self._store_timer = gevent.spawn_later(self._store_delay, _tell_quietly, self.actor_ref, _StoreRetry())
+                    return
+                if len(batch) > 1:
+                    alone = len(batch)
+                    continue
+                # Not a fault that time fixes (bad data): report it and leave the message unacked
+                # with the network rather than loop on it.
+                event, ctx = batch[0]
+                with context.bound(correlation_id=ctx.correlation_id):
                     log.error("inbound message could not be stored", extra={"error": repr(exc), "wa_id": event.message_id})
                     sentry.capture(exc, where="store_inbound")
-                    self.waiting.popleft()
-                    continue
                 self.waiting.popleft()
-                self._store_delay = 0.0
-                _tell_quietly(self.session, Ack((event.message_id,)))
-                if stored.message_id is None:
-                    continue  # a replay: stored and handled before
-                self._count("in")
-                log.info("message stored", extra={"message_id": stored.message_id, "wa_message_id": event.message_id})
-                self.deps.publish(self.tenant_id, self.bot_id, "message.in", {
-                    "message_id": stored.message_id, "contact_id": stored.contact_id, "from": event.sender,
-                    "kind": event.kind, "text": event.text or event.caption, "wa_message_id": event.message_id,
-                    "correlation_id": ctx.correlation_id,
-                })
-                if event.media_ref and self.deps.media is not None:
-                    gevent.spawn(self._fetch_media, stored.message_id, event, ctx)
-                self._consider(stored, event)
+                alone = max(0, alone - 1)
+                continue
+            alone = max(0, alone - len(batch))
+            for _ in batch:
+                self.waiting.popleft()
+            self._store_delay = 0.0
+            _tell_quietly(self.session, Ack(tuple(event.message_id for event, _ in batch)))
+            for (event, ctx), one in zip(batch, stored):
+                if one.message_id is not None:  # None: a replay, stored and handled before
+                    with context.bound(correlation_id=ctx.correlation_id):
+                        self._stored(one, event, ctx)
+
+    def _stored(self, stored: conv.Stored, event: tev.MessageReceived, ctx: context.WorkContext) -> None:
+        self._count("in")
+        log.info("message stored", extra={"message_id": stored.message_id, "wa_message_id": event.message_id})
+        self.deps.publish(self.tenant_id, self.bot_id, "message.in", {
+            "message_id": stored.message_id, "contact_id": stored.contact_id, "from": event.sender,
+            "kind": event.kind, "text": event.text or event.caption, "wa_message_id": event.message_id,
+            "correlation_id": ctx.correlation_id,
+        })
+        if event.media_ref and self.deps.media is not None:
+            gevent.spawn(self._fetch_media, stored.message_id, event, ctx)
+        self._consider(stored, event)
 
     def _consider(self, stored: conv.Stored, event: tev.MessageReceived) -> None:
         if event.kind not in conv.ANSWERABLE_KINDS:
@@ -323,12 +346,11 @@ class BotPipeline(Actor):
         )
 
     def _think(self, contact_id: str) -> None:
-        pending = conv.unanswered(self.deps.pool, self.tenant_id, contact_id)
+        _, ai = self._reply_config()
+        pending, history = self.deps.store.prompt_inputs(self.tenant_id, self.bot_id, contact_id, ai.history)
         if not pending:
             return
         ids = [m[0] for m in pending]
-        _, ai = self._reply_config()
-        history = conv.history(self.deps.pool, self.tenant_id, contact_id, ai.history, ids)
         prompt = build_messages(ai, history, [m[2] for m in pending])
         ctx = context.current()
         self._thinking[contact_id] = gevent.spawn(self._call_ai, contact_id, tuple(ids), prompt, ai, ctx)
@@ -363,8 +385,8 @@ class BotPipeline(Actor):
             self._schedule_think(done.contact_id)
 
     def _answer(self, contact_id: str, message_ids: list[str], text: str, source: str) -> None:
-        outbox_id = conv.answer(self.deps.pool, self.tenant_id, self.bot_id, contact_id, message_ids, text, source,
-                                context.correlation_id())
+        outbox_id = self.deps.store.answer(self.tenant_id, self.bot_id, contact_id, message_ids, text, source,
+                                           context.correlation_id())
         if outbox_id is not None:
             self._deliver()
 
@@ -397,36 +419,49 @@ class BotPipeline(Actor):
             self._delivering = False
 
     def _deliver_batch(self) -> None:
-        pool, tenant = self.deps.pool, self.tenant_id
-        rows = conv.due(pool, tenant, self.bot_id, DELIVERY_BATCH)
-        for row in rows:
-            if not self.connected:
-                return
+        limit = DELIVERY_BATCH
+        if self.bucket.rate:
             wait = self.bucket.wait_time(self.deps.clock())
             if wait > 0:
                 self._deliver_later(wait)
                 return
-            with context.bound(correlation_id=row.correlation_id or context.correlation_id()):
-                if not self._send(row):
+            limit = max(1, min(limit, self.bucket.available(self.deps.clock())))
+        rows = self.deps.store.claim_due(self.tenant_id, self.bot_id, limit)
+        sent: list[tuple[conv.Outgoing, str | None]] = []
+        try:
+            for index, row in enumerate(rows):
+                # Rows claimed but not tried go back, so no attempt is counted against them.
+                if not self.connected:
+                    self.deps.store.release(self.tenant_id, rows[index:])
                     return
-        if len(rows) == DELIVERY_BATCH:
-            _tell_quietly(self.actor_ref, Wake())
+                with context.bound(correlation_id=row.correlation_id or context.correlation_id()):
+                    if not self._send(row, sent):
+                        self.deps.store.release(self.tenant_id, rows[index + 1:])
+                        return
+        finally:
+            if sent:
+                # One statement for the batch; a crash before it leaves the rows 'sending', and the
+                # network is asked about them before any resend.
+                self.deps.store.mark_sent(self.tenant_id, [(row.id, network_id) for row, network_id in sent])
+                for row, _ in sent:
+                    with context.bound(correlation_id=row.correlation_id or context.correlation_id()):
+                        self._sent(row)
+        if len(rows) == limit:
+            _tell_quietly(self.actor_ref, _DeliverMore())
         # Rows due later (retries) are timed when they fail, and new rows wake the pipeline, so
         # there is nothing to look up after a batch.
 
-    def _send(self, row: conv.Outgoing) -> bool:
-        """One attempt; False when delivery should pause (link down)."""
+    def _send(self, row: conv.Outgoing, sent: list[tuple[conv.Outgoing, str | None]]) -> bool:
+        """One attempt (the claim recorded it); False when delivery should pause (link down)."""
         pool, tenant = self.deps.pool, self.tenant_id
         if row.state == "sending":
             # The last attempt's outcome is unknown (a crash or timeout mid-send): ask before resending.
             try:
                 if self.session.ask(WasReceived(row.wa_message_id), timeout=15) is True:
-                    conv.mark_sent(pool, tenant, row.id)
-                    self._sent(row)
+                    sent.append((row, None))
                     return True
             except Exception:  # noqa: BLE001 - cannot tell; the resend carries the same id
                 pass
-        conv.mark_sending(pool, tenant, row.id)
         self.bucket.take(self.deps.clock())
         try:
             network_id = self.session.ask(self._request_for(row), timeout=60)
@@ -447,8 +482,7 @@ class BotPipeline(Actor):
                 log.warning("send failed; will retry", extra={"outbox_id": row.id, "retry_in": round(delay, 2),
                                                                "error": repr(exc)})
             return self.connected
-        conv.mark_sent(pool, tenant, row.id, network_id if isinstance(network_id, str) else None)
-        self._sent(row)
+        sent.append((row, network_id if isinstance(network_id, str) else None))
         return True
 
     def _request_for(self, row: conv.Outgoing) -> SendText | SendMedia:
@@ -503,6 +537,10 @@ class _Recover:
 
 class _DeliverDue:
     pass
+
+
+class _DeliverMore:
+    """The last claim was full: there may be more due now."""
 
 
 def _tell_quietly(ref: Any, message: Any) -> None:

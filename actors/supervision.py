@@ -375,9 +375,14 @@ def pipeline_deps(system: Any, rng: random.Random) -> PipelineDeps:
     from media import store_from_settings
 
     media_store = getattr(system, "media_store", None) or store_from_settings(settings)
+    from db.pipeline_store import PipelineStore
+
+    # Pipelines announce every message in and out: through the root's batched notice publisher
+    # (queued, written in batches, never waited on) where it has one.
+    notices = getattr(system, "notices", None) or system.publish
     return PipelineDeps(
-        settings=settings, pool=system.pool, publish=system.publish, ai=ai, media=media_store, metrics=metrics,
-        rng=rng,
+        settings=settings, pool=system.pool, publish=notices, ai=ai, media=media_store, metrics=metrics,
+        rng=rng, store=PipelineStore(system.pool, observe=metrics.observe_batch),
     )
 
 

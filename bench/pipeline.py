@@ -590,6 +590,16 @@ class Publisher:
             return self.forward(tenant_id, bot_id, event_type, payload)
         return None
 
+    def counting(self, forward: Callable[..., Any] | None) -> Callable[..., None]:
+        """The pipelines' notice publisher, counted here too."""
+
+        def publish(tenant_id: str, bot_id: str | None, event_type: str, payload: dict) -> None:
+            self.counts[event_type] += 1
+            if forward is not None:
+                forward(tenant_id, bot_id, event_type, payload)
+
+        return publish
+
     def connected(self, bot_ids: list[str]) -> int:
         return sum(1 for b in bot_ids if self.states.get(b) == "connected")
 
@@ -852,7 +862,7 @@ def main(argv: list[str] | None = None) -> int:
         if handler is not warnings:
             handler.setLevel(logging.ERROR)
 
-    from actors.event_bus import make_publisher
+    from actors.event_bus import make_notice_publisher, make_publisher
     from actors.pool import Pool, PoolConfig
     from actors.supervision import Supervision
     from core import config
@@ -929,7 +939,10 @@ def main(argv: list[str] | None = None) -> int:
 
         started = time.monotonic()
         root = Root(settings, pool, publisher.publish, metrics)
+        notices = make_notice_publisher(pool, metrics.events_published)
         sup = Supervision(root, listen_dsn=app_url)
+        # The pipelines publish through the batched notice publisher, as under run.py.
+        sup.pipeline_deps.publish = publisher.counting(notices if args.publish == "db" else None)
         if "lean-ai" in what_if:
             # Every pipeline reads deps.ai at call time: this swaps the client for all bots.
             sup.pipeline_deps.ai = LeanAi(world.ai_url, "bench-key", "bench-model", 10.0)

@@ -110,6 +110,8 @@ class PipelineMetrics:
         self.ai_latency = Histogram("ai_request_duration_seconds", "AI request latency by outcome", ["outcome"],
                                     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60), registry=registry)
         self.ai_errors = Counter("ai_errors", "AI request failures by kind", ["kind"], registry=registry)
+        self.batch_rows = Histogram("db_batch_rows", "Rows per statement of the pipeline's batched operations",
+                                    ["operation"], buckets=(1, 2, 5, 10, 20, 50, 100, 200), registry=registry)
         registry.register(_PipelineCollector(outbox_stats, breaker_state))
 
     def count(self, what: str, bot_id: str) -> None:
@@ -117,6 +119,9 @@ class PipelineMetrics:
             self.dead_letters.labels(bot_id).inc()
         else:
             self.messages.labels(what, bot_id).inc()
+
+    def observe_batch(self, operation: str, rows: int) -> None:
+        self.batch_rows.labels(operation).observe(rows)
 
     def observe_ai(self, outcome: str, seconds: float) -> None:
         self.ai_latency.labels(outcome).observe(seconds)

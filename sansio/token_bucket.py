@@ -28,6 +28,13 @@ class TokenBucket:
         self._refill(now)
         return 0.0 if self._tokens >= 1 else (1 - self._tokens) / self.rate
 
+    def available(self, now: float) -> int:
+        """Whole tokens available now (``burst`` when unlimited)."""
+        if self.rate == 0:
+            return self.burst
+        self._refill(now)
+        return int(self._tokens)
+
     def take(self, now: float) -> bool:
         """Take a token if one is available."""
         if self.rate == 0:

@@ -29,3 +29,12 @@ def test_a_zero_rate_means_unlimited():
     bucket = TokenBucket(rate=0, burst=1, now=0.0)
     assert all(bucket.take(0.0) for _ in range(1000))
     assert bucket.wait_time(0.0) == 0.0
+
+
+def test_available_counts_whole_tokens_and_refills_at_the_rate():
+    bucket = TokenBucket(rate=1.0, burst=3, now=0.0)
+    assert bucket.available(0.0) == 3
+    for _ in range(3):
+        bucket.take(0.0)
+    assert bucket.available(0.5) == 0
+    assert bucket.available(2.0) == 2

@@ -1,0 +1,289 @@
+"""The message pipeline's hot statements, each able to serve many bots' calls in one round trip.
+
+``PipelineStore`` is what a bot pipeline calls for the work every message does: store it, read what
+the AI needs, queue the answer, claim due outbox rows, mark them sent. Each operation is a multi-row
+statement behind a ``db.batch.Coalescer``: calls from all pipelines of the process that arrive while the
+previous statement of that kind is in flight (for the same tenant) run together. A call still returns
+only after its own rows are committed, with its own results, so the pipeline's guarantees are
+unchanged: a message is acked only after it is stored, answered at most once (the answer claims only
+rows still ``stored``), and an outbox row records the attempt before it is sent.
+
+The single-row operations and everything off the hot path stay in ``db.conversations``.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any, Callable, Sequence
+
+from db.batch import Coalescer
+from db.conversations import ANSWERABLE_KINDS, Outgoing, Stored, new_message_id
+from transports.events import MessageReceived
+
+# -- inbound ---------------------------------------------------------------------------------------
+
+_STORE = """
+WITH i AS (
+    SELECT * FROM unnest(%(bots)s::uuid[], %(jids)s::text[], %(was)s::text[], %(kinds)s::text[],
+                         %(bodies)s::text[], %(payloads)s::jsonb[], %(statuses)s::text[], %(quoted)s::text[],
+                         %(cids)s::text[], %(ts)s::float8[])
+         WITH ORDINALITY AS i(bot, jid, wa, kind, body, payload, status, quoted, cid, ts, n)
+), c AS (
+    INSERT INTO contacts (bot_id, jid, last_message_at)
+    SELECT DISTINCT bot, jid, now() FROM i
+    ON CONFLICT (bot_id, jid) DO UPDATE SET last_message_at = now()
+    RETURNING id, bot_id, jid, paused
+), m AS (
+    INSERT INTO messages (bot_id, contact_id, direction, wa_message_id, kind, body, payload, status,
+                          quoted_wa_id, correlation_id, created_at)
+    SELECT i.bot, c.id, 'in', i.wa, i.kind, i.body, i.payload, i.status, i.quoted, i.cid, to_timestamp(i.ts)
+      FROM i JOIN c ON c.bot_id = i.bot AND c.jid = i.jid
+     ORDER BY i.n
+    ON CONFLICT (bot_id, wa_message_id) DO NOTHING
+    RETURNING id, bot_id, wa_message_id
+)
+SELECT i.n, c.id, c.paused, m.id
+  FROM i JOIN c ON c.bot_id = i.bot AND c.jid = i.jid
+  LEFT JOIN m ON m.bot_id = i.bot AND m.wa_message_id = i.wa
+ ORDER BY i.n
+"""
+
+
+def store_many(pool: Any, tenant_id: str, items: list[tuple[str, MessageReceived, str | None]]) -> list[Stored]:
+    """Store inbound messages ``(bot id, event, correlation id)``: contacts upserted, messages inserted
+    idempotently by (bot, WhatsApp message id). A replay — already stored, or a second copy in the
+    same batch — comes back with ``message_id`` None."""
+    cols: dict[str, list[Any]] = {k: [] for k in
+                                  ("bots", "jids", "was", "kinds", "bodies", "payloads", "statuses", "quoted", "cids", "ts")}
+    for bot_id, event, correlation_id in items:
+        kind = event.kind if event.kind in ANSWERABLE_KINDS or event.kind == "reaction" else "unsupported"
+        payload = {k: v for k, v in (("caption", event.caption), ("mime_type", event.mime_type),
+                                      ("media_ref", event.media_ref), ("original_kind", event.kind)) if v}
+        cols["bots"].append(bot_id)
+        cols["jids"].append(event.chat)
+        cols["was"].append(event.message_id)
+        cols["kinds"].append(kind)
+        cols["bodies"].append(event.text or event.caption or "")
+        cols["payloads"].append(json.dumps(payload))
+        cols["statuses"].append("stored" if kind in ANSWERABLE_KINDS else "ignored")
+        cols["quoted"].append(event.quoted_id)
+        cols["cids"].append(correlation_id)
+        cols["ts"].append(event.timestamp)
+    rows = pool.query(tenant_id, _STORE, cols, repeatable=True)
+    if len(rows) != len(items):
+        raise RuntimeError(f"store: {len(rows)} rows for {len(items)} messages")
+    seen: set[str] = set()
+    stored = []
+    for _n, contact_id, paused, message_id in rows:
+        if message_id is not None:
+            message_id = str(message_id)
+            if message_id in seen:
+                message_id = None  # the same delivery twice in one batch: the first one is the message
+            else:
+                seen.add(message_id)
+        stored.append(Stored(message_id, str(contact_id), bool(paused)))
+    return stored
+
+
+# -- what the AI needs ---------------------------------------------------------------------------
+
+_PROMPT_INPUTS = """
+WITH x AS (
+    SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::int[]) WITH ORDINALITY AS x(bot, contact, lim, n)
+)
+SELECT x.n, true, p.id, p.kind, p.direction, p.body
+  FROM x CROSS JOIN LATERAL (
+       SELECT id, kind, direction, body, created_at FROM messages
+        WHERE contact_id = x.contact AND direction = 'in' AND status = 'stored'
+        ORDER BY created_at, id) p
+UNION ALL
+SELECT x.n, false, h.id, h.kind, h.direction, h.body
+  FROM x CROSS JOIN LATERAL (
+       SELECT id, kind, direction, body, created_at FROM messages
+        WHERE contact_id = x.contact AND body <> '' AND NOT (direction = 'in' AND status = 'stored')
+        ORDER BY created_at DESC, id DESC LIMIT x.lim) h
+"""
+
+PromptInputs = tuple[list[tuple[str, str, str]], list[tuple[str, str]]]
+
+
+def prompt_inputs_many(pool: Any, tenant_id: str, items: list[tuple[str, str, int]]) -> list[PromptInputs]:
+    """For each ``(bot id, contact id, history)``: the contact's unanswered inbound messages, oldest
+    first, as (id, kind, text); and the ``history`` messages before them with text, oldest first, as
+    (direction, text). One snapshot, so a message is never both."""
+    rows = pool.query(tenant_id, _PROMPT_INPUTS, ([i[0] for i in items], [i[1] for i in items],
+                                                  [max(0, i[2]) for i in items]))
+    pending: list[list[tuple[str, str, str]]] = [[] for _ in items]
+    history: list[list[tuple[str, str]]] = [[] for _ in items]
+    for n, is_pending, id_, kind, direction, body in rows:
+        if is_pending:
+            pending[n - 1].append((str(id_), kind, body))
+        else:
+            history[n - 1].append((direction, body))
+    # Rows come back in each lateral's order: pending oldest first, history newest first.
+    return [(pending[k], list(reversed(history[k]))) for k in range(len(items))]
+
+
+# -- answers ---------------------------------------------------------------------------------------
+
+_ANSWER = """
+WITH a AS (
+    SELECT * FROM unnest(%(oids)s::uuid[], %(bots)s::uuid[], %(contacts)s::uuid[], %(was)s::text[],
+                         %(texts)s::text[], %(sources)s::text[], %(cids)s::text[], %(causes)s::uuid[])
+         WITH ORDINALITY AS a(oid, bot, contact, wa, body, source, cid, cause, n)
+), claimed AS (
+    UPDATE messages m SET status = 'answered', answered_at = now(), outbox_id = x.oid
+      FROM unnest(%(mids)s::uuid[], %(moids)s::uuid[]) AS x(mid, oid)
+     WHERE m.id = x.mid AND m.status = 'stored'
+    RETURNING x.oid
+), o AS (
+    INSERT INTO outbox (id, bot_id, contact_id, to_jid, wa_message_id, kind, body, source, correlation_id,
+                        cause_message_id, created_at)
+    SELECT a.oid, a.bot, c.id, c.jid, a.wa, 'text', a.body, a.source, a.cid, a.cause, clock_timestamp()
+      FROM a JOIN contacts c ON c.id = a.contact
+     WHERE a.oid IN (SELECT oid FROM claimed)
+     ORDER BY a.n
+    RETURNING id, bot_id, contact_id, wa_message_id, body, source, correlation_id
+)
+INSERT INTO messages (bot_id, contact_id, direction, wa_message_id, kind, body, status, correlation_id,
+                      outbox_id, payload)
+SELECT o.bot_id, o.contact_id, 'out', o.wa_message_id, 'text', o.body, 'pending', o.correlation_id, o.id,
+       jsonb_build_object('source', o.source)
+  FROM o
+RETURNING outbox_id
+"""
+
+Answer = tuple[str, str, list[str], str, str, str | None]  # bot, contact, message ids, text, source, cid
+
+
+def answer_many(pool: Any, tenant_id: str, items: list[Answer]) -> list[str | None]:
+    """Queue each text as the answer to its messages: the messages still unanswered are claimed and
+    the outbox row (with its message id fixed now) and its outgoing message are written, all in one
+    statement. Per item the outbox id, or None when every one of its messages was already answered
+    or ignored (then nothing is queued for it)."""
+    oids = [str(uuid.uuid4()) for _ in items]
+    params: dict[str, list[Any]] = {"oids": oids, "bots": [], "contacts": [], "was": [], "texts": [],
+                                    "sources": [], "cids": [], "causes": [], "mids": [], "moids": []}
+    for oid, (bot_id, contact_id, message_ids, text, source, cid) in zip(oids, items):
+        params["bots"].append(bot_id)
+        params["contacts"].append(contact_id)
+        params["was"].append(new_message_id())
+        params["texts"].append(text)
+        params["sources"].append(source)
+        params["cids"].append(cid)
+        params["causes"].append(message_ids[-1])
+        params["mids"].extend(message_ids)
+        params["moids"].extend([oid] * len(message_ids))
+    written = {str(r[0]) for r in pool.query(tenant_id, _ANSWER, params, repeatable=True)}
+    return [oid if oid in written else None for oid in oids]
+
+
+# -- delivery --------------------------------------------------------------------------------------
+
+_CLAIM = """
+WITH w AS (
+    SELECT * FROM unnest(%s::uuid[], %s::int[]) AS w(bot, lim)
+), d AS (
+    SELECT o.id, o.state AS was FROM w CROSS JOIN LATERAL (
+           SELECT id, state FROM outbox
+            WHERE bot_id = w.bot AND state IN ('pending', 'sending') AND next_attempt_at <= now()
+            ORDER BY created_at, id LIMIT w.lim) o
+)
+UPDATE outbox SET state = 'sending', attempts = outbox.attempts + 1
+  FROM d WHERE outbox.id = d.id
+RETURNING outbox.bot_id, outbox.created_at, outbox.id, to_jid, wa_message_id, kind, body, d.was,
+          outbox.attempts - 1, correlation_id, media_id
+"""
+
+
+def claim_many(pool: Any, tenant_id: str, items: list[tuple[str, int]]) -> list[list[Outgoing]]:
+    """For each ``(bot id, limit)``: up to ``limit`` due outbox rows, oldest first, now marked as being
+    sent with the attempt counted — recorded before the send, so a crash mid-send leaves a row that
+    says so. ``Outgoing.state`` is the state before the claim: 'sending' means an earlier attempt's
+    outcome is unknown (ask the network before resending); ``attempts`` counts earlier attempts."""
+    rows = pool.query(tenant_id, _CLAIM, ([i[0] for i in items], [i[1] for i in items]), repeatable=True,
+                      durable=False)  # lost in a crash, the attempt is redone under the same message id
+    by_bot: dict[str, list[Any]] = {}
+    for row in sorted(rows, key=lambda r: (r[1], str(r[2]))):
+        by_bot.setdefault(str(row[0]), []).append(
+            Outgoing(str(row[2]), row[3], row[4], row[5], row[6], row[7], row[8], row[9],
+                     None if row[10] is None else str(row[10])))
+    # Two calls for one bot in a batch would split its rows arbitrarily: give them all to the first.
+    results: list[list[Outgoing]] = []
+    for bot_id, _limit in items:
+        results.append(by_bot.pop(str(bot_id), []))
+    return results
+
+
+_MARK_SENT = """
+WITH x AS (SELECT * FROM unnest(%s::uuid[], %s::text[]) AS x(oid, nid)),
+o AS (
+    UPDATE outbox SET state = 'sent', sent_at = now(), last_error = NULL
+      FROM x WHERE outbox.id = x.oid
+    RETURNING outbox.id, x.nid
+)
+UPDATE messages m SET status = 'sent', wa_message_id = coalesce(o.nid, m.wa_message_id)
+  FROM o WHERE m.outbox_id = o.id AND m.direction = 'out' AND m.status = 'pending'
+"""
+
+
+def mark_sent_many(pool: Any, tenant_id: str, items: list[tuple[str, str | None]]) -> list[None]:
+    """Outbox rows ``(outbox id, id the network gave, if any)`` are sent. The outgoing message moves
+    to 'sent' only from 'pending': a receipt may already have moved it further."""
+    pool.execute(tenant_id, _MARK_SENT, ([i[0] for i in items], [i[1] for i in items]), repeatable=True,
+                 durable=False)  # lost in a crash, the row is still 'sending': the network is asked first
+    return [None] * len(items)
+
+
+def release(pool: Any, tenant_id: str, rows: Sequence[Outgoing]) -> None:
+    """Claimed rows that were not sent after all (the link went down): back to the state they had,
+    with the attempt uncounted."""
+    if rows:
+        pool.execute(
+            tenant_id,
+            "UPDATE outbox SET state = x.was, attempts = greatest(outbox.attempts - 1, 0)"
+            " FROM unnest(%s::uuid[], %s::text[]) AS x(oid, was) WHERE outbox.id = x.oid AND outbox.state = 'sending'",
+            ([r.id for r in rows], [r.state for r in rows]),
+            repeatable=True,
+        )
+
+
+# -- the shared front ------------------------------------------------------------------------------
+
+
+class PipelineStore:
+    """One per process, shared by every bot pipeline in it (see the module docstring)."""
+
+    def __init__(self, pool: Any, *, max_batch: int = 200, observe: Callable[[str, int], None] | None = None) -> None:
+        self.pool = pool
+
+        def coalescer(name: str, run: Callable[[Any, str, list[Any]], Sequence[Any]]) -> Coalescer:
+            return Coalescer(name, lambda tenant, items: run(pool, tenant, items), max_batch=max_batch,
+                             observe=observe)
+
+        self._store = coalescer("store_inbound", store_many)
+        self._prompt = coalescer("prompt_inputs", prompt_inputs_many)
+        self._answer = coalescer("answer", answer_many)
+        self._claim = coalescer("claim_due", claim_many)
+        self._sent = coalescer("mark_sent", mark_sent_many)
+
+    def store_inbound(self, tenant_id: str, bot_id: str,
+                      messages: list[tuple[MessageReceived, str | None]]) -> list[Stored]:
+        return self._store.call(tenant_id, [(bot_id, event, cid) for event, cid in messages])
+
+    def prompt_inputs(self, tenant_id: str, bot_id: str, contact_id: str, history: int) -> PromptInputs:
+        return self._prompt.one(tenant_id, (bot_id, contact_id, history))
+
+    def answer(self, tenant_id: str, bot_id: str, contact_id: str, message_ids: list[str], text: str,
+               source: str, correlation_id: str | None) -> str | None:
+        return self._answer.one(tenant_id, (bot_id, contact_id, list(message_ids), text, source, correlation_id))
+
+    def claim_due(self, tenant_id: str, bot_id: str, limit: int) -> list[Outgoing]:
+        return self._claim.one(tenant_id, (bot_id, limit))
+
+    def mark_sent(self, tenant_id: str, sent: list[tuple[str, str | None]]) -> None:
+        self._sent.call(tenant_id, sent)
+
+    def release(self, tenant_id: str, rows: Sequence[Outgoing]) -> None:
+        release(self.pool, tenant_id, rows)

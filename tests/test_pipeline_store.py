@@ -1,0 +1,106 @@
+"""The pipeline's multi-row statements (db.pipeline_store) against the real PostgreSQL: many calls in
+one statement keep every guarantee the single-row ones gave."""
+
+import time
+import uuid
+
+import gevent
+
+from db import conversations as conv
+from db import pipeline_store as ps
+from tests.sessions_harness import new_bot, new_tenant
+from transports.events import MessageReceived
+
+
+def _msg(chat="111@s.whatsapp.net", text="hi", wa=None, ts=None):
+    return MessageReceived(wa or uuid.uuid4().hex.upper(), chat, chat, ts or time.time(), text=text)
+
+
+def _setup(pool):
+    tenant = new_tenant(pool)
+    return tenant, new_bot(pool, tenant, running=False)
+
+
+def test_many_inbound_messages_of_several_bots_are_stored_in_one_statement_with_replays_marked(pool):
+    tenant, bot = _setup(pool)
+    other = new_bot(pool, tenant, running=False)
+    first = _msg(text="one")
+    stored = ps.store_many(pool, tenant, [(bot, first, "c1"), (other, _msg(text="two"), "c2"),
+                                          (bot, first, "c1"), (bot, _msg(chat="222@s.whatsapp.net"), None)])
+    assert stored[0].message_id is not None
+    assert stored[1].message_id is not None
+    assert stored[2].message_id is None  # the same delivery twice in one batch
+    assert stored[2].contact_id == stored[0].contact_id
+    assert stored[3].contact_id != stored[0].contact_id
+    again = ps.store_many(pool, tenant, [(bot, first, "c1")])
+    assert again[0].message_id is None
+    count = pool.query(tenant, "SELECT count(*) FROM messages WHERE bot_id = %s AND direction = 'in'", (bot,))
+    assert count[0][0] == 2
+
+
+def test_prompt_inputs_give_each_contact_its_unanswered_messages_and_the_history_before_them(pool):
+    tenant, bot = _setup(pool)
+    now = time.time()
+    a, b = "111@s.whatsapp.net", "222@s.whatsapp.net"
+    old = ps.store_many(pool, tenant, [(bot, _msg(a, "earlier", ts=now - 10), None)])
+    ps.answer_many(pool, tenant, [(bot, old[0].contact_id, [old[0].message_id], "reply", "rule", None)])
+    ps.store_many(pool, tenant, [(bot, _msg(a, "now one", ts=now - 2), None), (bot, _msg(a, "now two", ts=now - 1), None),
+                                 (bot, _msg(b, "other", ts=now), None)])
+    contact_b = pool.query(tenant, "SELECT id FROM contacts WHERE jid = %s", (b,))[0][0]
+    inputs = ps.prompt_inputs_many(pool, tenant, [(bot, old[0].contact_id, 10), (bot, str(contact_b), 0)])
+    pending_a, history_a = inputs[0]
+    assert [p[2] for p in pending_a] == ["now one", "now two"]
+    assert history_a == [("in", "earlier"), ("out", "reply")]
+    assert [p[2] for p in inputs[1][0]] == ["other"] and inputs[1][1] == []
+
+
+def test_two_answers_to_the_same_message_in_one_statement_queue_one_outbox_row(pool):
+    tenant, bot = _setup(pool)
+    stored = ps.store_many(pool, tenant, [(bot, _msg(), None)])[0]
+    results = ps.answer_many(pool, tenant, [(bot, stored.contact_id, [stored.message_id], "first", "ai", "c"),
+                                            (bot, stored.contact_id, [stored.message_id], "second", "ai", "c")])
+    assert sum(r is not None for r in results) == 1
+    assert ps.answer_many(pool, tenant, [(bot, stored.contact_id, [stored.message_id], "late", "ai", None)]) == [None]
+    rows = pool.query(tenant, "SELECT count(*) FROM outbox WHERE bot_id = %s", (bot,))
+    assert rows[0][0] == 1
+
+
+def test_a_claim_counts_the_attempt_and_says_which_rows_had_an_attempt_of_unknown_outcome(pool):
+    tenant, bot = _setup(pool)
+    stored = ps.store_many(pool, tenant, [(bot, _msg(text=str(i)), None) for i in range(3)])
+    for s in stored:
+        ps.answer_many(pool, tenant, [(bot, s.contact_id, [s.message_id], "r", "rule", None)])
+    first = ps.claim_many(pool, tenant, [(bot, 2)])[0]
+    assert len(first) == 2 and all(r.state == "pending" and r.attempts == 0 for r in first)
+    ps.release(pool, tenant, first[1:])
+    second = ps.claim_many(pool, tenant, [(bot, 10)])[0]
+    states = {r.id: (r.state, r.attempts) for r in second}
+    assert states[first[0].id] == ("sending", 1)  # claimed before and never marked: ask the network
+    assert states[first[1].id] == ("pending", 0)  # released: as if never claimed
+    assert len(second) == 3
+
+
+def test_marking_sent_does_not_move_a_message_back_from_a_later_receipt(pool):
+    tenant, bot = _setup(pool)
+    s = ps.store_many(pool, tenant, [(bot, _msg(), None)])[0]
+    ps.answer_many(pool, tenant, [(bot, s.contact_id, [s.message_id], "r", "rule", None)])
+    row = ps.claim_many(pool, tenant, [(bot, 1)])[0][0]
+    conv.record_receipt(pool, tenant, bot, [row.wa_message_id], "delivered")
+    ps.mark_sent_many(pool, tenant, [(row.id, None)])
+    status = pool.query(tenant, "SELECT status FROM messages WHERE outbox_id = %s AND direction = 'out'", (row.id,))[0][0]
+    state = pool.query(tenant, "SELECT state FROM outbox WHERE id = %s", (row.id,))[0][0]
+    assert (status, state) == ("delivered", "sent")
+
+
+def test_concurrent_calls_from_many_greenlets_share_statements_and_each_gets_its_own_rows(pool):
+    tenant, bot = _setup(pool)
+    statements = []
+    store = ps.PipelineStore(pool, observe=lambda name, rows: statements.append((name, rows)))
+    events = [_msg(chat=f"{i}@s.whatsapp.net", text=str(i)) for i in range(40)]
+    jobs = [gevent.spawn(store.store_inbound, tenant, bot, [(e, None)]) for e in events]
+    gevent.joinall(jobs, raise_error=True)
+    ids = [job.value[0].message_id for job in jobs]
+    assert len(set(ids)) == 40 and None not in ids
+    texts = dict(pool.query(tenant, "SELECT id::text, body FROM messages WHERE id = ANY(%s::uuid[])", (ids,)))
+    assert [texts[i] for i in ids] == [str(i) for i in range(40)]
+    assert len(statements) < 40
