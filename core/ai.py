@@ -61,6 +61,35 @@ def _import_httpcore() -> None:
 
 _import_httpcore()
 
+
+def _readability_without_the_hub() -> None:
+    """httpcore asks, for every pooled connection on every request, whether its socket is readable
+    (a dropped keep-alive connection is). It uses ``select.poll`` with a zero timeout, which under
+    gevent's patching is the cooperative poll: watchers are created and the greenlet yields to the hub
+    for each connection (the top cost of an AI call in bench/pipeline.py's profile). A zero-timeout
+    poll never blocks, so the operating system's own poll gives the same answer without the detour."""
+    import select as patched_select
+
+    import gevent.monkey
+    import httpcore._backends.sync as sync_backend
+
+    real_poll = gevent.monkey.get_original("select", "poll") if hasattr(patched_select, "poll") else None
+    if real_poll is None or real_poll is getattr(patched_select, "poll", None):
+        return  # not patched (or no poll): httpcore's own check is already direct
+
+    def is_socket_readable(sock: Any) -> bool:
+        fd = None if sock is None else sock.fileno()
+        if fd is None or fd < 0:
+            return True  # gone: as httpcore, "readable" (the next read returns b"")
+        poller = real_poll()
+        poller.register(fd, patched_select.POLLIN)
+        return bool(poller.poll(0))
+
+    sync_backend.is_socket_readable = is_socket_readable
+
+
+_readability_without_the_hub()
+
 import httpx  # noqa: E402
 import openai  # noqa: E402
 
@@ -145,6 +174,26 @@ def retry_delay(
 # -- the client ------------------------------------------------------------------------------------
 
 
+def _http_client(settings: Any) -> httpx.Client:
+    """The HTTP layer under the openai client: our lean keep-alive transport (``core.http_transport``,
+    a fraction of httpcore's CPU per call), or httpx's own when a proxy is configured in the
+    environment (ours does not speak to proxies). Connections kept: as many as calls in flight."""
+    import urllib.request
+
+    if not {"http", "https", "all"} & set(urllib.request.getproxies()):
+        from core.http_transport import KeepAliveTransport
+
+        return httpx.Client(transport=KeepAliveTransport(max_idle=settings.ai_max_in_flight), timeout=settings.ai_timeout)
+    return httpx.Client(
+        # httpcore scans (and polls) every pooled connection on each request: a pool as large as the
+        # calls allowed in flight keeps that cheap.
+        limits=httpx.Limits(max_connections=settings.ai_max_in_flight,
+                            max_keepalive_connections=settings.ai_max_in_flight),
+        timeout=settings.ai_timeout,
+    )
+
+
+
 class AiClient:
     def __init__(
         self,
@@ -179,15 +228,7 @@ class AiClient:
                 api_key=settings.ai_api_key,
                 timeout=settings.ai_timeout,
                 max_retries=0,  # retries are ours: Retry-After cap, breaker, metrics per attempt
-                # httpcore scans (and polls) every pooled connection on each request: a pool as large
-                # as the calls allowed in flight keeps that cheap (bench/pipeline.py: it was the top cost).
-                http_client=httpx.Client(
-                    limits=httpx.Limits(
-                        max_connections=settings.ai_max_in_flight,
-                        max_keepalive_connections=settings.ai_max_in_flight,
-                    ),
-                    timeout=settings.ai_timeout,
-                ),
+                http_client=_http_client(settings),
             )
             if settings.ai_api_key
             else None
