@@ -166,6 +166,7 @@ class BotPipeline(Actor):
         self._deliver_timer: gevent.Greenlet | None = None
         self._deliver_due_at = 0.0
         self._delivering = False
+        self._maybe_due = True  # outbox rows may be due that no claim has seen yet (after start: maybe)
         self.connected = False
         self._config: tuple[list[rules_mod.Rule], rules_mod.AiConfig] | None = None
 
@@ -211,10 +212,12 @@ class BotPipeline(Actor):
             return self._receipt(message.event)
         if isinstance(message, LinkUp):
             self.connected = message.up
+            self._maybe_due = True
             if message.up:
                 self._deliver()
             return None
         if isinstance(message, Wake):
+            self._maybe_due = True  # an API message, a retried dead letter, a resumed conversation
             self._config = None  # rules or AI settings may have changed
             return self._deliver()
         if isinstance(message, _Recover):
@@ -229,6 +232,7 @@ class BotPipeline(Actor):
             return self._deliver()
         if isinstance(message, _DeliverDue):
             self._deliver_timer = None
+            self._maybe_due = True
             return self._deliver()
         return super().on_receive(message)
 
@@ -385,10 +389,30 @@ class BotPipeline(Actor):
             self._schedule_think(done.contact_id)
 
     def _answer(self, contact_id: str, message_ids: list[str], text: str, source: str) -> None:
-        outbox_id = self.deps.store.answer(self.tenant_id, self.bot_id, contact_id, message_ids, text, source,
-                                           context.correlation_id())
-        if outbox_id is not None:
+        # With nothing older waiting to go, the answer is written already claimed and sent at once:
+        # no separate claim statement, one update less per message.
+        send_now = self._may_send_directly()
+        result = self.deps.store.answer(self.tenant_id, self.bot_id, contact_id, message_ids, text, source,
+                                        context.correlation_id(), send_now)
+        if result is None:
+            return
+        row = result[1]
+        if row is None:
             self._deliver()
+        elif not self._delivering:
+            self._delivering = True
+            try:
+                self._send_rows([row])
+            finally:
+                self._delivering = False
+        else:  # cannot happen while the actor handles one message at a time; never strand the row
+            self.deps.store.release(self.tenant_id, [row])
+            self._maybe_due = True
+
+    def _may_send_directly(self) -> bool:
+        if not self.connected or self._delivering or self._maybe_due:
+            return False
+        return not self.bucket.rate or self.bucket.available(self.deps.clock()) >= 1
 
     def _recover(self) -> None:
         """After a restart: answer what was stored but not answered, deliver what is due."""
@@ -423,20 +447,31 @@ class BotPipeline(Actor):
         if self.bucket.rate:
             wait = self.bucket.wait_time(self.deps.clock())
             if wait > 0:
+                self._maybe_due = True
                 self._deliver_later(wait)
                 return
             limit = max(1, min(limit, self.bucket.available(self.deps.clock())))
         rows = self.deps.store.claim_due(self.tenant_id, self.bot_id, limit)
+        self._maybe_due = False
+        self._send_rows(rows)
+        if len(rows) == limit:
+            self._maybe_due = True
+            _tell_quietly(self.actor_ref, _DeliverMore())
+        # Rows due later (retries) are timed when they fail, and new rows wake the pipeline, so
+        # there is nothing to look up after a batch.
+
+    def _send_rows(self, rows: list[conv.Outgoing]) -> None:
+        """Send claimed rows in order; those not tried (the link went down) go back unclaimed, so no
+        attempt is counted against them."""
         sent: list[tuple[conv.Outgoing, str | None]] = []
         try:
             for index, row in enumerate(rows):
-                # Rows claimed but not tried go back, so no attempt is counted against them.
                 if not self.connected:
-                    self.deps.store.release(self.tenant_id, rows[index:])
+                    self._release(rows[index:])
                     return
                 with context.bound(correlation_id=row.correlation_id or context.correlation_id()):
                     if not self._send(row, sent):
-                        self.deps.store.release(self.tenant_id, rows[index + 1:])
+                        self._release(rows[index + 1:])
                         return
         finally:
             if sent:
@@ -446,10 +481,10 @@ class BotPipeline(Actor):
                 for row, _ in sent:
                     with context.bound(correlation_id=row.correlation_id or context.correlation_id()):
                         self._sent(row)
-        if len(rows) == limit:
-            _tell_quietly(self.actor_ref, _DeliverMore())
-        # Rows due later (retries) are timed when they fail, and new rows wake the pipeline, so
-        # there is nothing to look up after a batch.
+
+    def _release(self, rows: list[conv.Outgoing]) -> None:
+        self._maybe_due = True
+        self.deps.store.release(self.tenant_id, rows)
 
     def _send(self, row: conv.Outgoing, sent: list[tuple[conv.Outgoing, str | None]]) -> bool:
         """One attempt (the claim recorded it); False when delivery should pause (link down)."""

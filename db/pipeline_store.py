@@ -130,8 +130,9 @@ def prompt_inputs_many(pool: Any, tenant_id: str, items: list[tuple[str, str, in
 _ANSWER = """
 WITH a AS (
     SELECT * FROM unnest(%(oids)s::uuid[], %(bots)s::uuid[], %(contacts)s::uuid[], %(was)s::text[],
-                         %(texts)s::text[], %(sources)s::text[], %(cids)s::text[], %(causes)s::uuid[])
-         WITH ORDINALITY AS a(oid, bot, contact, wa, body, source, cid, cause, n)
+                         %(texts)s::text[], %(sources)s::text[], %(cids)s::text[], %(causes)s::uuid[],
+                         %(now)s::boolean[])
+         WITH ORDINALITY AS a(oid, bot, contact, wa, body, source, cid, cause, now, n)
 ), claimed AS (
     UPDATE messages m SET status = 'answered', answered_at = now(), outbox_id = x.oid
       FROM unnest(%(mids)s::uuid[], %(moids)s::uuid[]) AS x(mid, oid)
@@ -139,33 +140,43 @@ WITH a AS (
     RETURNING x.oid
 ), o AS (
     INSERT INTO outbox (id, bot_id, contact_id, to_jid, wa_message_id, kind, body, source, correlation_id,
-                        cause_message_id, created_at)
-    SELECT a.oid, a.bot, c.id, c.jid, a.wa, 'text', a.body, a.source, a.cid, a.cause, clock_timestamp()
+                        cause_message_id, created_at, state, attempts)
+    SELECT a.oid, a.bot, c.id, c.jid, a.wa, 'text', a.body, a.source, a.cid, a.cause, clock_timestamp(),
+           CASE WHEN a.now THEN 'sending' ELSE 'pending' END, CASE WHEN a.now THEN 1 ELSE 0 END
       FROM a JOIN contacts c ON c.id = a.contact
      WHERE a.oid IN (SELECT oid FROM claimed)
      ORDER BY a.n
-    RETURNING id, bot_id, contact_id, wa_message_id, body, source, correlation_id
+    RETURNING id, bot_id, contact_id, to_jid, wa_message_id, body, source, correlation_id, state
+), m AS (
+    INSERT INTO messages (bot_id, contact_id, direction, wa_message_id, kind, body, status, correlation_id,
+                          outbox_id, payload)
+    SELECT o.bot_id, o.contact_id, 'out', o.wa_message_id, 'text', o.body, 'pending', o.correlation_id, o.id,
+           jsonb_build_object('source', o.source)
+      FROM o
+    RETURNING outbox_id
 )
-INSERT INTO messages (bot_id, contact_id, direction, wa_message_id, kind, body, status, correlation_id,
-                      outbox_id, payload)
-SELECT o.bot_id, o.contact_id, 'out', o.wa_message_id, 'text', o.body, 'pending', o.correlation_id, o.id,
-       jsonb_build_object('source', o.source)
-  FROM o
-RETURNING outbox_id
+SELECT o.id, o.state, o.to_jid, o.wa_message_id, o.body, o.correlation_id
+  FROM o JOIN m ON m.outbox_id = o.id
 """
 
-Answer = tuple[str, str, list[str], str, str, str | None]  # bot, contact, message ids, text, source, cid
+# bot, contact, message ids, text, source, correlation id, and whether the caller sends it at once
+Answer = tuple[str, str, list[str], str, str, str | None, bool]
 
 
-def answer_many(pool: Any, tenant_id: str, items: list[Answer]) -> list[str | None]:
+def answer_many(pool: Any, tenant_id: str, items: list[Answer]) -> list[tuple[str, Outgoing | None] | None]:
     """Queue each text as the answer to its messages: the messages still unanswered are claimed and
     the outbox row (with its message id fixed now) and its outgoing message are written, all in one
-    statement. Per item the outbox id, or None when every one of its messages was already answered
-    or ignored (then nothing is queued for it)."""
+    statement. Per item ``(outbox id, row)``, or None when every one of its messages was already
+    answered or ignored (then nothing is queued for it).
+
+    An item asked to be sent at once is written already claimed for sending, with the attempt
+    counted — as ``claim_many`` would have done — and comes back as the ``Outgoing`` row to send
+    (its ``state``/``attempts`` those before the claim, as from ``claim_many``); otherwise row is
+    None and the row waits in the outbox as 'pending'."""
     oids = [str(uuid.uuid4()) for _ in items]
     params: dict[str, list[Any]] = {"oids": oids, "bots": [], "contacts": [], "was": [], "texts": [],
-                                    "sources": [], "cids": [], "causes": [], "mids": [], "moids": []}
-    for oid, (bot_id, contact_id, message_ids, text, source, cid) in zip(oids, items):
+                                    "sources": [], "cids": [], "causes": [], "now": [], "mids": [], "moids": []}
+    for oid, (bot_id, contact_id, message_ids, text, source, cid, send_now) in zip(oids, items):
         params["bots"].append(bot_id)
         params["contacts"].append(contact_id)
         params["was"].append(new_message_id())
@@ -173,10 +184,15 @@ def answer_many(pool: Any, tenant_id: str, items: list[Answer]) -> list[str | No
         params["sources"].append(source)
         params["cids"].append(cid)
         params["causes"].append(message_ids[-1])
+        params["now"].append(bool(send_now))
         params["mids"].extend(message_ids)
         params["moids"].extend([oid] * len(message_ids))
-    written = {str(r[0]) for r in pool.query(tenant_id, _ANSWER, params, repeatable=True)}
-    return [oid if oid in written else None for oid in oids]
+    written = {}
+    for oid, state, to_jid, wa_id, body, cid in pool.query(tenant_id, _ANSWER, params, repeatable=True):
+        oid = str(oid)
+        row = Outgoing(oid, to_jid, wa_id, "text", body, "pending", 0, cid, None) if state == "sending" else None
+        written[oid] = (oid, row)
+    return [written.get(oid) for oid in oids]
 
 
 # -- delivery --------------------------------------------------------------------------------------
@@ -276,8 +292,9 @@ class PipelineStore:
         return self._prompt.one(tenant_id, (bot_id, contact_id, history))
 
     def answer(self, tenant_id: str, bot_id: str, contact_id: str, message_ids: list[str], text: str,
-               source: str, correlation_id: str | None) -> str | None:
-        return self._answer.one(tenant_id, (bot_id, contact_id, list(message_ids), text, source, correlation_id))
+               source: str, correlation_id: str | None, send_now: bool = False) -> tuple[str, Outgoing | None] | None:
+        return self._answer.one(tenant_id, (bot_id, contact_id, list(message_ids), text, source, correlation_id,
+                                            send_now))
 
     def claim_due(self, tenant_id: str, bot_id: str, limit: int) -> list[Outgoing]:
         return self._claim.one(tenant_id, (bot_id, limit))

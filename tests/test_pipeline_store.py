@@ -43,7 +43,7 @@ def test_prompt_inputs_give_each_contact_its_unanswered_messages_and_the_history
     now = time.time()
     a, b = "111@s.whatsapp.net", "222@s.whatsapp.net"
     old = ps.store_many(pool, tenant, [(bot, _msg(a, "earlier", ts=now - 10), None)])
-    ps.answer_many(pool, tenant, [(bot, old[0].contact_id, [old[0].message_id], "reply", "rule", None)])
+    ps.answer_many(pool, tenant, [(bot, old[0].contact_id, [old[0].message_id], "reply", "rule", None, False)])
     ps.store_many(pool, tenant, [(bot, _msg(a, "now one", ts=now - 2), None), (bot, _msg(a, "now two", ts=now - 1), None),
                                  (bot, _msg(b, "other", ts=now), None)])
     contact_b = pool.query(tenant, "SELECT id FROM contacts WHERE jid = %s", (b,))[0][0]
@@ -57,10 +57,10 @@ def test_prompt_inputs_give_each_contact_its_unanswered_messages_and_the_history
 def test_two_answers_to_the_same_message_in_one_statement_queue_one_outbox_row(pool):
     tenant, bot = _setup(pool)
     stored = ps.store_many(pool, tenant, [(bot, _msg(), None)])[0]
-    results = ps.answer_many(pool, tenant, [(bot, stored.contact_id, [stored.message_id], "first", "ai", "c"),
-                                            (bot, stored.contact_id, [stored.message_id], "second", "ai", "c")])
+    results = ps.answer_many(pool, tenant, [(bot, stored.contact_id, [stored.message_id], "first", "ai", "c", False),
+                                            (bot, stored.contact_id, [stored.message_id], "second", "ai", "c", False)])
     assert sum(r is not None for r in results) == 1
-    assert ps.answer_many(pool, tenant, [(bot, stored.contact_id, [stored.message_id], "late", "ai", None)]) == [None]
+    assert ps.answer_many(pool, tenant, [(bot, stored.contact_id, [stored.message_id], "late", "ai", None, False)]) == [None]
     rows = pool.query(tenant, "SELECT count(*) FROM outbox WHERE bot_id = %s", (bot,))
     assert rows[0][0] == 1
 
@@ -69,7 +69,7 @@ def test_a_claim_counts_the_attempt_and_says_which_rows_had_an_attempt_of_unknow
     tenant, bot = _setup(pool)
     stored = ps.store_many(pool, tenant, [(bot, _msg(text=str(i)), None) for i in range(3)])
     for s in stored:
-        ps.answer_many(pool, tenant, [(bot, s.contact_id, [s.message_id], "r", "rule", None)])
+        ps.answer_many(pool, tenant, [(bot, s.contact_id, [s.message_id], "r", "rule", None, False)])
     first = ps.claim_many(pool, tenant, [(bot, 2)])[0]
     assert len(first) == 2 and all(r.state == "pending" and r.attempts == 0 for r in first)
     ps.release(pool, tenant, first[1:])
@@ -83,7 +83,7 @@ def test_a_claim_counts_the_attempt_and_says_which_rows_had_an_attempt_of_unknow
 def test_marking_sent_does_not_move_a_message_back_from_a_later_receipt(pool):
     tenant, bot = _setup(pool)
     s = ps.store_many(pool, tenant, [(bot, _msg(), None)])[0]
-    ps.answer_many(pool, tenant, [(bot, s.contact_id, [s.message_id], "r", "rule", None)])
+    ps.answer_many(pool, tenant, [(bot, s.contact_id, [s.message_id], "r", "rule", None, False)])
     row = ps.claim_many(pool, tenant, [(bot, 1)])[0][0]
     conv.record_receipt(pool, tenant, bot, [row.wa_message_id], "delivered")
     ps.mark_sent_many(pool, tenant, [(row.id, None)])
@@ -104,3 +104,15 @@ def test_concurrent_calls_from_many_greenlets_share_statements_and_each_gets_its
     texts = dict(pool.query(tenant, "SELECT id::text, body FROM messages WHERE id = ANY(%s::uuid[])", (ids,)))
     assert [texts[i] for i in ids] == [str(i) for i in range(40)]
     assert len(statements) < 40
+
+
+def test_an_answer_sent_at_once_is_written_claimed_with_its_attempt_counted(pool):
+    tenant, bot = _setup(pool)
+    s = ps.store_many(pool, tenant, [(bot, _msg(), None)])[0]
+    ((outbox_id, row),) = ps.answer_many(pool, tenant, [(bot, s.contact_id, [s.message_id], "now", "ai", "c", True)])
+    assert row.id == outbox_id and row.body == "now" and row.to_jid == "111@s.whatsapp.net"
+    assert (row.state, row.attempts) == ("pending", 0)  # as from a claim: the state before it
+    stored = pool.query(tenant, "SELECT state, attempts FROM outbox WHERE id = %s", (outbox_id,))
+    assert stored == [("sending", 1)]
+    ps.release(pool, tenant, [row])
+    assert pool.query(tenant, "SELECT state, attempts FROM outbox WHERE id = %s", (outbox_id,)) == [("pending", 0)]
