@@ -344,6 +344,9 @@ class BotPipeline(Actor):
         timer = self._debounce.pop(contact_id, None)
         if timer is not None:
             timer.kill(block=False)
+        if self.deps.settings.ai_debounce <= 0:
+            self._think(contact_id)  # nothing to wait for: no timer, no extra message
+            return
         self._debounce[contact_id] = gevent.spawn_later(
             self.deps.settings.ai_debounce, _tell_quietly, self.actor_ref,
             _Debounced(contact_id, context.correlation_id()),

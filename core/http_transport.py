@@ -22,6 +22,7 @@ Not for proxies: ``core.ai`` uses it only when no proxy is configured in the env
 
 from __future__ import annotations
 
+import datetime
 import socket
 import ssl
 import time
@@ -283,3 +284,24 @@ class KeepAliveTransport(httpx.BaseTransport):
                 raise httpx.RemoteProtocolError(f"bad Content-Length: {length[:40]!r}") from None
             return conn.read_exactly(count), keep
         return conn.read_to_close(), False  # delimited by the end of the connection
+
+
+class DirectClient(httpx.Client):
+    """An httpx client whose ``send`` hands the request straight to its transport.
+
+    httpx's ``send`` runs the auth flow, the redirect loop, the cookie jar and event hooks around
+    every request; for the AI provider none of it does anything (the openai client sets its own
+    Authorization header, API calls are not redirected or given cookies, no hooks are installed),
+    yet it was a fifth of each call's CPU. The transport returns responses already read
+    (``KeepAliveTransport``), so ``stream`` changes nothing."""
+
+    def send(self, request: httpx.Request, *, stream: bool = False, auth: Any = None,
+             follow_redirects: Any = None) -> httpx.Response:
+        if self.is_closed:
+            raise RuntimeError("Cannot send a request, as the client has been closed.")
+        started = time.perf_counter()
+        response = self._transport.handle_request(request)
+        response.request = request
+        response.elapsed = datetime.timedelta(seconds=time.perf_counter() - started)
+        response.default_encoding = self._default_encoding
+        return response

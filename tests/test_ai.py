@@ -162,6 +162,14 @@ def test_a_reply_sends_model_system_prompt_history_and_temperature(server, make_
     ]
 
 
+def test_requests_carry_no_client_telemetry_headers(server, make_client):
+    server.script(reply("ok"))
+    make_client().reply(HELLO)
+    headers = server.calls[0].headers
+    assert not [name for name in headers if name.startswith("x-stainless")]
+    assert headers["accept"] == "application/json" and headers["authorization"] == "Bearer test-key"
+
+
 def test_a_base_url_without_v1_is_called_like_deepseek(server, make_client):
     server.script(reply("ok"))
     make_client(ai_base_url=server.base_url).reply(HELLO)

@@ -22,7 +22,7 @@ import openai
 import pytest
 from gevent.server import StreamServer
 
-from core.http_transport import KeepAliveTransport
+from core.http_transport import DirectClient, KeepAliveTransport
 
 # -- a raw HTTP server -------------------------------------------------------------------------------
 
@@ -533,7 +533,8 @@ def test_a_post_without_a_body_sends_content_length_zero(serve):
 
 
 def openai_client(serve: Any, base_url: str, timeout: httpx.Timeout | float = 5.0) -> openai.OpenAI:
-    http_client = httpx.Client(transport=KeepAliveTransport(), timeout=timeout)
+    # As core.ai builds it: the direct client over the keep-alive transport.
+    http_client = DirectClient(transport=KeepAliveTransport(), timeout=timeout)
     serve.clients.append(http_client)
     return openai.OpenAI(base_url=base_url, api_key="test-key", http_client=http_client, max_retries=0,
                          timeout=timeout)
@@ -592,3 +593,15 @@ def test_openai_sees_a_refused_connection_as_api_connection_error(serve):
         sock.close()
     assert not isinstance(caught.value, openai.APITimeoutError)
     assert isinstance(caught.value.__cause__, httpx.ConnectError)
+
+
+def test_the_direct_client_gives_a_read_response_with_its_elapsed_time_and_refuses_once_closed(serve):
+    server = serve(keep_alive(echo_path))
+    client = DirectClient(transport=KeepAliveTransport(), base_url=server.url, timeout=5.0)
+    response = client.get("/direct")
+    assert response.content == b"/direct"
+    assert response.elapsed.total_seconds() >= 0
+    assert response.request.url.path == "/direct"
+    client.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        client.get("/again")
