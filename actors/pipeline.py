@@ -145,7 +145,7 @@ class _AiDone:
     message_ids: tuple[str, ...]
     text: str | None
     error: str | None
-    source: str
+    source: str  # "ai"; "none": nothing was left to answer; "retry": the conversation could not be read
 
 
 class BotPipeline(Actor):
@@ -230,6 +230,10 @@ class BotPipeline(Actor):
             return self._ai_done(message)
         if isinstance(message, _DeliverMore):
             return self._deliver()
+        if isinstance(message, _MarkSentFailed):
+            self._maybe_due = True
+            self._deliver_later(1.0, only_if_sooner=True)
+            return None
         if isinstance(message, _DeliverDue):
             self._deliver_timer = None
             self._maybe_due = True
@@ -353,18 +357,24 @@ class BotPipeline(Actor):
         )
 
     def _think(self, contact_id: str) -> None:
+        # Reading the conversation and asking the AI both happen in the call's own greenlet, so the
+        # actor goes on storing and delivering meanwhile; one call per customer at a time.
         _, ai = self._reply_config()
-        pending, history = self.deps.store.prompt_inputs(self.tenant_id, self.bot_id, contact_id, ai.history)
-        if not pending:
-            return
-        ids = [m[0] for m in pending]
-        prompt = build_messages(ai, history, [m[2] for m in pending])
-        ctx = context.current()
-        self._thinking[contact_id] = gevent.spawn(self._call_ai, contact_id, tuple(ids), prompt, ai, ctx)
+        self._thinking[contact_id] = gevent.spawn(self._call_ai, contact_id, ai, context.current())
 
-    def _call_ai(self, contact_id: str, ids: tuple[str, ...], prompt: list, ai: rules_mod.AiConfig,
-                 ctx: context.WorkContext) -> None:
+    def _call_ai(self, contact_id: str, ai: rules_mod.AiConfig, ctx: context.WorkContext) -> None:
         context.set_current(ctx)
+        try:
+            pending, history = self.deps.store.prompt_inputs(self.tenant_id, self.bot_id, contact_id, ai.history)
+        except Exception as exc:  # noqa: BLE001 - the database's fault: think again later
+            log.warning("conversation not read for the AI; will retry", extra={"error": repr(exc)})
+            _tell_quietly(self.actor_ref, _AiDone(contact_id, (), None, None, "retry"))
+            return
+        if not pending:
+            _tell_quietly(self.actor_ref, _AiDone(contact_id, (), None, None, "none"))
+            return
+        ids = tuple(m[0] for m in pending)
+        prompt = build_messages(ai, history, [m[2] for m in pending])
         try:
             text = self.deps.ai.reply(prompt, model=ai.model, temperature=ai.temperature)
             result = _AiDone(contact_id, ids, text.strip() or None, None if text.strip() else "empty answer", "ai")
@@ -374,7 +384,18 @@ class BotPipeline(Actor):
 
     def _ai_done(self, done: _AiDone) -> None:
         self._thinking.pop(done.contact_id, None)
-        if done.text is not None:
+        if done.source == "retry":
+            self._again.discard(done.contact_id)
+            timer = self._debounce.pop(done.contact_id, None)
+            if timer is not None:
+                timer.kill(block=False)
+            self._debounce[done.contact_id] = gevent.spawn_later(
+                max(self.deps.settings.ai_debounce, 1.0), _tell_quietly, self.actor_ref,
+                _Debounced(done.contact_id, context.correlation_id()))
+            return
+        if done.source == "none":
+            pass  # answered meanwhile (a rule, or an earlier call took them)
+        elif done.text is not None:
             log.info("AI answered", extra={"contact_id": done.contact_id, "messages": len(done.message_ids)})
             self._answer(done.contact_id, list(done.message_ids), done.text, "ai")
         else:
@@ -478,12 +499,22 @@ class BotPipeline(Actor):
                         return
         finally:
             if sent:
-                # One statement for the batch; a crash before it leaves the rows 'sending', and the
-                # network is asked about them before any resend.
-                self.deps.store.mark_sent(self.tenant_id, [(row.id, network_id) for row, network_id in sent])
+                # The network has them: record that in one statement, in the background, so the next
+                # message need not wait for it. Until it commits (or if it fails, or the process dies)
+                # the rows stay 'sending', and the network is asked about them before any resend.
+                gevent.spawn(self._mark_sent, [(row.id, network_id) for row, network_id in sent], context.current())
                 for row, _ in sent:
                     with context.bound(correlation_id=row.correlation_id or context.correlation_id()):
                         self._sent(row)
+
+    def _mark_sent(self, sent: list[tuple[str, str | None]], ctx: context.WorkContext) -> None:
+        context.set_current(ctx)
+        try:
+            self.deps.store.mark_sent(self.tenant_id, sent)
+        except Exception as exc:  # noqa: BLE001 - the rows stay 'sending'; a later claim checks them
+            log.warning("sent messages not recorded yet; will check with the network",
+                        extra={"error": repr(exc), "messages": len(sent)})
+            _tell_quietly(self.actor_ref, _MarkSentFailed())
 
     def _release(self, rows: list[conv.Outgoing]) -> None:
         self._maybe_due = True
@@ -575,6 +606,10 @@ class _Recover:
 
 class _DeliverDue:
     pass
+
+
+class _MarkSentFailed:
+    """Sent rows could not be recorded as sent: a claim must look at them again."""
 
 
 class _DeliverMore:

@@ -223,6 +223,8 @@ class AiClient:
     ) -> None:
         self.settings = settings
         self.provider = settings.ai_base_url.rstrip("/")
+        # Absolute: the client parses it once instead of joining it to the base URL on every call.
+        self._completions_url = self.provider + "/chat/completions"
         self._clock = clock
         self._breakers = {} if breakers is None else breakers
         self._observe = observe
@@ -352,7 +354,7 @@ class AiClient:
             # The client's raw POST: the same transport, auth, errors and timeouts as
             # chat.completions.create, without building typed response models — a third of the CPU
             # per call (bench/pipeline.py), which at volume is most of a bot process's work.
-            completion = self._client.post("/chat/completions", body=kwargs, cast_to=object,
+            completion = self._client.post(self._completions_url, body=kwargs, cast_to=object,
                                            options=_REQUEST_WITHOUT_TELEMETRY)
         except gevent.Timeout as exc:
             if exc is not deadline:

@@ -196,8 +196,9 @@ def test_messages_queued_while_disconnected_are_delivered_once_the_link_is_back(
     sim.recover()
     events.wait_for(lambda: len(sim.outbox(bot)) == 3, timeout=15, what="the queued messages")
     assert [m["text"] for m in sim.outbox(bot)] == ["queued 0", "queued 1", "queued 2"]
-    states = pool.query(tenant, "SELECT state FROM outbox WHERE id = ANY(%s::uuid[])", (ids,))
-    assert {s[0] for s in states} == {"sent"}
+    # Recorded just after the network took them (in the background).
+    events.wait_for(lambda: {s[0] for s in pool.query(tenant, "SELECT state FROM outbox WHERE id = ANY(%s::uuid[])",
+                                                      (ids,))} == {"sent"}, what="the rows recorded as sent")
 
 
 def test_inbound_media_is_downloaded_stored_and_linked_from_its_message(env, sim, ai_server, pool):
