@@ -9,9 +9,9 @@ One process, gevent patched first, psycopg2 made cooperative (as ``run.py``); th
 in a temporary directory (or ``DATABASE_URL``/``DATABASE_OWNER_URL`` when set), migrated; the real
 supervision root (``actors.supervision.Supervision``: lease keeper, one supervised ``BotSession`` per
 bot, each with its ``BotPipeline``, the shared ``AiClient`` from ``pipeline_deps``) over the simulator
-transport, with the production event publisher (``actors.event_bus.make_publisher``: every
-``message.in``/``message.out`` is an ``events`` row, as under ``run.py supervisor``; ``--publish
-memory`` only counts them). No event bus (no SSE subscribers) runs in this process.
+transport, with the production event publishers (sessions: ``actors.event_bus.make_publisher``;
+pipelines: the batched ``make_notice_publisher``, so every ``message.in``/``message.out`` is an
+``events`` row, as under ``run.py supervisor``; ``--publish memory`` only counts them). No event bus (no SSE subscribers) runs in this process.
 
 The "outside world" — the simulator, a zero-latency OpenAI-compatible server and the customers —
 runs by default in a child process (``--simulator process``): it drives customers through the
