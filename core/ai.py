@@ -186,6 +186,21 @@ _REQUEST_WITHOUT_TELEMETRY = {"headers": {"X-Stainless-Retry-Count": openai.Omit
                                           "X-Stainless-Read-Timeout": openai.Omit()}}
 
 
+def _request_template(url: str) -> Any:
+    """The request options of every chat completion, built once: ``post`` builds them anew per call
+    (a pydantic model resolving each field's default, a fifth of the client's CPU per call); a copy
+    with the body swapped in is what it would have built. ``FinalRequestOptions`` is the client's own
+    type, not public API: if this version does not have it, calls go through ``post``."""
+    try:
+        from openai._models import FinalRequestOptions
+
+        return FinalRequestOptions.construct(method="post", url=url, json_data={},
+                                             headers=dict(_REQUEST_WITHOUT_TELEMETRY["headers"]))
+    except Exception:  # noqa: BLE001 - another client version: the public path works the same
+        log.info("openai request template unavailable; using client.post")
+        return None
+
+
 def _http_client(settings: Any) -> httpx.Client:
     """The HTTP layer under the openai client: our lean keep-alive transport (``core.http_transport``,
     a fraction of httpcore's CPU per call), or httpx's own when a proxy is configured in the
@@ -248,6 +263,7 @@ class AiClient:
             if settings.ai_api_key
             else None
         )
+        self._template = _request_template(self._completions_url) if self._client is not None else None
         if self._client is not None:
             # The library imports its chat-completions code on first use: about a second of CPU that
             # would block every greenlet and eat into the first request's timeout. Pay it here.
@@ -354,8 +370,7 @@ class AiClient:
             # The client's raw POST: the same transport, auth, errors and timeouts as
             # chat.completions.create, without building typed response models — a third of the CPU
             # per call (bench/pipeline.py), which at volume is most of a bot process's work.
-            completion = self._client.post(self._completions_url, body=kwargs, cast_to=object,
-                                           options=_REQUEST_WITHOUT_TELEMETRY)
+            completion = self._post(kwargs)
         except gevent.Timeout as exc:
             if exc is not deadline:
                 raise  # someone else's timeout
@@ -371,6 +386,12 @@ class AiClient:
         finally:
             deadline.close()
         return _text_of(completion, self.provider)
+
+    def _post(self, body: dict[str, Any]) -> Any:
+        """One POST of the chat completion through the client's raw request path."""
+        if self._template is not None:
+            return self._client.request(object, self._template.model_copy(update={"json_data": body}))
+        return self._client.post(self._completions_url, body=body, cast_to=object, options=_REQUEST_WITHOUT_TELEMETRY)
 
     def _status_error(self, exc: openai.APIStatusError) -> AiError:
         status = exc.status_code

@@ -170,6 +170,18 @@ def test_requests_carry_no_client_telemetry_headers(server, make_client):
     assert headers["accept"] == "application/json" and headers["authorization"] == "Bearer test-key"
 
 
+def test_without_the_request_template_the_public_post_sends_the_same_request(server, make_client):
+    server.script(reply("one"), reply("two"))
+    client = make_client()
+    assert client.reply(HELLO) == "one"
+    client._template = None  # as with a client version that lacks the type  # noqa: SLF001
+    assert client.reply(HELLO) == "two"
+    first, second = server.calls
+    assert (first.path, first.body) == (second.path, second.body)
+    assert {k: v for k, v in first.headers.items() if k != "x-stainless-retry-count"} == \
+        {k: v for k, v in second.headers.items() if k != "x-stainless-retry-count"}
+
+
 def test_a_base_url_without_v1_is_called_like_deepseek(server, make_client):
     server.script(reply("ok"))
     make_client(ai_base_url=server.base_url).reply(HELLO)
