@@ -167,6 +167,7 @@ class BotPipeline(Actor):
         self._deliver_due_at = 0.0
         self._delivering = False
         self._maybe_due = True  # outbox rows may be due that no claim has seen yet (after start: maybe)
+        self._recording: set[str] = set()  # outbox ids sent, their 'sent' record not yet committed
         self.connected = False
         self._config: tuple[list[rules_mod.Rule], rules_mod.AiConfig] | None = None
 
@@ -230,9 +231,11 @@ class BotPipeline(Actor):
             return self._ai_done(message)
         if isinstance(message, _DeliverMore):
             return self._deliver()
-        if isinstance(message, _MarkSentFailed):
-            self._maybe_due = True
-            self._deliver_later(1.0, only_if_sooner=True)
+        if isinstance(message, _Recorded):
+            self._recording.difference_update(message.outbox_ids)
+            if not message.ok:  # still 'sending': a claim asks the network about them
+                self._maybe_due = True
+                self._deliver_later(1.0, only_if_sooner=True)
             return None
         if isinstance(message, _DeliverDue):
             self._deliver_timer = None
@@ -475,7 +478,8 @@ class BotPipeline(Actor):
                 self._deliver_later(wait)
                 return
             limit = max(1, min(limit, self.bucket.available(self.deps.clock())))
-        rows = self.deps.store.claim_due(self.tenant_id, self.bot_id, limit)
+        # Rows sent a moment ago are still 'sending' until their record commits: not due again.
+        rows = self.deps.store.claim_due(self.tenant_id, self.bot_id, limit, self._recording)
         self._maybe_due = False
         self._send_rows(rows)
         if len(rows) == limit:
@@ -502,6 +506,7 @@ class BotPipeline(Actor):
                 # The network has them: record that in one statement, in the background, so the next
                 # message need not wait for it. Until it commits (or if it fails, or the process dies)
                 # the rows stay 'sending', and the network is asked about them before any resend.
+                self._recording.update(row.id for row, _ in sent)
                 gevent.spawn(self._mark_sent, [(row.id, network_id) for row, network_id in sent], context.current())
                 for row, _ in sent:
                     with context.bound(correlation_id=row.correlation_id or context.correlation_id()):
@@ -509,12 +514,14 @@ class BotPipeline(Actor):
 
     def _mark_sent(self, sent: list[tuple[str, str | None]], ctx: context.WorkContext) -> None:
         context.set_current(ctx)
+        ok = True
         try:
             self.deps.store.mark_sent(self.tenant_id, sent)
         except Exception as exc:  # noqa: BLE001 - the rows stay 'sending'; a later claim checks them
+            ok = False
             log.warning("sent messages not recorded yet; will check with the network",
                         extra={"error": repr(exc), "messages": len(sent)})
-            _tell_quietly(self.actor_ref, _MarkSentFailed())
+        _tell_quietly(self.actor_ref, _Recorded(tuple(outbox_id for outbox_id, _ in sent), ok))
 
     def _release(self, rows: list[conv.Outgoing]) -> None:
         self._maybe_due = True
@@ -608,8 +615,12 @@ class _DeliverDue:
     pass
 
 
-class _MarkSentFailed:
-    """Sent rows could not be recorded as sent: a claim must look at them again."""
+@dataclasses.dataclass(frozen=True)
+class _Recorded:
+    """The background record of sent rows finished; if not ``ok`` they are still 'sending'."""
+
+    outbox_ids: tuple[str, ...]
+    ok: bool
 
 
 class _DeliverMore:

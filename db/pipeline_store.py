@@ -204,21 +204,26 @@ WITH w AS (
     SELECT o.id, o.state AS was FROM w CROSS JOIN LATERAL (
            SELECT id, state FROM outbox
             WHERE bot_id = w.bot AND state IN ('pending', 'sending') AND next_attempt_at <= now()
+              AND NOT (id = ANY(%s::uuid[]))
             ORDER BY created_at, id LIMIT w.lim) o
 )
 UPDATE outbox SET state = 'sending', attempts = outbox.attempts + 1
-  FROM d WHERE outbox.id = d.id
+  FROM d WHERE outbox.id = d.id AND outbox.state IN ('pending', 'sending')
 RETURNING outbox.bot_id, outbox.created_at, outbox.id, to_jid, wa_message_id, kind, body, d.was,
           outbox.attempts - 1, correlation_id, media_id
 """
 
 
-def claim_many(pool: Any, tenant_id: str, items: list[tuple[str, int]]) -> list[list[Outgoing]]:
-    """For each ``(bot id, limit)``: up to ``limit`` due outbox rows, oldest first, now marked as being
+def claim_many(pool: Any, tenant_id: str, items: list[tuple[str, int, Sequence[str]]]) -> list[list[Outgoing]]:
+    """For each ``(bot id, limit, ids to leave out)``: up to ``limit`` due outbox rows, oldest first,
+    other than the ones left out (sent, their record still being written), now marked as being
     sent with the attempt counted — recorded before the send, so a crash mid-send leaves a row that
-    says so. ``Outgoing.state`` is the state before the claim: 'sending' means an earlier attempt's
+    says so. The state is checked again in the UPDATE itself: a row recorded as sent while the claim
+    waited for its lock is re-read there and left alone (the CTE's check alone used the old snapshot
+    and turned such a row back to 'sending'). ``Outgoing.state`` is the state before the claim: 'sending' means an earlier attempt's
     outcome is unknown (ask the network before resending); ``attempts`` counts earlier attempts."""
-    rows = pool.query(tenant_id, _CLAIM, ([i[0] for i in items], [i[1] for i in items]), repeatable=True,
+    left_out = sorted({outbox_id for item in items for outbox_id in item[2]})
+    rows = pool.query(tenant_id, _CLAIM, ([i[0] for i in items], [i[1] for i in items], left_out), repeatable=True,
                       durable=False)  # lost in a crash, the attempt is redone under the same message id
     by_bot: dict[str, list[Any]] = {}
     for row in sorted(rows, key=lambda r: (r[1], str(r[2]))):
@@ -227,8 +232,8 @@ def claim_many(pool: Any, tenant_id: str, items: list[tuple[str, int]]) -> list[
                      None if row[10] is None else str(row[10])))
     # Two calls for one bot in a batch would split its rows arbitrarily: give them all to the first.
     results: list[list[Outgoing]] = []
-    for bot_id, _limit in items:
-        results.append(by_bot.pop(str(bot_id), []))
+    for item in items:
+        results.append(by_bot.pop(str(item[0]), []))
     return results
 
 
@@ -296,8 +301,8 @@ class PipelineStore:
         return self._answer.one(tenant_id, (bot_id, contact_id, list(message_ids), text, source, correlation_id,
                                             send_now))
 
-    def claim_due(self, tenant_id: str, bot_id: str, limit: int) -> list[Outgoing]:
-        return self._claim.one(tenant_id, (bot_id, limit))
+    def claim_due(self, tenant_id: str, bot_id: str, limit: int, leave_out: Sequence[str] = ()) -> list[Outgoing]:
+        return self._claim.one(tenant_id, (bot_id, limit, tuple(leave_out)))
 
     def mark_sent(self, tenant_id: str, sent: list[tuple[str, str | None]]) -> None:
         self._sent.call(tenant_id, sent)

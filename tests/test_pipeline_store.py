@@ -16,6 +16,14 @@ def _msg(chat="111@s.whatsapp.net", text="hi", wa=None, ts=None):
     return MessageReceived(wa or uuid.uuid4().hex.upper(), chat, chat, ts or time.time(), text=text)
 
 
+def _wait_for_a_lock_wait(pool, timeout=10.0):
+    """Until some backend of ours waits for a row lock (the claim, behind the open transaction)."""
+    with gevent.Timeout(timeout, AssertionError("no statement came to wait for a lock")):
+        while not pool.query(None, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                                   " AND usename = current_user")[0][0]:
+            gevent.sleep(0.01)
+
+
 def _setup(pool):
     tenant = new_tenant(pool)
     return tenant, new_bot(pool, tenant, running=False)
@@ -70,10 +78,10 @@ def test_a_claim_counts_the_attempt_and_says_which_rows_had_an_attempt_of_unknow
     stored = ps.store_many(pool, tenant, [(bot, _msg(text=str(i)), None) for i in range(3)])
     for s in stored:
         ps.answer_many(pool, tenant, [(bot, s.contact_id, [s.message_id], "r", "rule", None, False)])
-    first = ps.claim_many(pool, tenant, [(bot, 2)])[0]
+    first = ps.claim_many(pool, tenant, [(bot, 2, ())])[0]
     assert len(first) == 2 and all(r.state == "pending" and r.attempts == 0 for r in first)
     ps.release(pool, tenant, first[1:])
-    second = ps.claim_many(pool, tenant, [(bot, 10)])[0]
+    second = ps.claim_many(pool, tenant, [(bot, 10, ())])[0]
     states = {r.id: (r.state, r.attempts) for r in second}
     assert states[first[0].id] == ("sending", 1)  # claimed before and never marked: ask the network
     assert states[first[1].id] == ("pending", 0)  # released: as if never claimed
@@ -84,7 +92,7 @@ def test_marking_sent_does_not_move_a_message_back_from_a_later_receipt(pool):
     tenant, bot = _setup(pool)
     s = ps.store_many(pool, tenant, [(bot, _msg(), None)])[0]
     ps.answer_many(pool, tenant, [(bot, s.contact_id, [s.message_id], "r", "rule", None, False)])
-    row = ps.claim_many(pool, tenant, [(bot, 1)])[0][0]
+    row = ps.claim_many(pool, tenant, [(bot, 1, ())])[0][0]
     conv.record_receipt(pool, tenant, bot, [row.wa_message_id], "delivered")
     ps.mark_sent_many(pool, tenant, [(row.id, None)])
     status = pool.query(tenant, "SELECT status FROM messages WHERE outbox_id = %s AND direction = 'out'", (row.id,))[0][0]
@@ -116,3 +124,29 @@ def test_an_answer_sent_at_once_is_written_claimed_with_its_attempt_counted(pool
     assert stored == [("sending", 1)]
     ps.release(pool, tenant, [row])
     assert pool.query(tenant, "SELECT state, attempts FROM outbox WHERE id = %s", (outbox_id,)) == [("pending", 0)]
+
+
+def test_a_claim_leaves_out_the_rows_it_is_told_are_being_recorded_and_takes_the_next(pool):
+    tenant, bot = _setup(pool)
+    stored = ps.store_many(pool, tenant, [(bot, _msg(text=str(i)), None) for i in range(3)])
+    for s in stored:
+        ps.answer_many(pool, tenant, [(bot, s.contact_id, [s.message_id], "r", "rule", None, False)])
+    first = ps.claim_many(pool, tenant, [(bot, 1, ())])[0]
+    again = ps.claim_many(pool, tenant, [(bot, 1, (first[0].id,))])[0]
+    assert len(again) == 1 and again[0].id != first[0].id and again[0].state == "pending"
+
+
+def test_a_claim_does_not_turn_a_row_recorded_as_sent_back_to_sending(pool):
+    tenant, bot = _setup(pool)
+    s = ps.store_many(pool, tenant, [(bot, _msg(), None)])[0]
+    ps.answer_many(pool, tenant, [(bot, s.contact_id, [s.message_id], "r", "rule", None, False)])
+    (row,) = ps.claim_many(pool, tenant, [(bot, 1, ())])[0]
+    # The record of the send holds the row while a claim starts: the claim reads the row as
+    # 'sending' in its snapshot, waits for the lock, and must then see it is 'sent'.
+    with pool.unit(tenant) as unit:
+        unit.execute("UPDATE outbox SET state = 'sent' WHERE id = %s", (row.id,))
+        claim = gevent.spawn(ps.claim_many, pool, tenant, [(bot, 1, ())])
+        _wait_for_a_lock_wait(pool)
+        assert not claim.ready()
+    assert claim.get(timeout=10) == [[]]
+    assert pool.query(tenant, "SELECT state FROM outbox WHERE id = %s", (row.id,)) == [("sent",)]
