@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from core import config
-from db import conversations
+from db import conversations, pipeline_store
 from transports.events import MessageReceived
 
 INJECTIONS = ["'; DROP TABLE messages; --", "x' OR '1'='1", "1); DELETE FROM tenants; --", "\\'; SELECT pg_sleep(5); --"]
@@ -77,7 +77,7 @@ def _error(response, status, field=None, code="invalid_input"):
 def _inbound(pool, client, bot_id, chat=JID, text="hello", ts=T0, wa_id=None, **fields):
     event = MessageReceived(message_id=wa_id or "IN" + uuid.uuid4().hex[:16].upper(), chat=chat, sender=chat,
                             timestamp=ts, text=text, **fields)
-    return conversations.store_inbound(pool, client.tenant_id, bot_id, event, "test")
+    return pipeline_store.store_many(pool, client.tenant_id, [(bot_id, event, "test")])[0]
 
 
 def _media(pool, client, mime):
