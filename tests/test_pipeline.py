@@ -186,38 +186,42 @@ def test_the_send_rate_limit_spaces_messages_after_a_burst(pg, tmp_path, sim, ai
     assert times[4] - times[0] >= 2.8
 
 
-def test_a_backlog_of_several_batches_is_sent_once_each_with_one_message_out_event_each(env, sim, ai_server, pool):
-    # Claims follow one another while the previous batch's 'sent' record is still being written: a
-    # row the next claim sees again must not be sent or announced twice.
-    sup, events, tenant = env
+def _queue_while_disconnected(sim, events, pool, tenant, texts):
+    """A connected bot, API messages queued for it during an outage, then the link back; their ids."""
     bot = _connected_bot(sim, events, pool, tenant)
     mark = len(events.states(bot))
     sim.outage()
     events.wait_state(bot, "backing_off", after=mark)
-    count = 130  # DELIVERY_BATCH is 50: three claims
-    ids = [conv.enqueue(pool, tenant, bot, CUSTOMER, f"backlog {i}", None) for i in range(count)]
+    ids = [conv.enqueue(pool, tenant, bot, CUSTOMER, text, None) for text in texts]
     sim.recover()
-    events.wait_for(lambda: len(sim.outbox(bot)) >= count, timeout=20, what="the backlog on the network")
+    return bot, ids
+
+
+def _wait_recorded_sent(events, pool, tenant, ids):
+    # Recorded just after the network took them (in the background).
     events.wait_for(lambda: {s[0] for s in pool.query(tenant, "SELECT state FROM outbox WHERE id = ANY(%s::uuid[])",
-                                                      (ids,))} == {"sent"}, what="every row recorded as sent")
-    assert [m["text"] for m in sim.outbox(bot)] == [f"backlog {i}" for i in range(count)]
+                                                      (ids,))} == {"sent"}, what="the rows recorded as sent")
+
+
+def test_a_backlog_of_several_batches_is_sent_once_each_with_one_message_out_event_each(env, sim, ai_server, pool):
+    # Claims follow one another while the previous batch's 'sent' record is still being written: a
+    # row the next claim sees again must not be sent or announced twice.
+    sup, events, tenant = env
+    texts = [f"backlog {i}" for i in range(130)]  # DELIVERY_BATCH is 50: three claims
+    bot, ids = _queue_while_disconnected(sim, events, pool, tenant, texts)
+    events.wait_for(lambda: len(sim.outbox(bot)) >= len(texts), timeout=20, what="the backlog on the network")
+    _wait_recorded_sent(events, pool, tenant, ids)
+    assert [m["text"] for m in sim.outbox(bot)] == texts
     announced = [p["outbox_id"] for _, b, t, p in events.events if b == bot and t == "message.out"]
     assert sorted(announced) == sorted(ids)
 
 
 def test_messages_queued_while_disconnected_are_delivered_once_the_link_is_back(env, sim, ai_server, pool):
     sup, events, tenant = env
-    bot = _connected_bot(sim, events, pool, tenant)
-    mark = len(events.states(bot))
-    sim.outage()
-    events.wait_state(bot, "backing_off", after=mark)
-    ids = [conv.enqueue(pool, tenant, bot, CUSTOMER, f"queued {i}", None) for i in range(3)]
-    sim.recover()
+    bot, ids = _queue_while_disconnected(sim, events, pool, tenant, [f"queued {i}" for i in range(3)])
     events.wait_for(lambda: len(sim.outbox(bot)) == 3, timeout=15, what="the queued messages")
     assert [m["text"] for m in sim.outbox(bot)] == ["queued 0", "queued 1", "queued 2"]
-    # Recorded just after the network took them (in the background).
-    events.wait_for(lambda: {s[0] for s in pool.query(tenant, "SELECT state FROM outbox WHERE id = ANY(%s::uuid[])",
-                                                      (ids,))} == {"sent"}, what="the rows recorded as sent")
+    _wait_recorded_sent(events, pool, tenant, ids)
 
 
 def test_inbound_media_is_downloaded_stored_and_linked_from_its_message(env, sim, ai_server, pool):
