@@ -20,7 +20,7 @@ import sys  # noqa: E402
 import gevent  # noqa: E402
 import gevent.event  # noqa: E402
 
-from core import config, logs  # noqa: E402
+from core import config, heap, logs  # noqa: E402
 
 log = logging.getLogger("run")
 
@@ -119,23 +119,10 @@ def _serve(system: "object", *, web: bool, supervise: bool) -> int:
         log.info("listening", extra={"host": system.settings.host, "port": server.server_port})
         print(f"listening on http://{system.settings.host}:{server.server_port}", flush=True)
 
-    _settle_heap()
+    heap.settle()
     stop.wait()
     log.info("stopping")
     return 0
-
-
-def _settle_heap() -> None:
-    """Once everything long-lived exists, move it out of the collector's way and collect less often.
-
-    Fanning one event out to thousands of subscribers allocates thousands of short-lived messages at
-    once; with the default thresholds that triggered full collections over the whole heap for every
-    event (a third of the web process's CPU in bench/streams.py)."""
-    import gc
-
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
 
 
 if __name__ == "__main__":

@@ -863,6 +863,7 @@ def main(argv: list[str] | None = None) -> int:
             handler.setLevel(logging.ERROR)
 
     from actors.event_bus import make_notice_publisher, make_publisher
+    from core import heap
     from actors.pool import Pool, PoolConfig
     from actors.supervision import Supervision
     from core import config
@@ -953,6 +954,7 @@ def main(argv: list[str] | None = None) -> int:
                 publisher.changed.clear()
                 publisher.changed.wait(0.1)
         print(f"all {len(bot_ids)} bots connected {time.monotonic() - started:.2f} s after supervision started")
+        heap.settle()  # as run.py does once the process has started
         lag = HubLag()
 
         # Idle: what runs without messages (lease rounds every 20 s, keep-alives).
