@@ -177,10 +177,15 @@ def retry_delay(
 # The client's X-Stainless-* headers describe our platform to the provider (OS, runtime, package
 # versions); no provider needs them, and a dozen fewer headers to build and scan is a tenth of the
 # client's CPU per call. Omit() removes a default header.
-_WITHOUT_TELEMETRY = {
-    name: openai.Omit()
-    for name in [*openai.OpenAI(api_key="-", base_url="http://localhost").platform_headers(), "X-Stainless-Async"]
-}
+def _telemetry_header_names() -> list[str]:
+    probe = openai.OpenAI(api_key="-", base_url="http://localhost")  # never sends anything
+    try:
+        return [*probe.platform_headers(), "X-Stainless-Async"]
+    finally:
+        probe.close()
+
+
+_WITHOUT_TELEMETRY = {name: openai.Omit() for name in _telemetry_header_names()}
 # These two are added per request unless the request itself names them.
 _REQUEST_WITHOUT_TELEMETRY = {"headers": {"X-Stainless-Retry-Count": openai.Omit(),
                                           "X-Stainless-Read-Timeout": openai.Omit()}}
