@@ -134,6 +134,15 @@ class _StoreRetry:
 
 
 @dataclasses.dataclass(frozen=True)
+class _StoreDone:
+    """The store of the first ``count`` waiting messages finished: ``stored`` or ``error``."""
+
+    count: int
+    stored: list | None
+    error: Exception | None
+
+
+@dataclasses.dataclass(frozen=True)
 class _Debounced:
     contact_id: str
     correlation_id: str | None  # the latest message's: the answer continues its line of work
@@ -160,6 +169,8 @@ class BotPipeline(Actor):
         self.waiting: collections.deque[tuple[tev.MessageReceived, context.WorkContext]] = collections.deque()
         self._store_delay = 0.0
         self._store_timer: gevent.Greenlet | None = None
+        self._storing: gevent.Greenlet | None = None  # the store of the head of ``waiting`` in flight
+        self._store_alone = 0  # after a batch failed on bad data: store that many one by one
         self._debounce: dict[str, gevent.Greenlet] = {}
         self._thinking: dict[str, gevent.Greenlet] = {}
         self._again: set[str] = set()
@@ -183,7 +194,8 @@ class BotPipeline(Actor):
         self._teardown()
 
     def _teardown(self) -> None:
-        timers = [self._store_timer, self._deliver_timer, *self._debounce.values(), *self._thinking.values()]
+        timers = [self._store_timer, self._storing, self._deliver_timer, *self._debounce.values(),
+                  *self._thinking.values()]
         for greenlet in timers:
             if greenlet is not None:
                 greenlet.kill(block=False)
@@ -204,11 +216,13 @@ class BotPipeline(Actor):
                 return None
             self.waiting.append((message.event, context.current()))
             if self._store_timer is None:
-                self._store_waiting()
+                self._store_next()
             return None
         if isinstance(message, _StoreRetry):
             self._store_timer = None
-            return self._store_waiting()
+            return self._store_next()
+        if isinstance(message, _StoreDone):
+            return self._store_done(message)
         if isinstance(message, ReceiptIn):
             return self._receipt(message.event)
         if isinstance(message, LinkUp):
@@ -245,23 +259,38 @@ class BotPipeline(Actor):
 
     # -- inbound -----------------------------------------------------------------------------------
 
-    def _store_waiting(self) -> None:
-        alone = 0  # after a batch failed on bad data: store that many one by one, to leave out only it
-        while self.waiting:
-            batch = list(itertools.islice(self.waiting, 1 if alone else STORE_BATCH))
-            try:
-                stored = self.deps.store.store_inbound(
-                    self.tenant_id, self.bot_id, [(event, ctx.correlation_id) for event, ctx in batch])
-            except Exception as exc:  # noqa: BLE001 - decide below
-                if is_transient(exc) or isinstance(exc, RuntimeError):
-                    self._store_delay = min(max(self._store_delay * 2, 0.2), 3.0)
-                    log.warning("inbound not stored yet; will retry",
-                                extra={"error": repr(exc), "waiting": len(self.waiting), "retry_in": self._store_delay})
-                    self._store_timer = gevent.spawn_later(self._store_delay, _tell_quietly, self.actor_ref, _StoreRetry())
-                    return
-                if len(batch) > 1:
-                    alone = len(batch)
-                    continue
+    def _store_next(self) -> None:
+        """Store the head of ``waiting`` in the background: the actor goes on answering and delivering
+        meanwhile, and what arrives in the meantime goes in the next batch. One store in flight per
+        bot, so messages are stored (and acked, and answered) in arrival order."""
+        if self._storing is not None or not self.waiting:
+            return
+        batch = list(itertools.islice(self.waiting, 1 if self._store_alone else STORE_BATCH))
+        self._storing = gevent.spawn(self._store_batch, batch)
+
+    def _store_batch(self, batch: list[tuple[tev.MessageReceived, context.WorkContext]]) -> None:
+        try:
+            stored = self.deps.store.store_inbound(
+                self.tenant_id, self.bot_id, [(event, ctx.correlation_id) for event, ctx in batch])
+        except Exception as exc:  # noqa: BLE001 - the actor decides what to do about it
+            _tell_quietly(self.actor_ref, _StoreDone(len(batch), None, exc))
+            return
+        _tell_quietly(self.actor_ref, _StoreDone(len(batch), stored, None))
+
+    def _store_done(self, done: "_StoreDone") -> None:
+        self._storing = None
+        batch = list(itertools.islice(self.waiting, done.count))
+        exc = done.error
+        if exc is not None:
+            if is_transient(exc) or isinstance(exc, RuntimeError):
+                self._store_delay = min(max(self._store_delay * 2, 0.2), 3.0)
+                log.warning("inbound not stored yet; will retry",
+                            extra={"error": repr(exc), "waiting": len(self.waiting), "retry_in": self._store_delay})
+                self._store_timer = gevent.spawn_later(self._store_delay, _tell_quietly, self.actor_ref, _StoreRetry())
+                return
+            if len(batch) > 1:
+                self._store_alone = len(batch)
+            else:
                 # Not a fault that time fixes (bad data): report it and leave the message unacked
                 # with the network rather than loop on it.
                 event, ctx = batch[0]
@@ -269,17 +298,19 @@ class BotPipeline(Actor):
                     log.error("inbound message could not be stored", extra={"error": repr(exc), "wa_id": event.message_id})
                     sentry.capture(exc, where="store_inbound")
                 self.waiting.popleft()
-                alone = max(0, alone - 1)
-                continue
-            alone = max(0, alone - len(batch))
-            for _ in batch:
-                self.waiting.popleft()
-            self._store_delay = 0.0
-            _tell_quietly(self.session, Ack(tuple(event.message_id for event, _ in batch)))
-            for (event, ctx), one in zip(batch, stored):
-                if one.message_id is not None:  # None: a replay, stored and handled before
-                    with context.bound(correlation_id=ctx.correlation_id):
-                        self._stored(one, event, ctx)
+                self._store_alone = max(0, self._store_alone - 1)
+            self._store_next()
+            return
+        self._store_alone = max(0, self._store_alone - len(batch))
+        for _ in batch:
+            self.waiting.popleft()
+        self._store_delay = 0.0
+        self._store_next()  # the next batch goes while this one is answered
+        _tell_quietly(self.session, Ack(tuple(event.message_id for event, _ in batch)))
+        for (event, ctx), one in zip(batch, done.stored):
+            if one.message_id is not None:  # None: a replay, stored and handled before
+                with context.bound(correlation_id=ctx.correlation_id):
+                    self._stored(one, event, ctx)
 
     def _stored(self, stored: conv.Stored, event: tev.MessageReceived, ctx: context.WorkContext) -> None:
         self._count("in")
