@@ -5,6 +5,7 @@ import time
 import uuid
 
 import gevent
+import psycopg2
 
 from db import conversations as conv
 from db import pipeline_store as ps
@@ -150,3 +151,25 @@ def test_a_claim_does_not_turn_a_row_recorded_as_sent_back_to_sending(pool):
         assert not claim.ready()
     assert claim.get(timeout=10) == [[]]
     assert pool.query(tenant, "SELECT state FROM outbox WHERE id = %s", (row.id,)) == [("sent",)]
+
+
+def test_a_new_tenants_rows_are_marked_sent_by_id_even_when_the_statistics_do_not_know_the_tenant(pool, pg):
+    # An established tenant with a large outbox, analysed: the statistics know only the tenants then.
+    old, old_bot = _setup(pool)
+    pool.execute(old, "INSERT INTO outbox (bot_id, to_jid, wa_message_id, state)"
+                      " SELECT %s, 'x', 'w' || g, 'sent' FROM generate_series(1, 3000) g", (old_bot,))
+    owner = psycopg2.connect(pg.owner_url)
+    try:
+        owner.autocommit = True
+        with owner.cursor() as cur:
+            cur.execute("ANALYZE outbox")
+    finally:
+        owner.close()
+    # A tenant whose rows came after that: the planner puts its share of the table at about one row.
+    new, new_bot = _setup(pool)
+    pool.execute(new, "INSERT INTO outbox (bot_id, to_jid, wa_message_id, state)"
+                      " SELECT %s, 'x', 'w' || g, 'sending' FROM generate_series(1, 500) g", (new_bot,))
+    ids = [r[0] for r in pool.query(new, "SELECT id::text FROM outbox WHERE bot_id = %s LIMIT 5", (new_bot,))]
+    plan = "\n".join(r[0] for r in pool.query(new, "EXPLAIN " + ps._MARK_SENT, (ids, [None] * len(ids))))
+    # Each row found through its key, not by reading the tenant's rows (cost growing with its outbox).
+    assert "Index Scan using outbox_pkey on outbox" in plan, plan
