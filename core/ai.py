@@ -206,6 +206,30 @@ def _request_template(url: str) -> Any:
         return None
 
 
+class _ProviderClient(openai.OpenAI):
+    """The ``openai`` client, with two things it recomputes on every request computed once: the
+    default headers (a property that rebuilds its dict, user agent and platform headers each time)
+    and the parsed request URL (``_prepare_url`` parses the same absolute URL on every call). Both
+    depend only on settings fixed at construction; the library does the rest as usual."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._fixed_default_headers = dict(super().default_headers)
+        self._urls: dict[str, httpx.URL] = {}
+
+    @property
+    def default_headers(self) -> dict[str, Any]:
+        return self._fixed_default_headers
+
+    def _prepare_url(self, url: str) -> httpx.URL:
+        prepared = self._urls.get(url)
+        if prepared is None:
+            prepared = super()._prepare_url(url)
+            if len(self._urls) < 16:  # one URL in practice; never a growing cache
+                self._urls[url] = prepared
+        return prepared
+
+
 def _http_client(settings: Any) -> httpx.Client:
     """The HTTP layer under the openai client: our lean keep-alive transport (``core.http_transport``,
     a fraction of httpcore's CPU per call), or httpx's own when a proxy is configured in the
@@ -257,7 +281,7 @@ class AiClient:
         # Overload queues here for a slot instead of piling requests onto the provider's connections.
         self._slots = gevent.lock.BoundedSemaphore(settings.ai_max_in_flight)
         self._client = (
-            openai.OpenAI(
+            _ProviderClient(
                 base_url=settings.ai_base_url,
                 api_key=settings.ai_api_key,
                 timeout=settings.ai_timeout,

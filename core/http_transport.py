@@ -295,6 +295,37 @@ class DirectClient(httpx.Client):
     yet it was a fifth of each call's CPU. The transport returns responses already read
     (``KeepAliveTransport``), so ``stream`` changes nothing."""
 
+    def build_request(self, method: str, url: Any, *, content: Any = None, data: Any = None, files: Any = None,
+                      json: Any = None, params: Any = None, headers: Any = None, cookies: Any = None,
+                      timeout: Any = httpx.USE_CLIENT_DEFAULT, extensions: Any = None) -> httpx.Request:
+        """httpx merges the client's base URL, cookies, query parameters and headers into each
+        request, through its general machinery. A request as the openai client builds it (an absolute
+        URL, its own headers, a body of bytes, nothing else) needs only the client's default headers
+        under its own and the timeout: built here directly, the same request for a third of the CPU.
+        Anything else goes through httpx's own merge."""
+        if (data is not None or files is not None or json is not None or params or cookies or extensions
+                or self.params or self.cookies or not isinstance(url, httpx.URL) or not url.is_absolute_url
+                or not isinstance(content, bytes) or not isinstance(headers, httpx.Headers)):
+            return super().build_request(method, url, content=content, data=data, files=files, json=json,
+                                         params=params, headers=headers, cookies=cookies, timeout=timeout,
+                                         extensions=extensions)
+        own = headers.raw
+        names = {name.lower() for name, _ in own}
+        merged = [item for item in self.headers.raw if item[0].lower() not in names]
+        merged.extend(own)
+        return httpx.Request(method, url, content=content, headers=merged,
+                             extensions={"timeout": self._timeout_dict(timeout)})
+
+    def _timeout_dict(self, timeout: Any) -> dict:
+        # The same timeout object on every call (the client's or the openai client's): convert once.
+        if timeout is httpx.USE_CLIENT_DEFAULT:
+            timeout = self.timeout
+        cached = self.__dict__.get("_timeout_cache")
+        if cached is None or cached[0] is not timeout:
+            cached = (timeout, httpx.Timeout(timeout).as_dict())
+            self.__dict__["_timeout_cache"] = cached
+        return cached[1]
+
     def send(self, request: httpx.Request, *, stream: bool = False, auth: Any = None,
              follow_redirects: Any = None) -> httpx.Response:
         if self.is_closed:

@@ -605,3 +605,30 @@ def test_the_direct_client_gives_a_read_response_with_its_elapsed_time_and_refus
     client.close()
     with pytest.raises(RuntimeError, match="closed"):
         client.get("/again")
+
+
+def test_the_direct_client_builds_an_api_request_exactly_as_httpx_would():
+    headers = httpx.Headers({"Authorization": "Bearer k", "Accept": "application/json", "User-Agent": "ours/1"})
+    url = httpx.URL("http://127.0.0.1:9/v1/chat/completions")
+    timeout = httpx.Timeout(7.0, connect=2.0)
+    ours = DirectClient(transport=KeepAliveTransport(), timeout=5.0)
+    plain = httpx.Client(transport=KeepAliveTransport(), timeout=5.0)  # httpx's own build_request
+    try:
+        for kwargs in ({"timeout": timeout}, {}):  # the caller's timeout, then the client's own
+            built = ours.build_request("POST", url, content=b'{"a":1}', headers=headers, **kwargs)
+            expected = plain.build_request("POST", url, content=b'{"a":1}', headers=headers, **kwargs)
+            assert (built.method, built.url, built.headers.raw, built.read(), built.extensions) == \
+                (expected.method, expected.url, expected.headers.raw, expected.read(), expected.extensions)
+    finally:
+        ours.close()
+        plain.close()
+
+
+def test_the_direct_client_leaves_other_requests_to_httpxs_own_merge(serve):
+    server = serve(keep_alive(echo_path))
+    client = DirectClient(transport=KeepAliveTransport(), base_url=server.url, params={"v": "1"}, timeout=5.0)
+    try:
+        built = client.build_request("GET", "/relative", params={"q": "x"})
+        assert built.url == httpx.URL(server.url + "/relative?v=1&q=x")
+    finally:
+        client.close()
