@@ -59,7 +59,10 @@ Measured per phase:
   ``pg_stat_database.xact_commit + xact_rollback`` per message (transactions, not statements; the
   bench waits 1.5 s after a phase for the backends to flush their statistics).
 * CPU per message: the bots' process, PostgreSQL (app backends, WAL writer, the rest), the outside
-  world's process; the hub lag (a 50 ms sleeper's lateness) of the bots' process; pool waits.
+  world's process; the hub lag (a 50 ms sleeper's lateness) of the bots' process; pool waits; the
+  bots' main thread's time on a CPU and time runnable but waiting for a CPU, per second (the two
+  summing to ~1,000 ms means that thread is CPU-bound; the second is what the other processes on
+  the machine take from it).
 
 Targets: >= 1,000 inbound messages/s end to end with p99 <= 100 ms, checked at the open-loop rate
 of 1,000/s (achieved >= 98 % of the offered rate, everything answered, p99 <= 100 ms); the closed
@@ -534,6 +537,17 @@ def proc_cpu(pid: int) -> float:
         return (int(fields[11]) + int(fields[12])) / CLK_TCK
     except (OSError, IndexError, ValueError):
         return 0.0
+
+
+def main_thread_sched() -> tuple[float, float]:
+    """The bots' main thread (the hub's): seconds on a CPU and seconds runnable but waiting for one
+    (``/proc/self/task/<tid>/schedstat``); (0, 0) where the kernel does not keep them."""
+    try:
+        with open(f"/proc/self/task/{os.getpid()}/schedstat") as fh:  # the main thread: its id is the pid
+            on_cpu, waiting, _ = fh.read().split()
+        return int(on_cpu) / 1e9, int(waiting) / 1e9
+    except (OSError, ValueError, TypeError):
+        return 0.0, 0.0
 
 
 def postgres_cpu(postmaster: int | None) -> collections.Counter:
@@ -1032,7 +1046,7 @@ def run_phase(name: str, cmd: dict, world: Any, rts: RoundTrips, stats: Stats, p
             "cpu_self": self_cpu(), "cpu_pg": postgres_cpu(postmaster),
             "cpu_child": proc_cpu(world.pid) if world.pid else 0.0, "pool": pool.stats(),
             "events": collections.Counter(publisher.counts), "warnings": collections.Counter(warnings.counts),
-            "mono": time.monotonic(), "load": os.getloadavg()[0],
+            "mono": time.monotonic(), "load": os.getloadavg()[0], "sched": main_thread_sched(),
         }
 
     before = snapshot()
@@ -1087,8 +1101,11 @@ def run_phase(name: str, cmd: dict, world: Any, rts: RoundTrips, stats: Stats, p
     print(cpu_line + f"; CPU busy over the phase: this process {cpu_self / wall:.2f}, PostgreSQL {cpu_pg / wall:.2f}"
           + (f", outside world {cpu_child / wall:.2f}" if world.pid else "")
           + f" cores (sum {total_cpu / wall:.2f} of {os.cpu_count()}); load average {after['load']:.2f}")
+    on_cpu = after["sched"][0] - before["sched"][0]
+    runnable = after["sched"][1] - before["sched"][1]
     print(f"  hub lag p99 {lag_p99 * 1000:.0f} ms, max {lag_max * 1000:.0f} ms; pool waits {waited} "
-          f"({wait_s * 1000:.0f} ms in all)")
+          f"({wait_s * 1000:.0f} ms in all); the hub's thread per second: {on_cpu / wall * 1000:.0f} ms on a CPU, "
+          f"{runnable / wall * 1000:.0f} ms runnable but waiting for one")
     new_warnings = after["warnings"] - before["warnings"]
     if new_warnings:
         print(f"  log warnings: {dict(new_warnings.most_common(5))}")
