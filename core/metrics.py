@@ -113,20 +113,30 @@ class PipelineMetrics:
         self.batch_rows = Histogram("db_batch_rows", "Rows per statement of the pipeline's batched operations",
                                     ["operation"], buckets=(1, 2, 5, 10, 20, 50, 100, 200), registry=registry)
         registry.register(_PipelineCollector(outbox_stats, breaker_state))
+        # The labelled series each call records into, looked up once: ``labels()`` validates and
+        # locks on every call, and these are called several times per message.
+        self._series: dict[tuple, Any] = {}
+
+    def _one(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = metric.labels(*labels)
+        return series
 
     def count(self, what: str, bot_id: str) -> None:
         if what == "dead":
-            self.dead_letters.labels(bot_id).inc()
+            self._one(self.dead_letters, bot_id).inc()
         else:
-            self.messages.labels(what, bot_id).inc()
+            self._one(self.messages, what, bot_id).inc()
 
     def observe_batch(self, operation: str, rows: int) -> None:
-        self.batch_rows.labels(operation).observe(rows)
+        self._one(self.batch_rows, operation).observe(rows)
 
     def observe_ai(self, outcome: str, seconds: float) -> None:
-        self.ai_latency.labels(outcome).observe(seconds)
+        self._one(self.ai_latency, outcome).observe(seconds)
         if outcome != "ok":
-            self.ai_errors.labels(outcome).inc()
+            self._one(self.ai_errors, outcome).inc()
 
 
 class _PipelineCollector(Collector):

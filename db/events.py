@@ -38,6 +38,11 @@ _PUBLISH_MANY = (
 )
 
 
+# json.dumps(payload, default=str) with the encoder made once: dumps builds a new encoder on every
+# call that passes ``default``, and notices are encoded for every message in and out.
+_encode = json.JSONEncoder(default=str).encode
+
+
 class StoredEvent(NamedTuple):
     id: int
     tenant_id: str
@@ -63,7 +68,7 @@ def _row(row: Any) -> StoredEvent:
 
 def publish(pool: Any, tenant_id: str, bot_id: str | None, event_type: str, payload: dict) -> int:
     # Not waiting for the flush: see publish_many.
-    rows = pool.query(tenant_id, _PUBLISH, (bot_id, event_type, json.dumps(payload, default=str)), repeatable=False,
+    rows = pool.query(tenant_id, _PUBLISH, (bot_id, event_type, _encode(payload)), repeatable=False,
                       durable=False)
     return int(rows[0][0])
 
@@ -74,7 +79,7 @@ def publish_many(pool: Any, tenant_id: str, rows: Sequence[tuple[str | None, str
         return []
     bot_ids = [None if bot is None else str(bot) for bot, _, _ in rows]
     types = [event_type for _, event_type, _ in rows]
-    payloads = [json.dumps(payload, default=str) for _, _, payload in rows]
+    payloads = [_encode(payload) for _, _, payload in rows]
     # Not waiting for the flush keeps the global ordering lock short; an event lost in a crash is a
     # notice missed, not data lost (the rows it describes are written durably). Not repeatable: a
     # statement whose outcome is unknown may have committed, and a repeat would publish twice.
