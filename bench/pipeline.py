@@ -3,7 +3,7 @@
 Run: ``python bench/pipeline.py [--bots 50] [--customers 20] [--rates 100,300,1000] [--seconds 15]
 [--closed 20] [--closed-customers N] [--drain 20] [--settle 60] [--simulator process|inprocess]
 [--publish db|memory] [--receipts] [--pool-size 20] [--py-spy PHASE [--py-spy-dir DIR]]
-[--what-if async-commit,lean-ai,no-events] [--no-breakdown]``
+[--what-if async-commit,lean-ai,no-events] [--no-breakdown] [--cpus split|shared]``
 
 One process, gevent patched first, psycopg2 made cooperative (as ``run.py``); the embedded PostgreSQL
 in a temporary directory (or ``DATABASE_URL``/``DATABASE_OWNER_URL`` when set), migrated; the real
@@ -63,6 +63,12 @@ Measured per phase:
   bots' main thread's time on a CPU and time runnable but waiting for a CPU, per second (the two
   summing to ~1,000 ms means that thread is CPU-bound; the second is what the other processes on
   the machine take from it).
+
+CPUs (``--cpus``): by default the bots' process runs on one CPU and PostgreSQL and the outside world
+on the others (``split_cpus``), as in production, where the database, WhatsApp and the AI provider
+are other machines. The bots' process is one hub thread; sharing every CPU with PostgreSQL's backends,
+which wake for each statement, it was runnable but waiting for a CPU ~18 % of each second at
+1,000/s. ``--cpus shared`` runs all three on all CPUs.
 
 Targets: >= 1,000 inbound messages/s end to end with p99 <= 100 ms, checked at the open-loop rate
 of 1,000/s (achieved >= 98 % of the offered rate, everything answered, p99 <= 100 ms); the closed
@@ -550,6 +556,52 @@ def main_thread_sched() -> tuple[float, float]:
         return 0.0, 0.0
 
 
+def _tasks(pid: int) -> list[int]:
+    try:
+        return [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return []
+
+
+def _children(parent: int) -> list[int]:
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as fh:
+                    if int(fh.read().rsplit(")", 1)[1].split()[1]) == parent:
+                        found.append(int(name))
+            except (OSError, IndexError, ValueError):
+                continue
+    return found
+
+
+def split_cpus(postmaster: int | None, child: int | None) -> str:
+    """The bots' process on a CPU of its own; PostgreSQL (the postmaster, its processes, and the
+    backends it forks from now on) and the outside world's process on the others — as in production,
+    where the database, WhatsApp and the AI provider are other machines. Sharing, the three crowd out
+    the hub's single thread (see ``main_thread_sched``). Returns what was done, for the report."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        return "CPUs shared (only one CPU)"
+    mine, others = {allowed[0]}, set(allowed[1:])
+    for tid in _tasks(os.getpid()):  # threads started later inherit from the main thread
+        os.sched_setaffinity(tid, mine)
+    moved = []
+    if postmaster is not None:
+        for pid in [postmaster, *_children(postmaster)]:
+            for tid in _tasks(pid):
+                os.sched_setaffinity(tid, others)
+        moved.append("PostgreSQL")
+    if child is not None:
+        for tid in _tasks(child):
+            os.sched_setaffinity(tid, others)
+        moved.append("the outside world")
+    where = ", ".join(str(c) for c in sorted(others))
+    return (f"CPUs split: the bots' process on CPU {allowed[0]}, {' and '.join(moved) or 'nothing else'} on CPU "
+            f"{where}" + ("" if postmaster is not None else " (DATABASE_URL: PostgreSQL not moved)"))
+
+
 def postgres_cpu(postmaster: int | None) -> collections.Counter:
     """CPU seconds of the postmaster and its children now alive, by kind: the app's backends, the WAL
     writer, everything else (checkpointer, autovacuum, the bench's statistics connection...)."""
@@ -862,6 +914,9 @@ def main(argv: list[str] | None = None) -> int:
                              "messages.outbox_id)")
     parser.add_argument("--settle", type=float, default=60.0,
                         help="after a phase, wait up to this long for the bots' process to go quiet (default 60)")
+    parser.add_argument("--cpus", choices=("split", "shared"), default="split",
+                        help="split (default): the bots' process on one CPU, PostgreSQL and the outside world "
+                             "on the others, as on separate machines; shared: all on all CPUs")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -940,6 +995,8 @@ def main(argv: list[str] | None = None) -> int:
             "AI_DEBOUNCE": "0",
             "BOT_SEND_RATE": "0",
         })
+        cpus = (split_cpus(postmaster, world.pid or None) if args.cpus == "split"
+                else "CPUs shared by the bots' process, PostgreSQL and the outside world")
         metrics = Metrics()
         publisher = Publisher(make_publisher(pool, metrics.events_published) if args.publish == "db" else None)
         stats = Stats(stats_url, rts)
@@ -951,6 +1008,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{AI_CONFIG['history']}; events published to {'the database' if args.publish == 'db' else 'memory only'}; "
               f"receipts {'on' if args.receipts else 'off'}")
         print(f"simulator + AI server + customers: {world.kind}; AI at {world.ai_url}")
+        print(cpus)
 
         started = time.monotonic()
         root = Root(settings, pool, publisher.publish, metrics)
