@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import logging
 import queue
+import sys
 from typing import Any, Callable
 
 import gevent
+import gevent.event
 import pykka
 from pykka import messages as pykka_messages
 
@@ -60,6 +62,52 @@ class _ContextInbox(queue.Queue):
         ):
             raise MailboxFull(f"mailbox full ({self.bound} messages)")
         super().put((item, context.current()))
+
+
+class GreenFuture(pykka.Future):
+    """pykka's future for ``ask`` on a gevent event. pykka's ``ThreadingFuture`` waits on a
+    ``threading.Condition``, which under the patched ``threading`` is pure Python and allocates a lock
+    per wait: most of the cost of an ``ask``. Same contract: ``get`` raises ``pykka.Timeout`` after
+    ``timeout`` seconds, re-raises what ``set_exception`` was given, and a value is set only once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._done = gevent.event.Event()
+        self._value: Any = None
+        self._exc_info: Any = None
+
+    def get(self, *, timeout: float | None = None) -> Any:
+        try:
+            return super().get(timeout=timeout)  # a get hook (pykka's join, map, ...)
+        except NotImplementedError:
+            pass
+        if not self._done.wait(timeout):
+            raise pykka.Timeout(f"{timeout} seconds")
+        if self._exc_info is not None:
+            exc_type, exc_value, exc_traceback = self._exc_info
+            if exc_value is None:
+                exc_value = exc_type()
+            if exc_value.__traceback__ is not exc_traceback:
+                raise exc_value.with_traceback(exc_traceback)
+            raise exc_value
+        return self._value
+
+    def set(self, value: Any = None) -> None:
+        if self._done.is_set() or self._get_hook is not None:
+            raise queue.Full
+        self._value = value
+        self._done.set()
+
+    def set_exception(self, exc_info: Any = None) -> None:
+        if self._done.is_set() or self._get_hook is not None:
+            raise queue.Full
+        self._exc_info = exc_info if exc_info is not None else sys.exc_info()
+        self._done.set()
+
+    def set_get_hook(self, func: Any) -> None:
+        if self._done.is_set():
+            raise queue.Full
+        self._get_hook = func
 
 
 class Actor(pykka.ThreadingActor):
@@ -130,6 +178,10 @@ class Actor(pykka.ThreadingActor):
 
     def _create_actor_inbox(self) -> Any:
         return _ContextInbox(self.mailbox_size)
+
+    @staticmethod
+    def _create_future() -> pykka.Future:
+        return GreenFuture()
 
     def _actor_loop(self) -> None:
         self._greenlet = gevent.getcurrent()

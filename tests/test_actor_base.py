@@ -5,6 +5,7 @@ in one actor ends that actor alone."""
 from __future__ import annotations
 
 import gc
+import queue
 
 import gevent
 import gevent.event
@@ -325,3 +326,31 @@ def test_an_inline_actor_is_driven_by_the_calling_greenlet_and_ends_with_one_dea
     echo.finish_inline()
     assert ended == [None]
     assert not ref.is_alive() and pykka.ActorRegistry.get_by_urn(ref.actor_urn) is None
+
+
+def test_an_ask_that_gets_no_answer_in_time_raises_pykka_timeout_and_the_answer_is_not_lost_to_a_later_get():
+    release = gevent.event.Event()
+    ref = Echo.start()
+    future = ref.ask(lambda: release.wait() and "late", block=False)
+    with pytest.raises(pykka.Timeout):
+        future.get(timeout=0.05)
+    release.set()
+    assert future.get(timeout=WAIT) == "late"
+
+
+def test_a_future_is_answered_once():
+    future = Echo._create_future()
+    future.set(1)
+    with pytest.raises(queue.Full):
+        future.set(2)
+    with pytest.raises(queue.Full):
+        future.set_exception((ValueError, ValueError("no"), None))
+    assert future.get(timeout=0) == 1
+
+
+def test_pykkas_combinators_work_on_the_futures_of_asks():
+    refs = [Echo.start() for _ in range(3)]
+    futures = [ref.ask(n, block=False) for n, ref in enumerate(refs)]
+    assert pykka.get_all(futures, timeout=WAIT) == [0, 1, 2]
+    assert futures[0].join(futures[1], futures[2]).get(timeout=WAIT) == [0, 1, 2]
+    assert refs[0].ask(20, block=False).map(lambda v: v + 1).get(timeout=WAIT) == 21
