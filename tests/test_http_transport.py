@@ -228,6 +228,8 @@ def test_a_chunked_body_with_extensions_and_trailers_is_returned_whole_without_t
     assert response.content == b"hello, " + b"x" * 26
     assert "transfer-encoding" not in response.headers
     assert response.headers["content-type"] == "text/plain"
+    assert response.headers["content-length"] == str(len(response.content))  # the body's length now
+    assert response.is_closed and response.is_stream_consumed and response.read() == response.content
 
 
 def test_after_a_chunked_body_with_trailers_the_connection_is_reused_for_the_next_request(serve):
