@@ -538,21 +538,26 @@ class BotPipeline(Actor):
                 # message need not wait for it. Until it commits (or if it fails, or the process dies)
                 # the rows stay 'sending', and the network is asked about them before any resend.
                 self._recording.update(row.id for row, _ in sent)
-                gevent.spawn(self._mark_sent, [(row.id, network_id) for row, network_id in sent], context.current())
+                self._mark_sent([(row.id, network_id) for row, network_id in sent])
                 for row, _ in sent:
                     with context.bound(correlation_id=row.correlation_id or context.correlation_id()):
                         self._sent(row)
 
-    def _mark_sent(self, sent: list[tuple[str, str | None]], ctx: context.WorkContext) -> None:
-        context.set_current(ctx)
-        ok = True
+    def _mark_sent(self, sent: list[tuple[str, str | None]]) -> None:
+        ids = tuple(outbox_id for outbox_id, _ in sent)
+        ctx, ref = context.current(), self.actor_ref
+
+        def recorded(error: Exception | None) -> None:  # runs in the statement's greenlet
+            if error is not None:  # the rows stay 'sending'; a later claim asks the network about them
+                with context.bound(**ctx._asdict()):
+                    log.warning("sent messages not recorded yet; will check with the network",
+                                extra={"error": repr(error), "messages": len(sent)})
+            _tell_quietly(ref, _Recorded(ids, error is None))
+
         try:
-            self.deps.store.mark_sent(self.tenant_id, sent)
-        except Exception as exc:  # noqa: BLE001 - the rows stay 'sending'; a later claim checks them
-            ok = False
-            log.warning("sent messages not recorded yet; will check with the network",
-                        extra={"error": repr(exc), "messages": len(sent)})
-        _tell_quietly(self.actor_ref, _Recorded(tuple(outbox_id for outbox_id, _ in sent), ok))
+            self.deps.store.mark_sent_later(self.tenant_id, sent, recorded)
+        except Exception as exc:  # noqa: BLE001 - not even queued (overflow, stopped): same as failed
+            recorded(exc)
 
     def _release(self, rows: list[conv.Outgoing]) -> None:
         self._maybe_due = True

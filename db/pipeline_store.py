@@ -307,5 +307,12 @@ class PipelineStore:
     def mark_sent(self, tenant_id: str, sent: list[tuple[str, str | None]]) -> None:
         self._sent.call(tenant_id, sent)
 
+    def mark_sent_later(self, tenant_id: str, sent: list[tuple[str, str | None]],
+                        on_done: Callable[[Exception | None], None]) -> None:
+        """``mark_sent`` without waiting (and without a greenlet of the caller's): ``on_done(None or
+        the exception)`` once the rows are recorded or not. Raises ``db.batch.Overflow`` when too much
+        is already waiting (nothing was queued)."""
+        self._sent.submit(tenant_id, sent, on_done=on_done)
+
     def release(self, tenant_id: str, rows: Sequence[Outgoing]) -> None:
         release(self.pool, tenant_id, rows)

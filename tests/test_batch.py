@@ -251,6 +251,39 @@ def test_a_submitted_calls_failure_is_logged_not_raised(coalescer, run, caplog):
     assert record.operation == "test.op" and record.items == 1 and "bad input" in record.error
 
 
+def test_a_submitted_calls_outcome_goes_to_its_callback_success_or_failure_and_nothing_is_logged(coalescer, run,
+                                                                                                  caplog):
+    caplog.set_level(logging.WARNING, logger="db.batch")
+    outcomes = []
+    coalescer.submit("t", [1], on_done=outcomes.append)
+    assert coalescer.flush(TIMEOUT)
+    run.fault = lambda items: ValueError("bad input")
+    coalescer.submit("t", [2], on_done=outcomes.append)
+    assert coalescer.flush(TIMEOUT)
+
+    assert outcomes[0] is None
+    assert isinstance(outcomes[1], ValueError) and str(outcomes[1]) == "bad input"
+    assert [r for r in caplog.records if r.name == "db.batch"] == []
+
+
+def test_a_callback_that_raises_does_not_keep_the_other_calls_of_its_statement_from_their_results(coalescer, run):
+    first = in_flight(coalescer, run, "t", [0])
+    told = []
+
+    def broken(outcome):
+        raise RuntimeError("callback bug")
+
+    coalescer.submit("t", [1], on_done=broken)
+    coalescer.submit("t", [2], on_done=told.append)
+    waiter = start_call(coalescer, "t", [3])
+    run.release("t")
+
+    assert result_of(first) == ["t:0"]
+    assert result_of(waiter) == ["t:3"]
+    assert coalescer.flush(TIMEOUT) and told == [None]
+    assert run.items_of("t") == [[0], [1, 2, 3]]
+
+
 def test_submit_beyond_limit_raises_overflow_and_queues_nothing(run):
     coalescer = Coalescer("test.op", run, limit=3)
     first = in_flight(coalescer, run, "t", [0])  # in flight: no longer counted as waiting
