@@ -77,10 +77,8 @@ class GreenFuture(pykka.Future):
         self._exc_info: Any = None
 
     def get(self, *, timeout: float | None = None) -> Any:
-        try:
-            return super().get(timeout=timeout)  # a get hook (pykka's join, map, ...)
-        except NotImplementedError:
-            pass
+        if self._get_hook is not None:  # pykka's join, map, ...: the base class runs (and keeps) it
+            return super().get(timeout=timeout)
         if not self._done.wait(timeout):
             raise pykka.Timeout(f"{timeout} seconds")
         if self._exc_info is not None:
