@@ -339,10 +339,9 @@ class DirectClient(httpx.Client):
         # The same timeout object on every call (the client's or the openai client's): convert once.
         if timeout is httpx.USE_CLIENT_DEFAULT:
             timeout = self.timeout
-        cached = self.__dict__.get("_timeout_cache")
+        cached = getattr(self, "_timeout_cache", None)
         if cached is None or cached[0] is not timeout:
-            cached = (timeout, httpx.Timeout(timeout).as_dict())
-            self.__dict__["_timeout_cache"] = cached
+            cached = self._timeout_cache = (timeout, httpx.Timeout(timeout).as_dict())
         return cached[1]
 
     def send(self, request: httpx.Request, *, stream: bool = False, auth: Any = None,
