@@ -609,20 +609,14 @@ def postgres_cpu(postmaster: int | None) -> collections.Counter:
     if postmaster is None:
         return cpu
     cpu["other"] += proc_cpu(postmaster)
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
+    for pid in _children(postmaster):
         try:
-            with open(f"/proc/{name}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-            if int(fields[1]) != postmaster:
-                continue
-            with open(f"/proc/{name}/cmdline", "rb") as fh:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
                 title = fh.read().decode(errors="replace")
-        except (OSError, IndexError, ValueError):
+        except OSError:
             continue
         kind = "backends" if embedded_app_role() in title else "walwriter" if "walwriter" in title else "other"
-        cpu[kind] += (int(fields[11]) + int(fields[12])) / CLK_TCK
+        cpu[kind] += proc_cpu(pid)
     return cpu
 
 
