@@ -140,6 +140,7 @@ class _StoreDone:
     count: int
     stored: list | None
     error: Exception | None
+    epoch: int = 0  # the pipeline's change count when the store started (see ``_changed_at``)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,6 +175,11 @@ class BotPipeline(Actor):
         self._debounce: dict[str, gevent.Greenlet] = {}
         self._thinking: dict[str, gevent.Greenlet] = {}
         self._again: set[str] = set()
+        # Prompt inputs read by the store are current only if nothing answered or ignored the
+        # contact's messages after that statement started: every such change gets the next epoch.
+        self._epoch = 0
+        self._changed_at: dict[str, int] = {}
+        self._store_epoch = 0  # the epoch when the store in flight (or the last one) started
         self._deliver_timer: gevent.Greenlet | None = None
         self._deliver_due_at = 0.0
         self._delivering = False
@@ -266,16 +272,34 @@ class BotPipeline(Actor):
         if self._storing is not None or not self.waiting:
             return
         batch = list(itertools.islice(self.waiting, 1 if self._store_alone else STORE_BATCH))
-        self._storing = gevent.spawn(self._store_batch, batch)
+        if len(self._changed_at) > 1024:  # only changes since the last store started still matter
+            self._changed_at = {c: e for c, e in self._changed_at.items() if e > self._store_epoch}
+        self._store_epoch = self._epoch
+        self._storing = gevent.spawn(self._store_batch, batch, self._prompt_wants(batch), self._epoch)
 
-    def _store_batch(self, batch: list[tuple[tev.MessageReceived, context.WorkContext]]) -> None:
+    def _prompt_wants(self, batch: list[tuple[tev.MessageReceived, context.WorkContext]]) -> list[int] | None:
+        """Per message, the history to read with it when it will go straight to the AI (no rule
+        matches, AI on, no debounce), else -1: the store then reads the prompt inputs in the same
+        statement and the AI call needs no read of its own. None: nothing to read (or the reply
+        settings are not loaded, and the store must not wait for them)."""
+        if self._config is None or self.deps.settings.ai_debounce > 0 or self.deps.ai is None or not self.deps.ai.enabled:
+            return None
+        rules, ai = self._config
+        if not ai.enabled:
+            return None
+        return [ai.history if event.kind in conv.ANSWERABLE_KINDS
+                and rules_mod.first_match(rules, event.text or event.caption or "") is None else -1
+                for event, _ in batch]
+
+    def _store_batch(self, batch: list[tuple[tev.MessageReceived, context.WorkContext]], wants: list[int] | None,
+                     epoch: int) -> None:
         try:
             stored = self.deps.store.store_inbound(
-                self.tenant_id, self.bot_id, [(event, ctx.correlation_id) for event, ctx in batch])
+                self.tenant_id, self.bot_id, [(event, ctx.correlation_id) for event, ctx in batch], wants)
         except Exception as exc:  # noqa: BLE001 - the actor decides what to do about it
-            _tell_quietly(self.actor_ref, _StoreDone(len(batch), None, exc))
+            _tell_quietly(self.actor_ref, _StoreDone(len(batch), None, exc, epoch))
             return
-        _tell_quietly(self.actor_ref, _StoreDone(len(batch), stored, None))
+        _tell_quietly(self.actor_ref, _StoreDone(len(batch), stored, None, epoch))
 
     def _store_done(self, done: "_StoreDone") -> None:
         self._storing = None
@@ -307,12 +331,24 @@ class BotPipeline(Actor):
         self._store_delay = 0.0
         self._store_next()  # the next batch goes while this one is answered
         _tell_quietly(self.session, Ack(tuple(event.message_id for event, _ in batch)))
+        # Rules first for the whole batch, then one AI call per customer: a rule answer to a later
+        # message of the same customer is then already out of the prompt.
+        thinks: dict[str, tuple[Any, context.WorkContext]] = {}
         for (event, ctx), one in zip(batch, done.stored):
             if one.message_id is not None:  # None: a replay, stored and handled before
                 with context.bound(correlation_id=ctx.correlation_id):
-                    self._stored(one, event, ctx)
+                    if self._stored(one, event, ctx):
+                        earlier = thinks.get(one.contact_id)
+                        # The latest message's correlation id: the answer continues its line of work.
+                        thinks[one.contact_id] = (one.prompt or (earlier[0] if earlier else None), ctx)
+        for contact_id, (prompt, ctx) in thinks.items():
+            if prompt is not None and self._changed_at.get(contact_id, -1) > done.epoch:
+                prompt = None  # answered or ignored since the store started: read it again
+            with context.bound(correlation_id=ctx.correlation_id):
+                self._schedule_think(contact_id, prompt)
 
-    def _stored(self, stored: conv.Stored, event: tev.MessageReceived, ctx: context.WorkContext) -> None:
+    def _stored(self, stored: conv.Stored, event: tev.MessageReceived, ctx: context.WorkContext) -> bool:
+        """Publish and consider a newly stored message; True when the AI is to answer it."""
         self._count("in")
         log.info("message stored", extra={"message_id": stored.message_id, "wa_message_id": event.message_id})
         self.deps.publish(self.tenant_id, self.bot_id, "message.in", {
@@ -322,23 +358,32 @@ class BotPipeline(Actor):
         })
         if event.media_ref and self.deps.media is not None:
             gevent.spawn(self._fetch_media, stored.message_id, event, ctx)
-        self._consider(stored, event)
+        return self._consider(stored, event)
 
-    def _consider(self, stored: conv.Stored, event: tev.MessageReceived) -> None:
+    def _consider(self, stored: conv.Stored, event: tev.MessageReceived) -> bool:
         if event.kind not in conv.ANSWERABLE_KINDS:
-            return  # stored as ignored
+            return False  # stored as ignored
         if stored.paused:
-            conv.ignore(self.deps.pool, self.tenant_id, [stored.message_id], "conversation paused")
-            return
+            self._ignore(stored.contact_id, [stored.message_id], "conversation paused")
+            return False
         rules, ai = self._reply_config()
         rule = rules_mod.first_match(rules, event.text or event.caption or "")
         if rule is not None:
             self._answer(stored.contact_id, [stored.message_id], rule.reply, "rule")
-            return
+            return False
         if ai.enabled and self.deps.ai is not None and self.deps.ai.enabled:
-            self._schedule_think(stored.contact_id)
-            return
-        conv.ignore(self.deps.pool, self.tenant_id, [stored.message_id], "no rule matched and AI is off")
+            return True
+        self._ignore(stored.contact_id, [stored.message_id], "no rule matched and AI is off")
+        return False
+
+    def _ignore(self, contact_id: str, message_ids: list[str], reason: str) -> None:
+        self._changed(contact_id)
+        conv.ignore(self.deps.pool, self.tenant_id, message_ids, reason)
+
+    def _changed(self, contact_id: str) -> None:
+        """The contact's unanswered messages or history change now (see ``_store_done``)."""
+        self._epoch += 1
+        self._changed_at[contact_id] = self._epoch
 
     def _reply_config(self) -> tuple[list[rules_mod.Rule], rules_mod.AiConfig]:
         if self._config is None:
@@ -375,7 +420,9 @@ class BotPipeline(Actor):
 
     # -- answering ---------------------------------------------------------------------------------
 
-    def _schedule_think(self, contact_id: str) -> None:
+    def _schedule_think(self, contact_id: str, prompt: Any = None) -> None:
+        """``prompt``: the contact's prompt inputs if already read and current (used only when the
+        call starts now)."""
         if contact_id in self._thinking:
             self._again.add(contact_id)  # answered again once the call in flight is done
             return
@@ -383,27 +430,31 @@ class BotPipeline(Actor):
         if timer is not None:
             timer.kill(block=False)
         if self.deps.settings.ai_debounce <= 0:
-            self._think(contact_id)  # nothing to wait for: no timer, no extra message
+            self._think(contact_id, prompt)  # nothing to wait for: no timer, no extra message
             return
         self._debounce[contact_id] = gevent.spawn_later(
             self.deps.settings.ai_debounce, _tell_quietly, self.actor_ref,
             _Debounced(contact_id, context.correlation_id()),
         )
 
-    def _think(self, contact_id: str) -> None:
-        # Reading the conversation and asking the AI both happen in the call's own greenlet, so the
-        # actor goes on storing and delivering meanwhile; one call per customer at a time.
+    def _think(self, contact_id: str, prompt: Any = None) -> None:
+        # Reading the conversation (unless the store already did) and asking the AI both happen in
+        # the call's own greenlet, so the actor goes on storing and delivering meanwhile; one call
+        # per customer at a time.
         _, ai = self._reply_config()
-        self._thinking[contact_id] = gevent.spawn(self._call_ai, contact_id, ai, context.current())
+        self._thinking[contact_id] = gevent.spawn(self._call_ai, contact_id, ai, context.current(), prompt)
 
-    def _call_ai(self, contact_id: str, ai: rules_mod.AiConfig, ctx: context.WorkContext) -> None:
+    def _call_ai(self, contact_id: str, ai: rules_mod.AiConfig, ctx: context.WorkContext, prompt: Any = None) -> None:
         context.set_current(ctx)
-        try:
-            pending, history = self.deps.store.prompt_inputs(self.tenant_id, self.bot_id, contact_id, ai.history)
-        except Exception as exc:  # noqa: BLE001 - the database's fault: think again later
-            log.warning("conversation not read for the AI; will retry", extra={"error": repr(exc)})
-            _tell_quietly(self.actor_ref, _AiDone(contact_id, (), None, None, "retry"))
-            return
+        if prompt is not None:
+            pending, history = prompt
+        else:
+            try:
+                pending, history = self.deps.store.prompt_inputs(self.tenant_id, self.bot_id, contact_id, ai.history)
+            except Exception as exc:  # noqa: BLE001 - the database's fault: think again later
+                log.warning("conversation not read for the AI; will retry", extra={"error": repr(exc)})
+                _tell_quietly(self.actor_ref, _AiDone(contact_id, (), None, None, "retry"))
+                return
         if not pending:
             _tell_quietly(self.actor_ref, _AiDone(contact_id, (), None, None, "none"))
             return
@@ -441,7 +492,7 @@ class BotPipeline(Actor):
             if ai.fallback_reply:
                 self._answer(done.contact_id, list(done.message_ids), ai.fallback_reply, "fallback")
             else:
-                conv.ignore(self.deps.pool, self.tenant_id, list(done.message_ids), "AI unavailable")
+                self._ignore(done.contact_id, list(done.message_ids), "AI unavailable")
         if done.contact_id in self._again:
             self._again.discard(done.contact_id)
             self._schedule_think(done.contact_id)
@@ -450,6 +501,7 @@ class BotPipeline(Actor):
         # With nothing older waiting to go, the answer is written already claimed and sent at once:
         # no separate claim statement, one update less per message.
         send_now = self._may_send_directly()
+        self._changed(contact_id)
         result = self.deps.store.answer(self.tenant_id, self.bot_id, contact_id, message_ids, text, source,
                                         context.correlation_id(), send_now)
         if result is None:

@@ -30,6 +30,10 @@ class Stored:
     message_id: str | None  # None: a replayed delivery, already stored
     contact_id: str
     paused: bool
+    # What the AI needs for this contact, read in the storing statement when the caller asked for it:
+    # (unanswered inbound messages as (id, kind, text), oldest first; history as (direction, text),
+    # oldest first) — as ``db.pipeline_store.prompt_inputs_many`` would return right after the commit.
+    prompt: tuple[list[tuple[str, str, str]], list[tuple[str, str]]] | None = None
 
 
 def unanswered(pool: Any, tenant_id: str, contact_id: str) -> list[tuple[str, str, str]]:

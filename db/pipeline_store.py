@@ -27,8 +27,8 @@ _STORE = """
 WITH i AS (
     SELECT * FROM unnest(%(bots)s::uuid[], %(jids)s::text[], %(was)s::text[], %(kinds)s::text[],
                          %(bodies)s::text[], %(payloads)s::jsonb[], %(statuses)s::text[], %(quoted)s::text[],
-                         %(cids)s::text[], %(ts)s::float8[])
-         WITH ORDINALITY AS i(bot, jid, wa, kind, body, payload, status, quoted, cid, ts, n)
+                         %(cids)s::text[], %(ts)s::float8[], %(wants)s::int[])
+         WITH ORDINALITY AS i(bot, jid, wa, kind, body, payload, status, quoted, cid, ts, want, n)
 ), c AS (
     INSERT INTO contacts (bot_id, jid, last_message_at)
     SELECT DISTINCT bot, jid, now() FROM i
@@ -41,22 +41,61 @@ WITH i AS (
       FROM i JOIN c ON c.bot_id = i.bot AND c.jid = i.jid
      ORDER BY i.n
     ON CONFLICT (bot_id, wa_message_id) DO NOTHING
-    RETURNING id, bot_id, wa_message_id
-)
-SELECT i.n, c.id, c.paused, m.id
+    RETURNING id, bot_id, wa_message_id, contact_id, kind, body, status, created_at
+)/*prompt inputs*/
+SELECT i.n, c.id, c.paused, m.id/*their columns*/
   FROM i JOIN c ON c.bot_id = i.bot AND c.jid = i.jid
-  LEFT JOIN m ON m.bot_id = i.bot AND m.wa_message_id = i.wa
+  LEFT JOIN m ON m.bot_id = i.bot AND m.wa_message_id = i.wa/*their join*/
  ORDER BY i.n
 """
 
+# Only when some item asks (want >= 0): what the AI needs for its contact, read in the same statement
+# so an answer needs no separate read. The statement's snapshot does not see its own inserts, so the
+# unanswered messages are those already stored plus the ones just inserted (from ``m``); the history
+# (answered or sent messages) cannot include anything this statement wrote. Same rows, same order as
+# ``_PROMPT_INPUTS`` after the commit.
+_PROMPT_CTE = """, asked AS (
+    SELECT c.id AS contact, max(i.want) AS lim
+      FROM i JOIN c ON c.bot_id = i.bot AND c.jid = i.jid
+     WHERE i.want >= 0
+     GROUP BY c.id
+), p AS MATERIALIZED (  -- once per statement, not once per row joined to it
+    SELECT a.contact, pe.ids, pe.kinds, pe.bodies, hi.dirs, hi.texts
+      FROM asked a
+      CROSS JOIN LATERAL (
+           SELECT array_agg(x.id::text ORDER BY x.created_at, x.id) AS ids,
+                  array_agg(x.kind ORDER BY x.created_at, x.id) AS kinds,
+                  array_agg(x.body ORDER BY x.created_at, x.id) AS bodies
+             FROM (SELECT id, kind, body, created_at FROM messages
+                    WHERE contact_id = a.contact AND direction = 'in' AND status = 'stored'
+                   UNION ALL
+                   SELECT id, kind, body, created_at FROM m
+                    WHERE m.contact_id = a.contact AND m.status = 'stored') x) pe
+      CROSS JOIN LATERAL (
+           SELECT array_agg(h.direction ORDER BY h.created_at DESC, h.id DESC) AS dirs,
+                  array_agg(h.body ORDER BY h.created_at DESC, h.id DESC) AS texts
+             FROM (SELECT id, direction, body, created_at FROM messages
+                    WHERE contact_id = a.contact AND body <> '' AND NOT (direction = 'in' AND status = 'stored')
+                    ORDER BY created_at DESC, id DESC LIMIT a.lim) h) hi
+)"""
+_STORE_ONLY = _STORE
+_STORE_AND_PROMPT = (_STORE.replace("/*prompt inputs*/", _PROMPT_CTE)
+                     .replace("/*their columns*/", ", i.want >= 0, p.ids, p.kinds, p.bodies, p.dirs, p.texts")
+                     .replace("/*their join*/", "\n  LEFT JOIN p ON p.contact = c.id"))
 
-def store_many(pool: Any, tenant_id: str, items: list[tuple[str, MessageReceived, str | None]]) -> list[Stored]:
-    """Store inbound messages ``(bot id, event, correlation id)``: contacts upserted, messages inserted
-    idempotently by (bot, WhatsApp message id). A replay — already stored, or a second copy in the
-    same batch — comes back with ``message_id`` None."""
-    cols: dict[str, list[Any]] = {k: [] for k in
-                                  ("bots", "jids", "was", "kinds", "bodies", "payloads", "statuses", "quoted", "cids", "ts")}
-    for bot_id, event, correlation_id in items:
+# (bot id, event, correlation id) or (bot id, event, correlation id, history wanted: -1 for none)
+StoreItem = tuple
+
+
+def store_many(pool: Any, tenant_id: str, items: list[StoreItem]) -> list[Stored]:
+    """Store inbound messages ``(bot id, event, correlation id[, want])``: contacts upserted, messages
+    inserted idempotently by (bot, WhatsApp message id). A replay — already stored, or a second copy
+    in the same batch — comes back with ``message_id`` None. An item with ``want`` >= 0 also gets its
+    contact's prompt inputs (``Stored.prompt``, with ``want`` messages of history) as of the commit."""
+    cols: dict[str, list[Any]] = {k: [] for k in ("bots", "jids", "was", "kinds", "bodies", "payloads", "statuses",
+                                                  "quoted", "cids", "ts", "wants")}
+    for item in items:
+        bot_id, event, correlation_id = item[0], item[1], item[2]
         kind = event.kind if event.kind in ANSWERABLE_KINDS or event.kind == "reaction" else "unsupported"
         payload = {k: v for k, v in (("caption", event.caption), ("mime_type", event.mime_type),
                                       ("media_ref", event.media_ref), ("original_kind", event.kind)) if v}
@@ -70,19 +109,26 @@ def store_many(pool: Any, tenant_id: str, items: list[tuple[str, MessageReceived
         cols["quoted"].append(event.quoted_id)
         cols["cids"].append(correlation_id)
         cols["ts"].append(event.timestamp)
-    rows = pool.query(tenant_id, _STORE, cols, repeatable=True)
+        cols["wants"].append(item[3] if len(item) > 3 and item[3] is not None and item[3] >= 0 else -1)
+    asked = any(want >= 0 for want in cols["wants"])
+    rows = pool.query(tenant_id, _STORE_AND_PROMPT if asked else _STORE_ONLY, cols, repeatable=True)
     if len(rows) != len(items):
         raise RuntimeError(f"store: {len(rows)} rows for {len(items)} messages")
     seen: set[str] = set()
     stored = []
-    for _n, contact_id, paused, message_id in rows:
+    for row in rows:
+        contact_id, paused, message_id = row[1], row[2], row[3]
         if message_id is not None:
             message_id = str(message_id)
             if message_id in seen:
                 message_id = None  # the same delivery twice in one batch: the first one is the message
             else:
                 seen.add(message_id)
-        stored.append(Stored(message_id, str(contact_id), bool(paused)))
+        prompt = None
+        if asked and row[4]:
+            ids, kinds, bodies, dirs, texts = (value or [] for value in row[5:10])
+            prompt = (list(zip(ids, kinds, bodies)), list(zip(reversed(dirs), reversed(texts))))
+        stored.append(Stored(message_id, str(contact_id), bool(paused), prompt))
     return stored
 
 
@@ -289,9 +335,12 @@ class PipelineStore:
         self._claim = coalescer("claim_due", claim_many)
         self._sent = coalescer("mark_sent", mark_sent_many)
 
-    def store_inbound(self, tenant_id: str, bot_id: str,
-                      messages: list[tuple[MessageReceived, str | None]]) -> list[Stored]:
-        return self._store.call(tenant_id, [(bot_id, event, cid) for event, cid in messages])
+    def store_inbound(self, tenant_id: str, bot_id: str, messages: list[tuple[MessageReceived, str | None]],
+                      wants: Sequence[int] | None = None) -> list[Stored]:
+        """``wants``: per message, how much history to read with it for the AI (-1: no prompt inputs)."""
+        if wants is None:
+            return self._store.call(tenant_id, [(bot_id, event, cid) for event, cid in messages])
+        return self._store.call(tenant_id, [(bot_id, event, cid, want) for (event, cid), want in zip(messages, wants)])
 
     def prompt_inputs(self, tenant_id: str, bot_id: str, contact_id: str, history: int) -> PromptInputs:
         return self._prompt.one(tenant_id, (bot_id, contact_id, history))

@@ -63,6 +63,35 @@ def test_prompt_inputs_give_each_contact_its_unanswered_messages_and_the_history
     assert [p[2] for p in inputs[1][0]] == ["other"] and inputs[1][1] == []
 
 
+def test_storing_with_prompt_inputs_returns_what_the_separate_read_returns_after_the_commit(pool):
+    tenant, bot = _setup(pool)
+    now = time.time()
+    a, b, c = "111@s.whatsapp.net", "222@s.whatsapp.net", "333@s.whatsapp.net"
+    old = ps.store_many(pool, tenant, [(bot, _msg(a, "earlier", ts=now - 10), None)])
+    ps.answer_many(pool, tenant, [(bot, old[0].contact_id, [old[0].message_id], "reply", "rule", None, False)])
+    ps.store_many(pool, tenant, [(bot, _msg(a, "waiting", ts=now - 5), None)])
+    replay = _msg(b, "seen before", ts=now - 4)
+    ps.store_many(pool, tenant, [(bot, replay, None)])
+    stored = ps.store_many(pool, tenant, [
+        (bot, _msg(a, "now one", ts=now - 2), None, 10), (bot, _msg(a, "now two", ts=now - 1), None, 10),
+        (bot, replay, None, 1), (bot, _msg(c, "not asked", ts=now), None, -1),
+    ])
+    pending_a, history_a = stored[0].prompt
+    assert [p[2] for p in pending_a] == ["waiting", "now one", "now two"]  # stored before, and just now
+    assert history_a == [("in", "earlier"), ("out", "reply")]
+    assert stored[1].prompt == stored[0].prompt
+    assert stored[2].message_id is None and [p[2] for p in stored[2].prompt[0]] == ["seen before"]
+    assert stored[3].prompt is None
+    separate = ps.prompt_inputs_many(pool, tenant, [(bot, stored[0].contact_id, 10), (bot, stored[2].contact_id, 1)])
+    assert separate == [stored[0].prompt, stored[2].prompt]
+
+
+def test_storing_without_asking_for_prompt_inputs_reads_none(pool):
+    tenant, bot = _setup(pool)
+    stored = ps.store_many(pool, tenant, [(bot, _msg(), None), (bot, _msg(), None, -1)])
+    assert [s.prompt for s in stored] == [None, None]
+
+
 def test_two_answers_to_the_same_message_in_one_statement_queue_one_outbox_row(pool):
     tenant, bot = _setup(pool)
     stored = ps.store_many(pool, tenant, [(bot, _msg(), None)])[0]
