@@ -130,6 +130,38 @@ def test_rules_answer_before_the_ai_is_asked(env, sim, ai_server, pool):
     assert len(ai_server.calls) == 1
 
 
+@pytest.fixture
+def env_no_debounce(pg, tmp_path, sim, ai_server, pool):
+    events = EventLog()
+    with supervision(_settings(pg, tmp_path, sim, ai_server, AI_DEBOUNCE="0"), pool, events) as sup:
+        yield sup, events, new_tenant(pool)
+
+
+def test_without_debounce_each_ai_answer_sees_the_conversation_so_far(env_no_debounce, sim, ai_server, pool):
+    sup, events, tenant = env_no_debounce
+    ai_server.default = reply("noted")
+    bot = _connected_bot(sim, events, pool, tenant, ai=AI_ON)
+    for n, text in enumerate(("first", "second", "third"), 1):
+        sim.inbound(bot, CUSTOMER, text)
+        events.wait_for(lambda: len(_sent_texts(sim, bot)) == n, what=f"answer {n}")
+    assert [m["content"] for m in ai_server.calls[2].body["messages"][1:]] == [
+        "first", "noted", "second", "noted", "third"]
+
+
+def test_without_debounce_a_message_a_rule_answered_is_not_in_the_next_ai_prompt(env_no_debounce, sim, ai_server, pool):
+    sup, events, tenant = env_no_debounce
+    ai_server.default = reply("from the AI")
+    rules = [{"match": "regex", "pattern": r"\bhours?\b", "reply": "9 to 5"}]
+    bot = _connected_bot(sim, events, pool, tenant, rules=rules, ai=AI_ON)
+    for round_ in range(5):  # back to back, so the second is often stored while the first is answered
+        sim.inbound(bot, CUSTOMER, f"What are your hours {round_}")
+        sim.inbound(bot, CUSTOMER, f"something else {round_}")
+        events.wait_for(lambda: len(_sent_texts(sim, bot)) == 2 * (round_ + 1), what="both answers")
+    for call in ai_server.calls:
+        assert "hours" not in call.body["messages"][-1]["content"]
+    assert len(ai_server.calls) == 5
+
+
 def test_a_paused_conversation_is_not_answered_until_it_is_resumed(env, sim, ai_server, pool):
     sup, events, tenant = env
     bot = _connected_bot(sim, events, pool, tenant, rules=[{"match": "keyword", "pattern": "hello", "reply": "hi!"}])
