@@ -181,6 +181,9 @@ class BotPipeline(Actor):
         self._changed_at: dict[str, int] = {}
         self._store_epoch = 0  # the epoch when the store in flight (or the last one) started
         self._deliver_timer: gevent.Greenlet | None = None
+        self._answering: dict[str, int] = {}  # contact -> answers written in the background, not yet done
+        self._answers_now = 0  # of those, answers written already claimed for sending at once
+        self._deliver_deferred = False  # a delivery waits for those to be done
         self._deliver_due_at = 0.0
         self._delivering = False
         self._maybe_due = True  # outbox rows may be due that no claim has seen yet (after start: maybe)
@@ -249,6 +252,8 @@ class BotPipeline(Actor):
                 return self._think(message.contact_id)
         if isinstance(message, _AiDone):
             return self._ai_done(message)
+        if isinstance(message, _Answered):
+            return self._answered(message)
         if isinstance(message, _DeliverMore):
             return self._deliver()
         if isinstance(message, _Recorded):
@@ -423,8 +428,8 @@ class BotPipeline(Actor):
     def _schedule_think(self, contact_id: str, prompt: Any = None) -> None:
         """``prompt``: the contact's prompt inputs if already read and current (used only when the
         call starts now)."""
-        if contact_id in self._thinking:
-            self._again.add(contact_id)  # answered again once the call in flight is done
+        if contact_id in self._thinking or contact_id in self._answering:
+            self._again.add(contact_id)  # answered again once the call or answer in flight is done
             return
         timer = self._debounce.pop(contact_id, None)
         if timer is not None:
@@ -498,31 +503,64 @@ class BotPipeline(Actor):
             self._schedule_think(done.contact_id)
 
     def _answer(self, contact_id: str, message_ids: list[str], text: str, source: str) -> None:
-        # With nothing older waiting to go, the answer is written already claimed and sent at once:
-        # no separate claim statement, one update less per message.
+        """Write the answer in the background: the actor goes on storing, answering and delivering
+        while the statement runs, and ``_answered`` takes the outcome. Until then the customer gets
+        no new AI call (it would see the messages being answered as unanswered)."""
+        # With nothing older waiting to go, the answer is written already claimed and sent once
+        # committed: no separate claim statement, one update less per message.
         send_now = self._may_send_directly()
         self._changed(contact_id)
-        result = self.deps.store.answer(self.tenant_id, self.bot_id, contact_id, message_ids, text, source,
-                                        context.correlation_id(), send_now)
-        if result is None:
-            return
-        row = result[1]
-        if row is None:
-            self._deliver()
-        elif not self._delivering:
-            self._delivering = True
-            try:
-                self._send_rows([row])
-            finally:
-                self._delivering = False
-        else:  # cannot happen while the actor handles one message at a time; never strand the row
-            self.deps.store.release(self.tenant_id, [row])
-            self._maybe_due = True
+        self._answering[contact_id] = self._answering.get(contact_id, 0) + 1
+        if send_now:
+            self._answers_now += 1
+        ref, ctx = self.actor_ref, context.current()
+
+        def done(result: tuple[str, conv.Outgoing | None] | None, error: Exception | None) -> None:
+            _tell_quietly(ref, _Answered(contact_id, send_now, result, error, ctx))  # from the statement's greenlet
+
+        try:
+            self.deps.store.answer_later(self.tenant_id, self.bot_id, contact_id, message_ids, text, source,
+                                         context.correlation_id(), send_now, done)
+        except Exception as exc:  # noqa: BLE001 - not even queued: the same as failed
+            done(None, exc)
+
+    def _answered(self, answered: "_Answered") -> None:
+        contact_id = answered.contact_id
+        left = self._answering.get(contact_id, 1) - 1
+        if left > 0:
+            self._answering[contact_id] = left
+        else:
+            self._answering.pop(contact_id, None)
+        if answered.send_now:
+            self._answers_now -= 1
+        if answered.error is not None:
+            # As when the answer was written in line: the actor fails, and its restart answers what
+            # is still unanswered and asks the network about a row that may be 'sending'.
+            raise answered.error
+        with context.bound(correlation_id=answered.ctx.correlation_id):
+            row = answered.result[1] if answered.result is not None else None
+            if answered.result is not None and row is None:
+                self._deliver()
+            elif row is not None and not self._delivering:
+                self._delivering = True
+                try:
+                    self._send_rows([row])
+                finally:
+                    self._delivering = False
+            elif row is not None:  # cannot happen while the actor handles one message at a time
+                self.deps.store.release(self.tenant_id, [row])
+                self._maybe_due = True
+            if self._deliver_deferred and not self._answers_now:
+                self._deliver_deferred = False
+                self._deliver()
+            if contact_id in self._again and contact_id not in self._answering and contact_id not in self._thinking:
+                self._again.discard(contact_id)
+                self._schedule_think(contact_id)
 
     def _may_send_directly(self) -> bool:
         if not self.connected or self._delivering or self._maybe_due:
             return False
-        return not self.bucket.rate or self.bucket.available(self.deps.clock()) >= 1
+        return not self.bucket.rate or self.bucket.available(self.deps.clock()) >= 1 + self._answers_now
 
     def _recover(self) -> None:
         """After a restart: answer what was stored but not answered, deliver what is due."""
@@ -545,6 +583,11 @@ class BotPipeline(Actor):
 
     def _deliver(self) -> None:
         if not self.connected or self._delivering:
+            return
+        if self._answers_now:
+            # Rows written for sending at once may be committed already: a claim now could take
+            # them too and send them twice. Delivery goes on once they are sent.
+            self._deliver_deferred = True
             return
         self._delivering = True
         try:
@@ -697,6 +740,18 @@ class BotPipeline(Actor):
 
 class _Recover:
     pass
+
+
+@dataclasses.dataclass(frozen=True)
+class _Answered:
+    """An answer written in the background is committed (``result`` as from ``PipelineStore.answer``)
+    or failed (``error``)."""
+
+    contact_id: str
+    send_now: bool
+    result: Any
+    error: Exception | None
+    ctx: context.WorkContext
 
 
 class _DeliverDue:

@@ -46,13 +46,17 @@ class Overflow(Exception):
 
 
 class _Call:
-    __slots__ = ("items", "done", "settled", "on_done")
+    __slots__ = ("items", "done", "settled", "on_done", "with_results")
 
-    def __init__(self, items: list[Any], wait: bool, on_done: Callable[[Exception | None], None] | None = None) -> None:
+    def __init__(self, items: list[Any], wait: bool, on_done: Callable[..., None] | None = None,
+                 with_results: bool = False) -> None:
         self.items = items
         self.done = gevent.event.AsyncResult() if wait else None
         self.settled = False  # succeeded or failed; a submitted call has no ``done`` to ask
-        self.on_done = on_done  # a submitted call's outcome: None, or the exception it failed with
+        # A submitted call's outcome: on_done(None or the exception), or with_results
+        # on_done(results, None) / on_done(None, exception).
+        self.on_done = on_done
+        self.with_results = with_results
 
 
 class Coalescer(Generic[Item, Result]):
@@ -80,15 +84,16 @@ class Coalescer(Generic[Item, Result]):
     def one(self, tenant_id: str, item: Item) -> Result:
         return self.call(tenant_id, [item])[0]
 
-    def submit(self, tenant_id: str, items: list[Item],
-               on_done: Callable[[Exception | None], None] | None = None) -> None:
+    def submit(self, tenant_id: str, items: list[Item], on_done: Callable[..., None] | None = None, *,
+               with_results: bool = False) -> None:
         """Queue ``items`` and return at once. Their outcome goes to ``on_done(None or the
-        exception)``, called from the statement's greenlet (it must not block), or without one is
+        exception)`` — with ``with_results``, to ``on_done(results, None)`` or ``on_done(None,
+        exception)`` — called from the statement's greenlet (it must not block), or without one is
         only logged. Raises ``Overflow`` when ``limit`` items are already waiting (nothing queued)."""
         if items:
             if self._queued_items + len(items) > self._limit:
                 raise Overflow(f"{self.name}: {self._queued_items} items already waiting")
-            self._queue(tenant_id, _Call(list(items), wait=False, on_done=on_done))
+            self._queue(tenant_id, _Call(list(items), wait=False, on_done=on_done, with_results=with_results))
 
     def stop(self) -> None:
         """Let in-flight statements finish; calls queued from now on fail at once."""
@@ -198,20 +203,20 @@ class Coalescer(Generic[Item, Result]):
         if call.done is not None:
             call.done.set(results)
         elif call.on_done is not None:
-            self._tell(call, None)
+            self._tell(call, (results, None) if call.with_results else (None,))
 
     def _fail(self, call: _Call, exc: Exception) -> None:
         call.settled = True
         if call.done is not None:
             call.done.set_exception(exc)
         elif call.on_done is not None:
-            self._tell(call, exc)
+            self._tell(call, (None, exc) if call.with_results else (exc,))
         else:
             log.warning("queued work failed", extra={"operation": self.name, "items": len(call.items),
                                                       "error": repr(exc)})
 
-    def _tell(self, call: _Call, outcome: Exception | None) -> None:
+    def _tell(self, call: _Call, outcome: tuple) -> None:
         try:
-            call.on_done(outcome)
+            call.on_done(*outcome)
         except Exception:  # noqa: BLE001 - one caller's callback must not fail the others' calls
             log.exception("outcome callback raised", extra={"operation": self.name})

@@ -350,6 +350,17 @@ class PipelineStore:
         return self._answer.one(tenant_id, (bot_id, contact_id, list(message_ids), text, source, correlation_id,
                                             send_now))
 
+    def answer_later(self, tenant_id: str, bot_id: str, contact_id: str, message_ids: list[str], text: str,
+                     source: str, correlation_id: str | None, send_now: bool,
+                     on_done: Callable[[tuple[str, Outgoing | None] | None, Exception | None], None]) -> None:
+        """``answer`` without waiting: ``on_done(answer's result, None)`` once committed, or
+        ``on_done(None, exception)``; called from the statement's greenlet (it must not block).
+        Raises ``db.batch.Overflow`` when too much is already waiting (nothing was queued)."""
+        self._answer.submit(tenant_id, [(bot_id, contact_id, list(message_ids), text, source, correlation_id,
+                                         send_now)],
+                            lambda results, error: on_done(None if results is None else results[0], error),
+                            with_results=True)
+
     def claim_due(self, tenant_id: str, bot_id: str, limit: int, leave_out: Sequence[str] = ()) -> list[Outgoing]:
         return self._claim.one(tenant_id, (bot_id, limit, tuple(leave_out)))
 

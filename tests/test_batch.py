@@ -266,6 +266,22 @@ def test_a_submitted_calls_outcome_goes_to_its_callback_success_or_failure_and_n
     assert [r for r in caplog.records if r.name == "db.batch"] == []
 
 
+def test_a_submitted_call_with_results_gets_its_own_results_or_its_failure(coalescer, run):
+    first = in_flight(coalescer, run, "t", [0])
+    outcomes = []
+    coalescer.submit("t", [1, 2], on_done=lambda results, error: outcomes.append((results, error)),
+                     with_results=True)
+    coalescer.submit("t", [3], on_done=lambda results, error: outcomes.append((results, error)), with_results=True)
+    run.release("t")
+    assert result_of(first) == ["t:0"]
+    assert coalescer.flush(TIMEOUT)
+    assert outcomes == [(["t:1", "t:2"], None), (["t:3"], None)]
+    run.fault = lambda items: ValueError("bad input") if 4 in items else None
+    coalescer.submit("t", [4], on_done=lambda results, error: outcomes.append((results, error)), with_results=True)
+    assert coalescer.flush(TIMEOUT)
+    assert outcomes[2][0] is None and str(outcomes[2][1]) == "bad input"
+
+
 def test_a_callback_that_raises_does_not_keep_the_other_calls_of_its_statement_from_their_results(coalescer, run):
     first = in_flight(coalescer, run, "t", [0])
     told = []
