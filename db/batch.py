@@ -17,7 +17,9 @@ already has its own answer to an outage (retry with backoff), and re-running the
 multiply the wait.
 
 ``submit`` queues a call without waiting (for notices whose outcome nobody waits on); ``limit`` bounds
-how many such calls may wait, so an outage cannot grow memory without end.
+how many such calls may wait, so an outage cannot grow memory without end. Work that nobody waits on
+may also ``gather``: it waits that long for company before its statement runs (unless a waiting call
+joins it), trading a little of its own latency for fewer statements.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ class _Call:
 
 class Coalescer(Generic[Item, Result]):
     def __init__(self, name: str, run: Runner, *, max_batch: int = 200, limit: int = 100_000,
-                 observe: Callable[[str, int], None] | None = None) -> None:
+                 observe: Callable[[str, int], None] | None = None, gather: float = 0.0) -> None:
         self.name = name
         self._run = run
         self._max_batch = max_batch
@@ -71,6 +73,8 @@ class Coalescer(Generic[Item, Result]):
         self._queued_items = 0
         self._flushers: dict[str, gevent.Greenlet] = {}
         self._stopped = False
+        self._gather = gather
+        self._gathering: dict[str, gevent.event.Event] = {}  # tenant -> set when a waiting call joins
 
     # -- callers -----------------------------------------------------------------------------------
 
@@ -122,6 +126,8 @@ class Coalescer(Generic[Item, Result]):
             raise RuntimeError(f"{self.name}: stopped")
         self._waiting.setdefault(tenant_id, collections.deque()).append(call)
         self._queued_items += len(call.items)
+        if call.done is not None and tenant_id in self._gathering:
+            self._gathering[tenant_id].set()  # someone waits: no more gathering
         if tenant_id not in self._flushers:
             flusher = gevent.spawn(self._flush_tenant, tenant_id)
             # Killed before it first ran, a flusher never reaches its own clean-up below.
@@ -134,6 +140,12 @@ class Coalescer(Generic[Item, Result]):
         batch: list[_Call] = []
         try:
             while waiting:
+                if self._gather > 0 and not any(c.done is not None for c in waiting):
+                    self._gathering[tenant_id] = gevent.event.Event()
+                    try:
+                        self._gathering[tenant_id].wait(self._gather)
+                    finally:
+                        del self._gathering[tenant_id]
                 batch = []
                 rows = 0
                 while waiting and (not batch or rows + len(waiting[0].items) <= self._max_batch):

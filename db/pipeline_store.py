@@ -318,6 +318,8 @@ def release(pool: Any, tenant_id: str, rows: Sequence[Outgoing]) -> None:
 
 # -- the shared front ------------------------------------------------------------------------------
 
+MARK_SENT_GATHER = 0.02  # seconds a sent mark waits for others before its statement runs
+
 
 class PipelineStore:
     """One per process, shared by every bot pipeline in it (see the module docstring)."""
@@ -325,15 +327,17 @@ class PipelineStore:
     def __init__(self, pool: Any, *, max_batch: int = 200, observe: Callable[[str, int], None] | None = None) -> None:
         self.pool = pool
 
-        def coalescer(name: str, run: Callable[[Any, str, list[Any]], Sequence[Any]]) -> Coalescer:
+        def coalescer(name: str, run: Callable[[Any, str, list[Any]], Sequence[Any]], gather: float = 0.0) -> Coalescer:
             return Coalescer(name, lambda tenant, items: run(pool, tenant, items), max_batch=max_batch,
-                             observe=observe)
+                             observe=observe, gather=gather)
 
         self._store = coalescer("store_inbound", store_many)
         self._prompt = coalescer("prompt_inputs", prompt_inputs_many)
         self._answer = coalescer("answer", answer_many)
         self._claim = coalescer("claim_due", claim_many)
-        self._sent = coalescer("mark_sent", mark_sent_many)
+        # Nobody waits for a sent mark (the row stays 'sending' meanwhile, which only means the network
+        # is asked before any resend): it can wait a little for company.
+        self._sent = coalescer("mark_sent", mark_sent_many, gather=MARK_SENT_GATHER)
 
     def store_inbound(self, tenant_id: str, bot_id: str, messages: list[tuple[MessageReceived, str | None]],
                       wants: Sequence[int] | None = None) -> list[Stored]:

@@ -300,6 +300,26 @@ def test_a_callback_that_raises_does_not_keep_the_other_calls_of_its_statement_f
     assert run.items_of("t") == [[0], [1, 2, 3]]
 
 
+def test_submitted_work_gathers_for_a_while_and_then_runs_as_one_statement(run):
+    coalescer = Coalescer("test.op", run, gather=0.2)
+    told = []
+    coalescer.submit("t", [1], on_done=told.append)
+    gevent.sleep(0)  # the flusher starts gathering
+    coalescer.submit("t", [2], on_done=told.append)
+    assert run.batches == []  # still gathering
+    assert coalescer.flush(TIMEOUT)
+    assert run.items_of("t") == [[1, 2]] and told == [None, None]
+
+
+def test_a_waiting_call_ends_the_gathering_at_once(run):
+    coalescer = Coalescer("test.op", run, gather=60)
+    coalescer.submit("t", [1])
+    gevent.sleep(0)
+    with gevent.Timeout(TIMEOUT):
+        assert coalescer.call("t", [2]) == ["t:2"]
+    assert run.items_of("t") == [[1, 2]]
+
+
 def test_submit_beyond_limit_raises_overflow_and_queues_nothing(run):
     coalescer = Coalescer("test.op", run, limit=3)
     first = in_flight(coalescer, run, "t", [0])  # in flight: no longer counted as waiting
