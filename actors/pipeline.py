@@ -8,8 +8,11 @@ Started and owned by the bot's session actor (which keeps the transport); the tw
   anyway, so neither a database outage nor a crash loses one, and a replay is stored once.
 - **Answers.** Rules first (first match wins, answered at once). Otherwise, if the bot has AI on, the
   conversation is debounced for AI_DEBOUNCE so several messages get one answer; the AI call runs in
-  its own greenlet so one slow provider call never holds up storing or delivering. An answer claims
-  its inbound messages and writes the outbox row in one transaction: a message is answered once.
+  its own greenlet so one slow provider call never holds up storing or delivering. Without debounce
+  the store reads the conversation for the AI in the same statement (used only if nothing answered
+  the customer since that statement started). An answer claims its inbound messages and writes the
+  outbox row in one transaction, in the background (the actor goes on meanwhile; the customer gets no
+  new AI call until it is done): a message is answered once.
   While the provider is down (breaker open, errors) the bot's fallback reply is sent, if it has one.
   Paused conversations (human takeover) are stored and never answered.
 - **Outbox.** Due rows are sent in order while the session is connected, at most BOT_SEND_RATE per
