@@ -50,7 +50,8 @@ def unanswered(pool: Any, tenant_id: str, contact_id: str) -> list[tuple[str, st
 def contacts_with_unanswered(pool: Any, tenant_id: str, bot_id: str) -> list[str]:
     rows = pool.query(
         tenant_id,
-        "SELECT DISTINCT contact_id FROM messages WHERE bot_id = %s AND direction = 'in' AND status = 'stored'",
+        "SELECT c.id FROM contacts c WHERE c.bot_id = %s AND EXISTS ("
+        " SELECT 1 FROM messages m WHERE m.contact_id = c.id AND m.direction = 'in' AND m.status = 'stored')",
         (bot_id,),
     )
     return [str(r[0]) for r in rows]

@@ -92,6 +92,15 @@ def test_storing_without_asking_for_prompt_inputs_reads_none(pool):
     assert [s.prompt for s in stored] == [None, None]
 
 
+def test_the_contacts_with_unanswered_messages_are_those_of_the_bot_with_a_stored_inbound_message(pool):
+    tenant, bot = _setup(pool)
+    other = new_bot(pool, tenant, running=False)
+    a, b, c = "111@s.whatsapp.net", "222@s.whatsapp.net", "333@s.whatsapp.net"
+    stored = ps.store_many(pool, tenant, [(bot, _msg(a), None), (bot, _msg(b), None), (other, _msg(c), None)])
+    ps.answer_many(pool, tenant, [(bot, stored[1].contact_id, [stored[1].message_id], "r", "rule", None, False)])
+    assert conv.contacts_with_unanswered(pool, tenant, bot) == [stored[0].contact_id]
+
+
 def test_two_answers_to_the_same_message_in_one_statement_queue_one_outbox_row(pool):
     tenant, bot = _setup(pool)
     stored = ps.store_many(pool, tenant, [(bot, _msg(), None)])[0]
