@@ -251,6 +251,9 @@ class BotPipeline(Actor):
             return self._recover()
         if isinstance(message, _Debounced):
             self._debounce.pop(message.contact_id, None)
+            if message.contact_id in self._answering:  # a rule's answer is being written: after it
+                self._again.add(message.contact_id)
+                return None
             with context.bound(correlation_id=message.correlation_id):
                 return self._think(message.contact_id)
         if isinstance(message, _AiDone):
