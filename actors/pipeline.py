@@ -173,7 +173,7 @@ class BotPipeline(Actor):
         self.waiting: collections.deque[tuple[tev.MessageReceived, context.WorkContext]] = collections.deque()
         self._store_delay = 0.0
         self._store_timer: gevent.Greenlet | None = None
-        self._storing: gevent.Greenlet | None = None  # the store of the head of ``waiting`` in flight
+        self._storing = False  # the store of the head of ``waiting`` is in flight
         self._store_alone = 0  # after a batch failed on bad data: store that many one by one
         self._debounce: dict[str, gevent.Greenlet] = {}
         self._thinking: dict[str, gevent.Greenlet] = {}
@@ -206,7 +206,7 @@ class BotPipeline(Actor):
         self._teardown()
 
     def _teardown(self) -> None:
-        timers = [self._store_timer, self._storing, self._deliver_timer, *self._debounce.values(),
+        timers = [self._store_timer, self._deliver_timer, *self._debounce.values(),
                   *self._thinking.values()]
         for greenlet in timers:
             if greenlet is not None:
@@ -280,13 +280,24 @@ class BotPipeline(Actor):
         """Store the head of ``waiting`` in the background: the actor goes on answering and delivering
         meanwhile, and what arrives in the meantime goes in the next batch. One store in flight per
         bot, so messages are stored (and acked, and answered) in arrival order."""
-        if self._storing is not None or not self.waiting:
+        if self._storing or not self.waiting:
             return
         batch = list(itertools.islice(self.waiting, 1 if self._store_alone else STORE_BATCH))
         if len(self._changed_at) > 1024:  # only changes since the last store started still matter
             self._changed_at = {c: e for c, e in self._changed_at.items() if e > self._store_epoch}
         self._store_epoch = self._epoch
-        self._storing = gevent.spawn(self._store_batch, batch, self._prompt_wants(batch), self._epoch)
+        self._storing = True
+        count, epoch, ref = len(batch), self._epoch, self.actor_ref
+
+        def done(stored: list | None, error: Exception | None) -> None:  # from the statement's greenlet
+            _tell_quietly(ref, _StoreDone(count, stored, error, epoch))
+
+        try:
+            self.deps.store.store_later(self.tenant_id, self.bot_id,
+                                        [(event, ctx.correlation_id) for event, ctx in batch],
+                                        self._prompt_wants(batch), done)
+        except Exception as exc:  # noqa: BLE001 - not queued (too much waiting, stopping): retried later
+            done(None, RuntimeError(f"inbound not queued for storing: {exc!r}"))
 
     def _prompt_wants(self, batch: list[tuple[tev.MessageReceived, context.WorkContext]]) -> list[int] | None:
         """Per message, the history to read with it when it will go straight to the AI (no rule
@@ -302,18 +313,8 @@ class BotPipeline(Actor):
                 and rules_mod.first_match(rules, event.text or event.caption or "") is None else -1
                 for event, _ in batch]
 
-    def _store_batch(self, batch: list[tuple[tev.MessageReceived, context.WorkContext]], wants: list[int] | None,
-                     epoch: int) -> None:
-        try:
-            stored = self.deps.store.store_inbound(
-                self.tenant_id, self.bot_id, [(event, ctx.correlation_id) for event, ctx in batch], wants)
-        except Exception as exc:  # noqa: BLE001 - the actor decides what to do about it
-            _tell_quietly(self.actor_ref, _StoreDone(len(batch), None, exc, epoch))
-            return
-        _tell_quietly(self.actor_ref, _StoreDone(len(batch), stored, None, epoch))
-
     def _store_done(self, done: "_StoreDone") -> None:
-        self._storing = None
+        self._storing = False
         batch = list(itertools.islice(self.waiting, done.count))
         exc = done.error
         if exc is not None:

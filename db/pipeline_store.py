@@ -346,6 +346,16 @@ class PipelineStore:
             return self._store.call(tenant_id, [(bot_id, event, cid) for event, cid in messages])
         return self._store.call(tenant_id, [(bot_id, event, cid, want) for (event, cid), want in zip(messages, wants)])
 
+    def store_later(self, tenant_id: str, bot_id: str, messages: list[tuple[MessageReceived, str | None]],
+                    wants: Sequence[int] | None,
+                    on_done: Callable[[list[Stored] | None, Exception | None], None]) -> None:
+        """``store_inbound`` without waiting: ``on_done(stored, None)`` once committed, or
+        ``on_done(None, exception)``; called from the statement's greenlet (it must not block).
+        Raises ``db.batch.Overflow`` when too much is already waiting (nothing was queued)."""
+        items = ([(bot_id, event, cid) for event, cid in messages] if wants is None
+                 else [(bot_id, event, cid, want) for (event, cid), want in zip(messages, wants)])
+        self._store.submit(tenant_id, items, on_done, with_results=True)
+
     def prompt_inputs(self, tenant_id: str, bot_id: str, contact_id: str, history: int) -> PromptInputs:
         return self._prompt.one(tenant_id, (bot_id, contact_id, history))
 

@@ -5,6 +5,7 @@ import time
 import uuid
 
 import gevent
+import gevent.event
 import psycopg2
 
 from db import conversations as conv
@@ -99,6 +100,16 @@ def test_the_contacts_with_unanswered_messages_are_those_of_the_bot_with_a_store
     stored = ps.store_many(pool, tenant, [(bot, _msg(a), None), (bot, _msg(b), None), (other, _msg(c), None)])
     ps.answer_many(pool, tenant, [(bot, stored[1].contact_id, [stored[1].message_id], "r", "rule", None, False)])
     assert conv.contacts_with_unanswered(pool, tenant, bot) == [stored[0].contact_id]
+
+
+def test_storing_later_hands_the_stored_rows_to_the_callback_once_committed(pool):
+    tenant, bot = _setup(pool)
+    store = ps.PipelineStore(pool)
+    outcome = gevent.event.AsyncResult()
+    store.store_later(tenant, bot, [(_msg(text="later"), "c")], None, lambda stored, error: outcome.set((stored, error)))
+    stored, error = outcome.get(timeout=10)
+    assert error is None and len(stored) == 1 and stored[0].message_id is not None
+    assert pool.query(tenant, "SELECT body FROM messages WHERE id = %s", (stored[0].message_id,)) == [("later",)]
 
 
 def test_two_answers_to_the_same_message_in_one_statement_queue_one_outbox_row(pool):
