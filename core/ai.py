@@ -34,9 +34,11 @@ provider's breaker. Nothing here logs or reports message content.
 from __future__ import annotations
 
 import email.utils
+import itertools
 import logging
 import math
 import random
+import secrets
 import sys
 import time
 from typing import Any, Callable, Mapping, MutableMapping, Sequence
@@ -293,6 +295,7 @@ class AiClient:
             else None
         )
         self._template = _request_template(self._completions_url) if self._client is not None else None
+        self._key_prefix, self._keys = f"wabot-{secrets.token_hex(8)}-", itertools.count()
         if self._client is not None:
             # The library imports its chat-completions code on first use: about a second of CPU that
             # would block every greenlet and eat into the first request's timeout. Pay it here.
@@ -419,7 +422,9 @@ class AiClient:
     def _post(self, body: dict[str, Any]) -> Any:
         """One POST of the chat completion through the client's raw request path."""
         if self._template is not None:
-            return self._client.request(object, self._template.model_copy(update={"json_data": body}))
+            # Our own idempotency key: the client would make one with uuid4 (a system call) per request.
+            return self._client.request(object, self._template.model_copy(
+                update={"json_data": body, "idempotency_key": f"{self._key_prefix}{next(self._keys)}"}))
         return self._client.post(self._completions_url, body=body, cast_to=object, options=_REQUEST_WITHOUT_TELEMETRY)
 
     def _status_error(self, exc: openai.APIStatusError) -> AiError:
