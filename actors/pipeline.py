@@ -593,8 +593,10 @@ class BotPipeline(Actor):
             return
         if self._answers_now:
             # Rows written for sending at once may be committed already: a claim now could take
-            # them too and send them twice. Delivery goes on once they are sent.
+            # them too and send them twice. Delivery goes on once they are sent; until that claim,
+            # rows may be due that it has not seen, so no later answer may overtake them.
             self._deliver_deferred = True
+            self._maybe_due = True
             return
         self._delivering = True
         try:
