@@ -318,9 +318,8 @@ class NoticePublisher:
     Notices of one tenant are queued on a ``Coalescer``: one statement per tenant is in flight at a
     time, each gathering notices for ``NOTICE_GATHER`` first, and everything queued meanwhile goes in
     the next one, in the order it was published (the coalescer runs a tenant's queue first in, first
-    out). A notice that cannot be queued (too many
-    waiting during an outage, or stopped) is logged as not published; one whose statement fails is
-    logged by the coalescer."""
+    out). A notice that cannot be queued (too many waiting during an outage, or stopped) is logged as
+    not published; one whose statement fails is logged by the coalescer."""
 
     def __init__(self, pool: Any, published: Any = None, *, limit: int = 100_000) -> None:
         self._pool = pool
