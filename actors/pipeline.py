@@ -753,7 +753,7 @@ class _Recover:
 
 @dataclasses.dataclass(frozen=True)
 class _Answered:
-    """An answer written in the background is committed (``result`` as from ``PipelineStore.answer``)
+    """An answer written in the background is committed (``result``: its item of ``answer_many``)
     or failed (``error``)."""
 
     contact_id: str

@@ -78,7 +78,6 @@ _PROMPT_CTE = """, asked AS (
                     WHERE contact_id = a.contact AND body <> '' AND NOT (direction = 'in' AND status = 'stored')
                     ORDER BY created_at DESC, id DESC LIMIT a.lim) h) hi
 )"""
-_STORE_ONLY = _STORE
 _STORE_AND_PROMPT = (_STORE.replace("/*prompt inputs*/", _PROMPT_CTE)
                      .replace("/*their columns*/", ", i.want >= 0, p.ids, p.kinds, p.bodies, p.dirs, p.texts")
                      .replace("/*their join*/", "\n  LEFT JOIN p ON p.contact = c.id"))
@@ -111,7 +110,7 @@ def store_many(pool: Any, tenant_id: str, items: list[StoreItem]) -> list[Stored
         cols["ts"].append(event.timestamp)
         cols["wants"].append(item[3] if len(item) > 3 and item[3] is not None and item[3] >= 0 else -1)
     asked = any(want >= 0 for want in cols["wants"])
-    rows = pool.query(tenant_id, _STORE_AND_PROMPT if asked else _STORE_ONLY, cols, repeatable=True)
+    rows = pool.query(tenant_id, _STORE_AND_PROMPT if asked else _STORE, cols, repeatable=True)
     if len(rows) != len(items):
         raise RuntimeError(f"store: {len(rows)} rows for {len(items)} messages")
     seen: set[str] = set()
@@ -318,6 +317,14 @@ def release(pool: Any, tenant_id: str, rows: Sequence[Outgoing]) -> None:
 
 # -- the shared front ------------------------------------------------------------------------------
 
+
+def _store_items(bot_id: str, messages: list[tuple[MessageReceived, str | None]],
+                 wants: Sequence[int] | None) -> list[StoreItem]:
+    if wants is None:
+        return [(bot_id, event, cid) for event, cid in messages]
+    return [(bot_id, event, cid, want) for (event, cid), want in zip(messages, wants)]
+
+
 MARK_SENT_GATHER = 0.02  # seconds a sent mark waits for others before its statement runs
 
 
@@ -342,9 +349,7 @@ class PipelineStore:
     def store_inbound(self, tenant_id: str, bot_id: str, messages: list[tuple[MessageReceived, str | None]],
                       wants: Sequence[int] | None = None) -> list[Stored]:
         """``wants``: per message, how much history to read with it for the AI (-1: no prompt inputs)."""
-        if wants is None:
-            return self._store.call(tenant_id, [(bot_id, event, cid) for event, cid in messages])
-        return self._store.call(tenant_id, [(bot_id, event, cid, want) for (event, cid), want in zip(messages, wants)])
+        return self._store.call(tenant_id, _store_items(bot_id, messages, wants))
 
     def store_later(self, tenant_id: str, bot_id: str, messages: list[tuple[MessageReceived, str | None]],
                     wants: Sequence[int] | None,
@@ -352,22 +357,16 @@ class PipelineStore:
         """``store_inbound`` without waiting: ``on_done(stored, None)`` once committed, or
         ``on_done(None, exception)``; called from the statement's greenlet (it must not block).
         Raises ``db.batch.Overflow`` when too much is already waiting (nothing was queued)."""
-        items = ([(bot_id, event, cid) for event, cid in messages] if wants is None
-                 else [(bot_id, event, cid, want) for (event, cid), want in zip(messages, wants)])
-        self._store.submit(tenant_id, items, on_done, with_results=True)
+        self._store.submit(tenant_id, _store_items(bot_id, messages, wants), on_done, with_results=True)
 
     def prompt_inputs(self, tenant_id: str, bot_id: str, contact_id: str, history: int) -> PromptInputs:
         return self._prompt.one(tenant_id, (bot_id, contact_id, history))
 
-    def answer(self, tenant_id: str, bot_id: str, contact_id: str, message_ids: list[str], text: str,
-               source: str, correlation_id: str | None, send_now: bool = False) -> tuple[str, Outgoing | None] | None:
-        return self._answer.one(tenant_id, (bot_id, contact_id, list(message_ids), text, source, correlation_id,
-                                            send_now))
-
     def answer_later(self, tenant_id: str, bot_id: str, contact_id: str, message_ids: list[str], text: str,
                      source: str, correlation_id: str | None, send_now: bool,
                      on_done: Callable[[tuple[str, Outgoing | None] | None, Exception | None], None]) -> None:
-        """``answer`` without waiting: ``on_done(answer's result, None)`` once committed, or
+        """Queue the answer (see ``answer_many``, whose per-item result ``on_done`` gets): ``on_done(result,
+        None)`` once committed, or
         ``on_done(None, exception)``; called from the statement's greenlet (it must not block).
         Raises ``db.batch.Overflow`` when too much is already waiting (nothing was queued)."""
         self._answer.submit(tenant_id, [(bot_id, contact_id, list(message_ids), text, source, correlation_id,
@@ -378,12 +377,10 @@ class PipelineStore:
     def claim_due(self, tenant_id: str, bot_id: str, limit: int, leave_out: Sequence[str] = ()) -> list[Outgoing]:
         return self._claim.one(tenant_id, (bot_id, limit, tuple(leave_out)))
 
-    def mark_sent(self, tenant_id: str, sent: list[tuple[str, str | None]]) -> None:
-        self._sent.call(tenant_id, sent)
-
     def mark_sent_later(self, tenant_id: str, sent: list[tuple[str, str | None]],
                         on_done: Callable[[Exception | None], None]) -> None:
-        """``mark_sent`` without waiting (and without a greenlet of the caller's): ``on_done(None or
+        """Record rows as sent (``mark_sent_many``) without waiting (and without a greenlet of the
+        caller's): ``on_done(None or
         the exception)`` once the rows are recorded or not. Raises ``db.batch.Overflow`` when too much
         is already waiting (nothing was queued)."""
         self._sent.submit(tenant_id, sent, on_done=on_done)
