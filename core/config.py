@@ -75,6 +75,13 @@ def _database_url(raw: str) -> str | None:
     return raw
 
 
+def _public_url(raw: str) -> str:
+    raw = raw.strip().rstrip("/")
+    if raw and not re.match(r"^https?://[^/\s?#]+(/[^\s?#]*)?$", raw):
+        raise ValueError
+    return raw
+
+
 def _str(raw: str) -> str:
     return raw
 
@@ -98,6 +105,7 @@ _EXPECTED = {
     _database_url: "a postgresql:// URL",
     _str: "any text",
     _bool: "true or false",
+    _public_url: "an http:// or https:// URL without query or fragment",
 }
 
 
@@ -179,6 +187,14 @@ SPECS += (
     Spec("MEDIA_S3_SECRET_ACCESS_KEY", _optional_str, "", "Secret key for the media bucket."),
     Spec("MEDIA_S3_REGION", _str, "auto", "Region name for the media bucket ('auto' for R2)."),
     Spec("MEDIA_MAX_BYTES", _positive_int, "16777216", "Largest media object accepted (bytes), inbound or through the API."),
+    Spec("BOT_PHONE_TAKEOVER", _non_negative_float, "1800", "Seconds a bot holds off a conversation after the owner wrote to the customer from the paired phone (0 = off)."),
+    # The dashboard: people, sessions, links
+    Spec("PUBLIC_URL", _public_url, "", "Address people open the dashboard at (e.g. https://bots.example.com): used in the links the CLI prints; https makes session cookies Secure. Empty: http://HOST:PORT."),
+    Spec("SESSION_IDLE_TIMEOUT", _positive_float, "28800", "Seconds a dashboard session may go unused before it is signed out (default 8 h)."),
+    Spec("SESSION_MAX_AGE", _positive_float, "604800", "Seconds after sign-in a dashboard session ends, used or not (default 7 days)."),
+    Spec("AUTH_LINK_TTL", _positive_float, "86400", "Seconds a set-password, invite or reset link stays valid (default 24 h)."),
+    Spec("SIGN_IN_LOCKOUT", _positive_float, "900", "Seconds sign-ins for an email (or from an address) are refused after too many failures."),
+    Spec("PROXY_HOPS", _non_negative_int, "0", "Reverse proxies in front of the web app whose X-Forwarded-For/-Proto/-Host are trusted (0: none; the peer address is the client)."),
 )
 
 _BY_FIELD = {spec.field: spec for spec in SPECS}
