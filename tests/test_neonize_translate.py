@@ -150,9 +150,12 @@ def test_a_failed_dial_is_a_network_disconnect():
     assert event == Disconnected(K.NETWORK, "failed to dial whatsapp web websocket")
 
 
-def message_event(content: wa.Message, *, from_me=False, chat=None, edit=False) -> npb.Message:
+OWN = jid("4930555000111", device=0)  # the bot's own account (its paired phone is device 0)
+
+
+def message_event(content: wa.Message, *, from_me=False, chat=None, edit=False, sender=None) -> npb.Message:
     info = npb.MessageInfo(
-        MessageSource=source(chat or jid("4915112345678"), jid("4915112345678", device=3), from_me),
+        MessageSource=source(chat or jid("4915112345678"), sender or jid("4915112345678", device=3), from_me),
         ID="3EB0ABC", ServerID=0, Type="text", Pushname="Ann", Timestamp=1_700_000_000_250,  # UnixMilli
         Category="", Multicast=False, MediaType="", Edit="",
     )
@@ -230,12 +233,67 @@ def test_content_without_a_domain_kind_is_unsupported():
     assert tr.translate(message_event(wa.Message(conversation="fixed"), edit=True)).kind == "unsupported"
 
 
-def test_own_messages_status_broadcasts_and_protocol_only_messages_are_not_reported():
-    assert tr.translate(message_event(wa.Message(conversation="mine"), from_me=True)) is None
+def test_status_broadcasts_and_protocol_only_messages_are_not_reported():
     status = message_event(wa.Message(conversation="story"), chat=jid("status", "broadcast"))
     assert tr.translate(status) is None
     protocol = wa.Message(protocolMessage=wa.ProtocolMessage(type=wa.ProtocolMessage.REVOKE))
     assert tr.translate(message_event(protocol)) is None
+
+
+def own(content: wa.Message, **kwargs) -> npb.Message:
+    """What the owner wrote on the paired phone, as it reaches the bot's linked device."""
+    return message_event(content, from_me=True, sender=OWN, **kwargs)
+
+
+def test_a_text_the_owner_wrote_to_a_customer_from_the_phone_is_reported_as_from_me():
+    event = tr.translate(own(wa.Message(conversation="I'll call you at five")), own_jid="4930555000111@s.whatsapp.net")
+    assert event == MessageReceived(
+        message_id="3EB0ABC",
+        chat="4915112345678@s.whatsapp.net",  # the customer
+        sender="4930555000111@s.whatsapp.net",  # our own account
+        timestamp=1_700_000_000.25,
+        kind="text",
+        text="I'll call you at five",
+        from_me=True,
+    )
+    reply = wa.Message(extendedTextMessage=wa.ExtendedTextMessage(
+        text="yes", contextInfo=wa.ContextInfo(stanzaID="3EB0QUOTED")))
+    assert (tr.translate(own(reply)).text, tr.translate(own(reply)).quoted_id) == ("yes", "3EB0QUOTED")
+    assert tr.translate(message_event(wa.Message(conversation="hi"))).from_me is False
+
+
+def test_media_the_owner_sent_from_the_phone_keeps_its_kind_caption_and_reference():
+    image = wa.ImageMessage(caption="our menu", mimetype="image/jpeg", directPath="/v/t62/x", mediaKey=b"k" * 32)
+    event = tr.translate(own(wa.Message(imageMessage=image)))
+    assert (event.kind, event.caption, event.mime_type, event.from_me) == ("image", "our menu", "image/jpeg", True)
+    assert event.media_ref.startswith("neonize:image:")
+
+
+def test_a_message_from_the_phone_still_wrapped_for_our_own_devices_is_unwrapped():
+    # whatsmeow unwraps deviceSentMessage itself; a message that reaches us wrapped anyway is the same.
+    wrapped = wa.Message(deviceSentMessage=wa.DeviceSentMessage(
+        destinationJID="4915112345678@s.whatsapp.net", message=wa.Message(conversation="on my way")))
+    event = tr.translate(own(wrapped))
+    assert (event.kind, event.text, event.from_me) == ("text", "on my way", True)
+
+
+def test_own_reactions_edits_other_content_and_notes_to_ourselves_are_not_reported():
+    reaction = wa.Message(reactionMessage=wa.ReactionMessage(
+        key=MessageKey(remoteJID="4915112345678@s.whatsapp.net", fromMe=False, ID="3EB0THEIRS"), text="👍"))
+    assert tr.translate(own(reaction)) is None
+    assert tr.translate(own(wa.Message(conversation="fixed"), edit=True)) is None
+    location = wa.Message(locationMessage=wa.LocationMessage(degreesLatitude=52.5, degreesLongitude=13.4))
+    assert tr.translate(own(location)) is None
+    protocol = wa.Message(protocolMessage=wa.ProtocolMessage(type=wa.ProtocolMessage.REVOKE))
+    assert tr.translate(own(protocol)) is None
+    assert tr.translate(own(wa.Message(conversation="story"), chat=jid("status", "broadcast"))) is None
+    # "Message yourself": the chat is our own number, from the phone or from another linked device.
+    note = wa.Message(conversation="buy milk")
+    assert tr.translate(own(note, chat=jid("4930555000111"))) is None
+    other_device = message_event(note, from_me=True, chat=jid("4930555000111"), sender=jid("4930555000111", device=4))
+    assert tr.translate(other_device) is None
+    lid_sender = message_event(note, from_me=True, chat=jid("4930555000111"), sender=jid("98765", "lid"))
+    assert tr.translate(lid_sender, own_jid="4930555000111@s.whatsapp.net") is None
 
 
 def test_delivery_read_and_played_receipts_become_receipts_and_own_device_receipts_are_ignored():

@@ -64,6 +64,9 @@ class MessageReceived:
     mime_type: str = ""
     quoted_id: str | None = None
     media_ref: str | None = None  # transport-specific handle to download the media
+    # Written from the bot's own account on another device (the paired phone) to ``chat``, the
+    # customer; ``sender`` is then our own jid. Kept last so positional construction stays valid.
+    from_me: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

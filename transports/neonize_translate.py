@@ -211,8 +211,9 @@ _MEDIA_FIELDS = (
 #: notices, app-state keys), context. A message made only of these is not reported at all.
 _SILENT_FIELDS = frozenset({"messageContextInfo", "senderKeyDistributionMessage", "protocolMessage",
                             "fastRatchetKeySenderKeyDistributionMessage"})
+# ``deviceSentMessage`` wraps what another device of our own account (the phone) sent to a customer.
 _WRAPPERS = ("ephemeralMessage", "viewOnceMessage", "viewOnceMessageV2", "viewOnceMessageV2Extension",
-             "documentWithCaptionMessage")
+             "documentWithCaptionMessage", "deviceSentMessage")
 _MEDIA_REF_PREFIX = "neonize:"
 
 
@@ -261,32 +262,56 @@ def _quoted_id(media_or_text) -> str | None:
     return None
 
 
-def translate_message(ev: npb.Message) -> MessageReceived | None:
-    """An incoming message; None for what a bot must not answer or that carries no content.
+def translate_message(ev: npb.Message, own_jid: str | None = None) -> MessageReceived | None:
+    """A message in one of the account's chats; None for what means nothing to a bot or carries no
+    content.
 
-    Skipped: messages sent by this account itself (from the phone or by us: answering them would loop),
-    status broadcasts, and messages made only of key-distribution/protocol parts.
-    Edits and content kinds not listed in ``MessageReceived.kind`` are reported as ``unsupported``.
+    A customer's message becomes ``MessageReceived``. A message this account wrote on another of its
+    devices (the paired phone) to someone else becomes ``MessageReceived(from_me=True)`` with
+    ``chat`` the customer and ``sender`` our own jid: the owner answering by hand, which the pipeline
+    stores as an outgoing message and takes as a reason to hold off (the echo of a message the
+    platform sent itself, if the network delivers one, has that message's id and is recognised
+    there). Of our own messages only text and media count as writing to the customer; our
+    reactions, edits, content kinds the platform does not model and notes in the chat with our own
+    number ("message yourself", recognised by our jid or ``own_jid``) are dropped.
+
+    Skipped for everyone: status broadcasts and messages made only of key-distribution/protocol
+    parts. A customer's edits and content kinds not listed in ``MessageReceived.kind`` are reported
+    as ``unsupported``.
     """
     info = ev.Info
     source = info.MessageSource
-    if source.IsFromMe:
-        return None
     chat = jid_to_str(source.Chat)
     if chat == "status@broadcast":
         return None
+    sender = jid_to_str(source.Sender)
+    if source.IsFromMe and chat in {sender, jid_to_str(source.SenderAlt), own_jid} - {""}:
+        return None  # a note to ourselves: there is no customer in this chat
     msg = _unwrap(ev.Message if ev.HasField("Message") else ev.Raw)
     base = dict(
         message_id=info.ID,
         chat=chat,
-        sender=jid_to_str(source.Sender),
+        sender=sender,
         timestamp=_timestamp(info.Timestamp),
+        from_me=bool(source.IsFromMe),
     )
     present = {field.name for field, _ in msg.ListFields()}
     if not present - _SILENT_FIELDS:
         return None
     if ev.IsEdit:
-        return MessageReceived(**base, kind="unsupported")
+        return None if source.IsFromMe else MessageReceived(**base, kind="unsupported")
+    content = _content(msg, base)
+    if content is not None or source.IsFromMe:
+        return content  # of our own messages only text and media: the owner writing to the customer
+    if msg.HasField("reactionMessage"):
+        reaction = msg.reactionMessage
+        # An empty text means the sender removed their reaction.
+        return MessageReceived(**base, kind="reaction", text=reaction.text, quoted_id=reaction.key.ID or None)
+    return MessageReceived(**base, kind="unsupported")
+
+
+def _content(msg: wa.Message, base: dict) -> MessageReceived | None:
+    """Text or media, the kinds a person writes to be read; None for anything else."""
     if msg.conversation:
         return MessageReceived(**base, kind="text", text=msg.conversation)
     if msg.HasField("extendedTextMessage"):
@@ -304,11 +329,7 @@ def translate_message(ev: npb.Message) -> MessageReceived | None:
                 quoted_id=_quoted_id(media),
                 media_ref=media_ref(kind, media),
             )
-    if msg.HasField("reactionMessage"):
-        reaction = msg.reactionMessage
-        # An empty text means the sender removed their reaction.
-        return MessageReceived(**base, kind="reaction", text=reaction.text, quoted_id=reaction.key.ID or None)
-    return MessageReceived(**base, kind="unsupported")
+    return None
 
 
 _RT = npb.Receipt.ReceiptType
@@ -334,7 +355,7 @@ def translate_receipt(ev: npb.Receipt) -> Receipt | None:
 def translate(ev, *, own_jid: str | None = None) -> Event | None:
     """Any neonize event protobuf -> domain event, or None when it means nothing to a session."""
     if isinstance(ev, npb.Message):
-        return translate_message(ev)
+        return translate_message(ev, own_jid)
     if isinstance(ev, npb.Receipt):
         return translate_receipt(ev)
     if isinstance(ev, npb.Connected):
