@@ -80,6 +80,18 @@ def create_app(sim: "Simulator") -> Flask:
         message_id = sim.inbound(bot_id, data["from"], data.get("text", ""), message_id=data.get("id"), media=media)
         return jsonify(id=message_id)
 
+    @app.post("/bots/<bot_id>/phone-send")
+    def phone_send(bot_id: str) -> Any:
+        data = body()
+        return jsonify(id=sim.phone_send(bot_id, data["to"], data.get("text", ""), message_id=data.get("id")))
+
+    @app.post("/bots/<bot_id>/refuse-sends")
+    def refuse_sends(bot_id: str) -> Any:
+        data = body()
+        extra = {"error": str(data["error"])} if "error" in data else {}
+        sim.refuse_sends(bot_id, int(data.get("times", 1)), **extra)
+        return jsonify(ok=True)
+
     def inject_args(data: dict[str, Any]) -> dict[str, Any]:
         return {
             "kind": data["kind"],

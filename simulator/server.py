@@ -10,6 +10,9 @@ Model, kept just rich enough to exercise a session's life cycle:
   while the bot was away: inbound messages it has not acknowledged, and receipts.
 * Outbound texts are recorded per bot with their client-fixed id (a resend of the same id is no second
   copy) and later receive ``delivered`` and ``read`` receipts.
+* The owner can write to a customer from the paired phone (``phone_send``): the customer gets it (it
+  is in the bot's outbox) and the bot is told, as WhatsApp tells linked devices, by a ``message``
+  frame with ``from_me``.
 * Faults can be injected for one bot or all: each ``DisconnectKind``, a hang, a full outage.
 
 Everything runs on greenlets of the hub that ``start()`` is called in: one handler greenlet per
@@ -73,7 +76,8 @@ class _Bot:
 
     __slots__ = (
         "bot_id", "cred", "jid", "conn", "qr", "pair_phone", "pair_code", "pending", "receipts", "outbox",
-        "fail_kind", "fail_code", "fail_times", "ban_until", "ban_code", "hang", "media",
+        "fail_kind", "fail_code", "fail_times", "ban_until", "ban_code", "hang", "media", "refuse_sends",
+        "refuse_error",
     )  # fmt: skip
 
     def __init__(self, bot_id: str) -> None:
@@ -94,6 +98,8 @@ class _Bot:
         self.ban_until = 0.0
         self.ban_code: int | None = None
         self.hang = False
+        self.refuse_sends = 0  # the next this many send requests are refused (see refuse_sends())
+        self.refuse_error = ""
 
 
 def _receipt_delays(value: Any) -> tuple[float | None, float | None]:
@@ -279,6 +285,10 @@ class Simulator:
         elif kind == "send":
             if conn.state != _ONLINE:
                 self._reply(conn, rid, error="not logged in")
+                return
+            if bot.refuse_sends > 0:
+                bot.refuse_sends -= 1
+                self._reply(conn, rid, error=bot.refuse_error)
                 return
             self._reply(conn, rid, **self._record_outbound(bot, frame))
         elif kind == "media":
@@ -554,6 +564,44 @@ class Simulator:
             self._send(conn, frame)
         return message_id
 
+    def phone_send(self, bot_id: str, to: str, text: str, message_id: str | None = None) -> str:
+        """The owner sends ``text`` to customer ``to`` from the bot's paired phone; returns the id.
+
+        The customer receives it: it is recorded in the bot's outbox with ``from_phone`` (status
+        'sent'; a phone's own message gets no receipts here). The bot, as a linked device, is told
+        by a ``message`` frame with ``from_me`` (chat: the customer, sender: the bot's own jid),
+        delivered like an inbound message: pending until acked, redelivered at each login.
+        ``message_id`` of a message the bot itself sent makes this the echo of that message: the
+        customer already has it, only the bot is told."""
+        bot = self._known(bot_id)
+        if bot.cred is None or bot.jid is None:
+            raise SimulatorError(409, "the bot is not paired: there is no phone to send from")
+        jid = protocol.user_jid(to)
+        message_id = message_id or "3EB0" + secrets.token_hex(8).upper()
+        now = time.time()
+        if message_id not in bot.outbox:
+            bot.outbox[message_id] = {"id": message_id, "to": jid, "text": str(text), "ts": now, "status": "sent",
+                                      "from_phone": True}
+            if len(bot.outbox) > self.outbox_limit:
+                del bot.outbox[next(iter(bot.outbox))]
+        frame = {"t": "message", "id": message_id, "chat": jid, "sender": bot.jid, "ts": now, "text": str(text),
+                 "from_me": True}
+        bot.pending[message_id] = frame
+        conn = bot.conn
+        if conn is not None and conn.state == _ONLINE:
+            self._send(conn, frame)
+        return message_id
+
+    def refuse_sends(self, bot_id: str, times: int = 1, error: str = "recipient refused by the network") -> None:
+        """The bot's next ``times`` send requests are answered with ``error``: a refusal of the
+        request itself, which the bot takes as permanent (its pipeline dead-letters the row), so
+        tests can make dead letters. ``recover()`` forgets what is left of it."""
+        bot = self._known(bot_id)
+        if not error:
+            raise SimulatorError(400, "a refusal needs an error text")
+        bot.refuse_sends = max(int(times), 0)
+        bot.refuse_error = str(error)
+
     def inject(self, bot_id: str | None, kind: str, code: int | None = None, expires_in: float | None = None,
                times: int = 1) -> None:
         """Inject a fault into one bot's network (``bot_id``) or every bot the simulator knows (None).
@@ -620,8 +668,8 @@ class Simulator:
             self._abort(conn)
 
     def recover(self) -> None:
-        """End an outage and every hang; forget pending connect failures and bans. Revoked
-        credentials stay revoked."""
+        """End an outage and every hang; forget pending connect failures, bans and send refusals.
+        Revoked credentials stay revoked."""
         log.info("recover")
         self._outage = False
         self._hang = False
@@ -629,6 +677,7 @@ class Simulator:
             bot.hang = False
             bot.fail_times = 0
             bot.ban_until = 0.0
+            bot.refuse_sends = 0
         if self._server is None and self._started:
             self._listen()
 

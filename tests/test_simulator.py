@@ -334,6 +334,68 @@ def test_the_simulator_keeps_only_the_newest_sent_messages_per_bot(sim, make):
     assert [m["id"] for m in sim.outbox("bot-1")] == ["OUT-L1", "OUT-L2"]
 
 
+def test_a_message_the_owner_sends_from_the_phone_reaches_the_customer_and_is_told_to_the_bot(sim, make):
+    transport, events = pair(sim, make)
+    own_jid = sim.bot_state("bot-1")["jid"]
+    message_id = sim.phone_send("bot-1", "+1 555 123 0000", "I'll call you")
+    sent = sim.outbox("bot-1", to="15551230000")
+    assert [(m["id"], m["text"], m["status"], m["from_phone"]) for m in sent] == [
+        (message_id, "I'll call you", "sent", True)]
+    told = events.expect(MessageReceived)
+    assert (told.message_id, told.text, told.from_me) == (message_id, "I'll call you", True)
+    assert (told.chat, told.sender) == ("15551230000@s.whatsapp.net", own_jid)
+    # Like an inbound message: kept until acked, redelivered at the next login.
+    assert sim.bot_state("bot-1")["pending_inbound"] == 1
+    transport.close()
+    transport.connect()
+    events.expect(Connected)
+    assert events.expect(MessageReceived).message_id == message_id
+    transport.ack([message_id])
+    eventually(lambda: sim.bot_state("bot-1")["pending_inbound"] == 0)
+    events.quiet_for(0.2)  # no receipts for the phone's own message
+
+
+def test_an_inbound_message_is_not_from_me_and_a_phone_send_needs_a_paired_bot(sim, make):
+    transport, events = make()
+    transport.connect()
+    events.expect(QrCode)
+    with pytest.raises(SimulatorError) as info:
+        sim.phone_send("bot-1", "15551230000", "hello?")
+    assert info.value.status == 409
+    sim.scan("bot-1")
+    events.expect(Disconnected, skip=[QrCode, Paired], kind=DisconnectKind.STREAM_RESTART)
+    transport.connect()
+    events.expect(Connected)
+    sim.inbound("bot-1", "15551230000", "hi")
+    assert events.expect(MessageReceived).from_me is False
+
+
+def test_the_echo_of_a_message_the_bot_sent_is_told_to_the_bot_without_a_second_copy(sim, make):
+    transport, events = pair(sim, make)
+    transport.send_text("15551230000", "from the bot", "OUT-E1")
+    assert sim.phone_send("bot-1", "15551230000", "from the bot", message_id="OUT-E1") == "OUT-E1"
+    echo = events.expect(MessageReceived, skip=[Receipt])
+    assert (echo.message_id, echo.from_me) == ("OUT-E1", True)
+    assert [(m["id"], "from_phone" in m) for m in sim.outbox("bot-1")] == [("OUT-E1", False)]
+
+
+def test_refused_sends_fail_as_permanent_as_often_as_asked_until_recover(sim, make):
+    transport, _ = pair(sim, make)
+    sim.refuse_sends("bot-1", times=2, error="no such recipient")
+    for n in range(2):
+        with pytest.raises(TransportError) as info:
+            transport.send_text("15551230000", "hi", f"OUT-R{n}")
+        assert info.value.permanent and "no such recipient" in str(info.value)
+    transport.send_text("15551230000", "hi", "OUT-R2")
+    assert [m["id"] for m in sim.outbox("bot-1")] == ["OUT-R2"]
+    sim.refuse_sends("bot-1", times=5)
+    with pytest.raises(TransportError, match="recipient refused by the network"):
+        transport.send_text("15551230000", "hi", "OUT-R3")
+    sim.recover()
+    transport.send_text("15551230000", "hi", "OUT-R4")
+    assert [m["id"] for m in sim.outbox("bot-1")] == ["OUT-R2", "OUT-R4"]
+
+
 # ---------------------------------------------------------------------- faults
 
 
@@ -553,6 +615,16 @@ def test_the_http_control_api_drives_the_simulator(sim, make):
     messages = requests.get(f"{url}/bots/bot-1/outbox", timeout=3).json()["messages"]
     assert [m["id"] for m in messages] == ["OUT-5"]
     assert requests.get(f"{url}/bots/bot-1/outbox/OUT-5", timeout=3).json()["text"] == "hello"
+
+    phone = requests.post(f"{url}/bots/bot-1/phone-send", json={"to": "15551230000", "text": "me here"}, timeout=3)
+    phone_id = phone.json()["id"]
+    assert events.expect(MessageReceived, skip=[Receipt]).from_me is True
+    assert requests.get(f"{url}/bots/bot-1/outbox/{phone_id}", timeout=3).json()["from_phone"] is True
+    assert requests.post(f"{url}/bots/nobody/phone-send", json={"to": "1555", "text": "x"}, timeout=3).status_code == 404
+    refuse = {"times": 1, "error": "blocked"}
+    requests.post(f"{url}/bots/bot-1/refuse-sends", json=refuse, timeout=3).raise_for_status()
+    with pytest.raises(TransportError, match="blocked"):
+        transport.send_text("15551230000", "again", "OUT-6")
 
     bad = requests.post(f"{url}/bots/bot-1/inject", json={"kind": "meteor"}, timeout=3)
     assert bad.status_code == 400

@@ -315,6 +315,7 @@ class SimulatorTransport(Transport):
                     caption=str(frame.get("caption", "")),
                     mime_type=str(frame.get("mime", "")),
                     media_ref=frame.get("media"),
+                    from_me=bool(frame.get("from_me", False)),
                 ),
             )
             # Not acked here: the pipeline acks once the message is committed (ack()); until then the
