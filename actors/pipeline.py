@@ -15,6 +15,12 @@ Started and owned by the bot's session actor (which keeps the transport); the tw
   new AI call until it is done): a message is answered once.
   While the provider is down (breaker open, errors) the bot's fallback reply is sent, if it has one.
   Paused conversations (human takeover) are stored and never answered.
+- **The owner on the phone.** A message the owner wrote to a customer from the paired phone
+  (``from_me``) waits in the same queue as the customers' messages and is stored, alone, as an
+  outgoing message of that conversation (acked and retried as they are). If it is new (not the echo
+  of a message the platform sent), the conversation is held for BOT_PHONE_TAKEOVER seconds: the
+  customer's waiting messages are marked ignored (the owner answered them), and messages stored
+  during the hold are ignored too.
 - **Outbox.** Due rows are sent in order while the session is connected, at most BOT_SEND_RATE per
   minute after a burst. Each attempt is recorded before the send; the message id was fixed when the
   row was written, so after a crash mid-send the network is asked whether it already has it before
@@ -144,6 +150,7 @@ class _StoreDone:
     stored: list | None
     error: Exception | None
     epoch: int = 0  # the pipeline's change count when the store started (see ``_changed_at``)
+    phone: bool = False  # the store of one message the owner wrote from the phone (``stored``: [PhoneStored])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,6 +182,7 @@ class BotPipeline(Actor):
         self._store_timer: gevent.Greenlet | None = None
         self._storing = False  # the store of the head of ``waiting`` is in flight
         self._store_alone = 0  # after a batch failed on bad data: store that many one by one
+        self._phone_waiting = 0  # of ``waiting``, messages the owner wrote from the phone
         self._debounce: dict[str, gevent.Greenlet] = {}
         self._thinking: dict[str, gevent.Greenlet] = {}
         self._again: set[str] = set()
@@ -227,6 +235,8 @@ class BotPipeline(Actor):
                 log.warning("inbound backlog full; message left to the network", extra={"wa_id": message.event.message_id})
                 return None
             self.waiting.append((message.event, context.current()))
+            if message.event.from_me:
+                self._phone_waiting += 1
             if self._store_timer is None:
                 self._store_next()
             return None
@@ -283,6 +293,12 @@ class BotPipeline(Actor):
         if self._storing or not self.waiting:
             return
         batch = list(itertools.islice(self.waiting, 1 if self._store_alone else STORE_BATCH))
+        if self._phone_waiting:
+            # The owner's messages are stored one at a time by a statement of their own; the batch
+            # ends before the first, so everything stays in arrival order.
+            if batch[0][0].from_me:
+                return self._store_from_phone(*batch[0])
+            batch = list(itertools.takewhile(lambda item: not item[0].from_me, batch))
         if len(self._changed_at) > 1024:  # only changes since the last store started still matter
             self._changed_at = {c: e for c, e in self._changed_at.items() if e > self._store_epoch}
         self._store_epoch = self._epoch
@@ -298,6 +314,26 @@ class BotPipeline(Actor):
                                         self._prompt_wants(batch), done)
         except Exception as exc:  # noqa: BLE001 - not queued (too much waiting, stopping): retried later
             done(None, RuntimeError(f"inbound not queued for storing: {exc!r}"))
+
+    def _store_from_phone(self, event: tev.MessageReceived, ctx: context.WorkContext) -> None:
+        """Store the owner's message at the head of ``waiting`` in a greenlet of its own (it is rare,
+        so it needs no batching); the outcome comes back as ``_StoreDone`` like any store's, so it is
+        acked, retried and dropped exactly as an inbound message is."""
+        self._storing = True
+        ref, pool, tenant, bot = self.actor_ref, self.deps.pool, self.tenant_id, self.bot_id
+        hold = self.deps.settings.bot_phone_takeover
+        work_ctx = ctx._replace(tenant_id=tenant, bot_id=bot)
+
+        def store() -> None:
+            context.set_current(work_ctx)
+            try:
+                stored = conv.store_from_phone(pool, tenant, bot, event, ctx.correlation_id, hold)
+            except Exception as exc:  # noqa: BLE001 - classified by _store_done
+                _tell_quietly(ref, _StoreDone(1, None, exc, phone=True))
+                return
+            _tell_quietly(ref, _StoreDone(1, [stored], None, phone=True))
+
+        gevent.spawn(store)
 
     def _prompt_wants(self, batch: list[tuple[tev.MessageReceived, context.WorkContext]]) -> list[int] | None:
         """Per message, the history to read with it when it will go straight to the AI (no rule
@@ -334,15 +370,21 @@ class BotPipeline(Actor):
                     log.error("inbound message could not be stored", extra={"error": repr(exc), "wa_id": event.message_id})
                     sentry.capture(exc, where="store_inbound")
                 self.waiting.popleft()
+                self._phone_waiting -= done.phone
                 self._store_alone = max(0, self._store_alone - 1)
             self._store_next()
             return
         self._store_alone = max(0, self._store_alone - len(batch))
         for _ in batch:
             self.waiting.popleft()
+        self._phone_waiting -= done.phone
         self._store_delay = 0.0
         self._store_next()  # the next batch goes while this one is answered
         _tell_quietly(self.session, Ack(tuple(event.message_id for event, _ in batch)))
+        if done.phone:
+            event, ctx = batch[0]
+            with context.bound(correlation_id=ctx.correlation_id):
+                return self._from_phone(done.stored[0], event)
         # Rules first for the whole batch, then one AI call per customer: a rule answer to a later
         # message of the same customer is then already out of the prompt.
         thinks: dict[str, tuple[Any, context.WorkContext]] = {}
@@ -378,6 +420,9 @@ class BotPipeline(Actor):
         if stored.paused:
             self._ignore(stored.contact_id, [stored.message_id], "conversation paused")
             return False
+        if stored.held:
+            self._ignore(stored.contact_id, [stored.message_id], conv.OWNER_ON_PHONE)
+            return False
         rules, ai = self._reply_config()
         rule = rules_mod.first_match(rules, event.text or event.caption or "")
         if rule is not None:
@@ -387,6 +432,35 @@ class BotPipeline(Actor):
             return True
         self._ignore(stored.contact_id, [stored.message_id], "no rule matched and AI is off")
         return False
+
+    def _from_phone(self, stored: conv.PhoneStored, event: tev.MessageReceived) -> None:
+        """The owner's message is committed: announce it and, if it holds the conversation, stop
+        whatever answer was coming for that customer."""
+        if stored.message_id is None:
+            # The echo of a message the platform sent (same WhatsApp id), or a redelivery: stored
+            # before, it changes nothing.
+            log.info("message from the phone already stored", extra={"wa_message_id": event.message_id})
+            return
+        log.info("message from the phone stored", extra={
+            "message_id": stored.message_id, "wa_message_id": event.message_id, "ignored": len(stored.ignored),
+            "hold_until": _iso(stored.phone_hold_until)})
+        contact_id = stored.contact_id
+        if self.deps.settings.bot_phone_takeover > 0:
+            # The waiting messages are ignored now: a prompt read before does not stand, a debounce
+            # for them has nothing to answer, and a call in flight finds nothing to claim.
+            self._changed(contact_id)
+            timer = self._debounce.pop(contact_id, None)
+            if timer is not None:
+                timer.kill(block=False)
+            self._again.discard(contact_id)
+        self.deps.publish(self.tenant_id, self.bot_id, "message.out", {
+            "message_id": stored.message_id, "contact_id": contact_id, "to": event.chat,
+            "text": event.text or event.caption, "wa_message_id": event.message_id, "source": "phone",
+        })
+        self.deps.publish(self.tenant_id, self.bot_id, "conversation.state", {
+            "contact_id": contact_id, "jid": stored.jid, "paused": stored.paused, "paused_by": stored.paused_by,
+            "paused_at": _iso(stored.paused_at), "phone_hold_until": _iso(stored.phone_hold_until),
+        })
 
     def _ignore(self, contact_id: str, message_ids: list[str], reason: str) -> None:
         self._changed(contact_id)
@@ -570,9 +644,15 @@ class BotPipeline(Actor):
         return not self.bucket.rate or self.bucket.available(self.deps.clock()) >= 1 + self._answers_now
 
     def _recover(self) -> None:
-        """After a restart: answer what was stored but not answered, deliver what is due."""
-        for contact_id in conv.contacts_with_unanswered(self.deps.pool, self.tenant_id, self.bot_id):
+        """After a restart: answer what was stored but not answered, deliver what is due. Messages of
+        paused or held conversations are ignored at store time, but a crash can come between the store
+        and that: they are ignored here, never answered."""
+        for contact_id, paused, held in conv.contacts_with_unanswered(self.deps.pool, self.tenant_id, self.bot_id):
             pending = conv.unanswered(self.deps.pool, self.tenant_id, contact_id)
+            if paused or held:
+                self._ignore(contact_id, [message_id for message_id, _, _ in pending],
+                             "conversation paused" if paused else conv.OWNER_ON_PHONE)
+                continue
             rules, ai = self._reply_config()
             for message_id, kind, text in pending:
                 rule = rules_mod.first_match(rules, text)
@@ -777,6 +857,10 @@ class _Recorded:
 
 class _DeliverMore:
     """The last claim was full: there may be more due now."""
+
+
+def _iso(value: Any) -> str | None:
+    return None if value is None else value.isoformat()
 
 
 def _tell_quietly(ref: Any, message: Any) -> None:

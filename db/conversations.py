@@ -1,6 +1,6 @@
 """Data operations of the message pipeline off its hot path: recovery after a restart, ignoring,
-queueing through the API, failed sends, receipts, media links, reply settings, outbox figures. Every
-function runs for one tenant under row-level security.
+queueing through the API, messages the owner wrote from the phone, failed sends, receipts, media
+links, reply settings, outbox figures. Every function runs for one tenant under row-level security.
 
 The statements every message goes through (store, read for the AI, answer, claim, mark sent) are
 multi-row and batched in ``db.pipeline_store``; the types they share live here. Idempotency lives in
@@ -12,12 +12,18 @@ statement as it writes the outbox row, so a message is answered at most once.
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import json
 import secrets
 from typing import Any
 
 from db.bots import NOTIFY_CHANNEL
 
 ANSWERABLE_KINDS = frozenset({"text", "image", "video", "document", "audio", "sticker"})
+
+# Why a customer's message is not answered while the owner writes from the phone (``ignored`` reason).
+ANSWERED_FROM_PHONE = "answered from the phone"  # it was waiting when the owner wrote
+OWNER_ON_PHONE = "the owner is answering from the phone"  # it came during the hold
 
 
 def new_message_id() -> str:
@@ -34,6 +40,7 @@ class Stored:
     # (unanswered inbound messages as (id, kind, text), oldest first; history as (direction, text),
     # oldest first) — as ``db.pipeline_store.prompt_inputs_many`` would return right after the commit.
     prompt: tuple[list[tuple[str, str, str]], list[tuple[str, str]]] | None = None
+    held: bool = False  # the owner wrote from the phone: the bot holds off until phone_hold_until
 
 
 def unanswered(pool: Any, tenant_id: str, contact_id: str) -> list[tuple[str, str, str]]:
@@ -47,14 +54,17 @@ def unanswered(pool: Any, tenant_id: str, contact_id: str) -> list[tuple[str, st
     return [(str(r[0]), r[1], r[2]) for r in rows]
 
 
-def contacts_with_unanswered(pool: Any, tenant_id: str, bot_id: str) -> list[str]:
+def contacts_with_unanswered(pool: Any, tenant_id: str, bot_id: str) -> list[tuple[str, bool, bool]]:
+    """(contact id, paused, on hold from the phone) of the bot's contacts with unanswered inbound
+    messages: after a restart, those of paused or held conversations are not to be answered."""
     rows = pool.query(
         tenant_id,
-        "SELECT c.id FROM contacts c WHERE c.bot_id = %s AND EXISTS ("
-        " SELECT 1 FROM messages m WHERE m.contact_id = c.id AND m.direction = 'in' AND m.status = 'stored')",
+        "SELECT c.id, c.paused, coalesce(c.phone_hold_until > now(), false) FROM contacts c WHERE c.bot_id = %s"
+        " AND EXISTS (SELECT 1 FROM messages m WHERE m.contact_id = c.id AND m.direction = 'in'"
+        " AND m.status = 'stored')",
         (bot_id,),
     )
-    return [str(r[0]) for r in rows]
+    return [(str(r[0]), bool(r[1]), bool(r[2])) for r in rows]
 
 
 def ignore(pool: Any, tenant_id: str, message_ids: list[str], reason: str) -> None:
@@ -65,6 +75,81 @@ def ignore(pool: Any, tenant_id: str, message_ids: list[str], reason: str) -> No
         (reason, message_ids),
         repeatable=True,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class PhoneStored:
+    """A message the owner wrote from the phone, stored (``message_id`` None: it was stored before,
+    e.g. the echo of a message the platform sent), and its conversation as the store left it."""
+
+    message_id: str | None
+    contact_id: str
+    jid: str
+    paused: bool
+    paused_by: str | None
+    paused_at: datetime.datetime | None
+    phone_hold_until: datetime.datetime | None
+    ignored: tuple[str, ...]  # the customer's waiting messages the owner's answer took off the bot
+
+
+_PHONE_MESSAGE = """
+WITH c AS (
+    INSERT INTO contacts (bot_id, jid, last_message_at) VALUES (%(bot)s, %(jid)s, now())
+    ON CONFLICT (bot_id, jid) DO UPDATE SET last_message_at = now()
+    RETURNING id, jid, paused, paused_by, paused_at, phone_hold_until
+), m AS (
+    INSERT INTO messages (bot_id, contact_id, direction, wa_message_id, kind, body, payload, status,
+                          quoted_wa_id, correlation_id, created_at)
+    SELECT %(bot)s, c.id, 'out', %(wa)s, %(kind)s, %(body)s, %(payload)s, 'sent', %(quoted)s, %(cid)s,
+           to_timestamp(%(ts)s)
+      FROM c
+    ON CONFLICT (bot_id, wa_message_id) DO NOTHING
+    RETURNING id
+)
+SELECT c.id, c.jid, c.paused, c.paused_by, c.paused_at, c.phone_hold_until, (SELECT id FROM m) FROM c
+"""
+
+# In the same transaction, after the message was new: the contact row was already changed by the
+# statement above, which is why this is a second statement (one statement cannot update a row twice).
+_PHONE_HOLD = """
+WITH h AS (
+    UPDATE contacts SET phone_hold_until = now() + make_interval(secs => %(hold)s) WHERE id = %(contact)s
+    RETURNING phone_hold_until
+), ig AS (
+    UPDATE messages SET status = 'ignored', payload = payload || jsonb_build_object('ignored', %(reason)s)
+     WHERE contact_id = %(contact)s AND direction = 'in' AND status = 'stored'
+    RETURNING id
+)
+SELECT (SELECT phone_hold_until FROM h), ARRAY(SELECT id::text FROM ig)
+"""
+
+
+def store_from_phone(pool: Any, tenant_id: str, bot_id: str, event: Any, correlation_id: str | None,
+                     hold_seconds: float) -> PhoneStored:
+    """Store what the owner wrote to a customer from the phone (``event``: a ``MessageReceived`` with
+    ``from_me``, ``chat`` the customer) as an outgoing message of that conversation, status 'sent',
+    payload ``{"source": "phone"}`` plus its media details as an inbound message has them. Idempotent
+    by (bot, WhatsApp message id): the echo of a message the platform sent itself, or a redelivery,
+    is stored once and changes nothing. When the message is new and ``hold_seconds`` > 0, the
+    conversation is held for that long and the customer's messages still waiting for an answer are
+    marked ignored (the owner answered them). One transaction."""
+    kind = event.kind if event.kind in ANSWERABLE_KINDS or event.kind == "reaction" else "unsupported"
+    payload = {k: v for k, v in (("source", "phone"), ("caption", event.caption), ("mime_type", event.mime_type),
+                                  ("media_ref", event.media_ref), ("original_kind", event.kind)) if v}
+    params = {"bot": bot_id, "jid": event.chat, "wa": event.message_id, "kind": kind,
+              "body": event.text or event.caption or "", "payload": json.dumps(payload), "quoted": event.quoted_id,
+              "cid": correlation_id, "ts": event.timestamp}
+
+    def work(unit: Any) -> PhoneStored:
+        contact_id, jid, paused, paused_by, paused_at, hold_until, message_id = unit.one(_PHONE_MESSAGE, params)
+        ignored: list[str] = []
+        if message_id is not None and hold_seconds > 0:
+            hold_until, ignored = unit.one(_PHONE_HOLD, {"hold": hold_seconds, "contact": contact_id,
+                                                         "reason": ANSWERED_FROM_PHONE})
+        return PhoneStored(None if message_id is None else str(message_id), str(contact_id), jid, bool(paused),
+                           paused_by, paused_at, hold_until, tuple(ignored))
+
+    return pool.run(tenant_id, work, repeatable=True)
 
 
 _ENQUEUE = (

@@ -33,7 +33,7 @@ WITH i AS (
     INSERT INTO contacts (bot_id, jid, last_message_at)
     SELECT DISTINCT bot, jid, now() FROM i
     ON CONFLICT (bot_id, jid) DO UPDATE SET last_message_at = now()
-    RETURNING id, bot_id, jid, paused
+    RETURNING id, bot_id, jid, paused, coalesce(phone_hold_until > now(), false) AS held
 ), m AS (
     INSERT INTO messages (bot_id, contact_id, direction, wa_message_id, kind, body, payload, status,
                           quoted_wa_id, correlation_id, created_at)
@@ -43,7 +43,7 @@ WITH i AS (
     ON CONFLICT (bot_id, wa_message_id) DO NOTHING
     RETURNING id, bot_id, wa_message_id, contact_id, kind, body, status, created_at
 )/*prompt inputs*/
-SELECT i.n, c.id, c.paused, m.id/*their columns*/
+SELECT i.n, c.id, c.paused, m.id, c.held/*their columns*/
   FROM i JOIN c ON c.bot_id = i.bot AND c.jid = i.jid
   LEFT JOIN m ON m.bot_id = i.bot AND m.wa_message_id = i.wa/*their join*/
  ORDER BY i.n
@@ -90,7 +90,9 @@ def store_many(pool: Any, tenant_id: str, items: list[StoreItem]) -> list[Stored
     """Store inbound messages ``(bot id, event, correlation id[, want])``: contacts upserted, messages
     inserted idempotently by (bot, WhatsApp message id). A replay — already stored, or a second copy
     in the same batch — comes back with ``message_id`` None. An item with ``want`` >= 0 also gets its
-    contact's prompt inputs (``Stored.prompt``, with ``want`` messages of history) as of the commit."""
+    contact's prompt inputs (``Stored.prompt``, with ``want`` messages of history) as of the commit.
+    ``Stored.paused``/``held``: the conversation is paused, or on hold since the owner wrote from
+    the phone (``db.conversations.store_from_phone``), as the upsert found the contact."""
     cols: dict[str, list[Any]] = {k: [] for k in ("bots", "jids", "was", "kinds", "bodies", "payloads", "statuses",
                                                   "quoted", "cids", "ts", "wants")}
     for item in items:
@@ -116,7 +118,7 @@ def store_many(pool: Any, tenant_id: str, items: list[StoreItem]) -> list[Stored
     seen: set[str] = set()
     stored = []
     for row in rows:
-        contact_id, paused, message_id = row[1], row[2], row[3]
+        contact_id, paused, message_id, held = row[1], row[2], row[3], row[4]
         if message_id is not None:
             message_id = str(message_id)
             if message_id in seen:
@@ -124,10 +126,10 @@ def store_many(pool: Any, tenant_id: str, items: list[StoreItem]) -> list[Stored
             else:
                 seen.add(message_id)
         prompt = None
-        if asked and row[4]:
-            ids, kinds, bodies, dirs, texts = (value or [] for value in row[5:10])
+        if asked and row[5]:
+            ids, kinds, bodies, dirs, texts = (value or [] for value in row[6:11])
             prompt = (list(zip(ids, kinds, bodies)), list(zip(reversed(dirs), reversed(texts))))
-        stored.append(Stored(message_id, str(contact_id), bool(paused), prompt))
+        stored.append(Stored(message_id, str(contact_id), bool(paused), prompt, bool(held)))
     return stored
 
 

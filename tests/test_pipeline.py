@@ -1,13 +1,16 @@
 """The bot's work end to end over the simulator's real socket, with a real OpenAI-compatible server on
 127.0.0.1 reached through the real `openai` client: store, answer (rules, AI, fallback), deliver,
-receipts, debounce, duplicates, human takeover, rate limit, dead letters."""
+receipts, debounce, duplicates, human takeover, the owner answering from the phone, rate limit, dead
+letters."""
 
 import json
 
 import pytest
 
+from core import config
 from db import bots as bots_db
 from db import conversations as conv
+from db import pipeline_store as ps
 from simulator.server import Simulator
 from tests.openai_server import OpenAiServer, reply, status
 from tests.sessions_harness import EventLog, new_bot, new_tenant, session_settings, supervision
@@ -326,3 +329,190 @@ def test_one_inbound_messages_correlation_id_follows_it_through_store_ai_outbox_
     for step in ("message stored", "AI answered", "message sent", "message status"):
         assert step in followed, (step, followed)
     assert all(line.get("bot_id") == bot for line in lines if line.get("correlation_id") == correlation)
+
+
+# -- the owner answers from the phone ------------------------------------------------------------
+
+EVERYTHING = [{"match": "regex", "pattern": ".", "reply": "got it"}]
+OWNER_TEXT = "Hi, it's Maria from the shop: I'll look into it myself."
+
+
+def _phone_settings(pg, tmp_path, sim, ai_server, takeover, **extra):
+    return config.replace(_settings(pg, tmp_path, sim, ai_server, **extra), bot_phone_takeover=takeover)
+
+
+def _bot_texts(sim, bot):
+    """What the bot sent, without what the owner sent from the phone."""
+    return [m["text"] for m in sim.outbox(bot) if not m.get("from_phone")]
+
+
+def _inbound_states(pool, tenant, bot):
+    return [tuple(r) for r in pool.query(
+        tenant, "SELECT body, status, payload->>'ignored' FROM messages WHERE bot_id = %s AND direction = 'in'"
+                " ORDER BY created_at, id", (bot,))]
+
+
+def _phone_messages(pool, tenant, bot):
+    return pool.query(tenant, "SELECT body, status, wa_message_id, payload FROM messages WHERE bot_id = %s"
+                              " AND direction = 'out' AND payload->>'source' = 'phone' ORDER BY created_at, id", (bot,))
+
+
+def _hold(pool, tenant, bot, jid=CUSTOMER_JID):
+    """(phone_hold_until, seconds left) of the customer's conversation."""
+    return tuple(pool.query(tenant, "SELECT phone_hold_until, extract(epoch FROM phone_hold_until - now())"
+                                    " FROM contacts WHERE bot_id = %s AND jid = %s", (bot, jid))[0])
+
+
+def _published(events, bot, event_type):
+    return [p for _, b, t, p in events.events if b == bot and t == event_type]
+
+
+def test_a_message_from_the_phone_is_stored_as_outgoing_and_the_bot_holds_off_that_customer(pg, tmp_path, sim,
+                                                                                              ai_server, pool):
+    events = EventLog()
+    tenant = new_tenant(pool)
+    with supervision(_phone_settings(pg, tmp_path, sim, ai_server, 1800.0), pool, events):
+        bot = _connected_bot(sim, events, pool, tenant, rules=EVERYTHING)
+        sim.inbound(bot, CUSTOMER, "my order is late")
+        events.wait_for(lambda: _bot_texts(sim, bot) == ["got it"], what="the bot's answer")
+        phone_id = sim.phone_send(bot, CUSTOMER, OWNER_TEXT)
+        stored = events.wait_for(lambda: _phone_messages(pool, tenant, bot), what="the owner's message stored")
+        assert [(r[0], r[1], r[2], r[3]["source"]) for r in stored] == [(OWNER_TEXT, "sent", phone_id, "phone")]
+        hold_until, left = _hold(pool, tenant, bot)
+        assert 1790 < left <= 1800
+        events.wait_for(lambda: sim.bot_state(bot)["pending_inbound"] == 0, what="the owner's message acked")
+
+        sim.inbound(bot, CUSTOMER, "hello? still there?")
+        events.wait_for(lambda: len(_inbound_states(pool, tenant, bot)) == 2 and
+                        _inbound_states(pool, tenant, bot)[1][1] == "ignored", what="the held message stored")
+        assert _inbound_states(pool, tenant, bot) == [
+            ("my order is late", "answered", None), ("hello? still there?", "ignored", conv.OWNER_ON_PHONE)]
+        # Another customer of the same bot is answered as before, after the held message was considered.
+        sim.inbound(bot, "15550002222", "me too")
+        events.wait_for(lambda: _bot_texts(sim, bot) == ["got it", "got it"], what="the other customer's answer")
+        assert len(sim.outbox(bot, to=CUSTOMER)) == 2  # the bot's first answer and the owner's message
+
+    contact_id = str(pool.query(tenant, "SELECT id FROM contacts WHERE bot_id = %s AND jid = %s",
+                                (bot, CUSTOMER_JID))[0][0])
+    message_id = str(pool.query(tenant, "SELECT id FROM messages WHERE wa_message_id = %s", (phone_id,))[0][0])
+    assert [p for p in _published(events, bot, "message.out") if p.get("source") == "phone"] == [{
+        "message_id": message_id, "contact_id": contact_id, "to": CUSTOMER_JID, "text": OWNER_TEXT,
+        "wa_message_id": phone_id, "source": "phone"}]
+    assert _published(events, bot, "conversation.state") == [{
+        "contact_id": contact_id, "jid": CUSTOMER_JID, "paused": False, "paused_by": None, "paused_at": None,
+        "phone_hold_until": hold_until.isoformat()}]
+
+
+def test_the_customers_waiting_messages_are_ignored_when_the_owner_answers_and_a_late_ai_answer_is_not_sent(
+    pg, tmp_path, sim, ai_server, pool
+):
+    events = EventLog()
+    tenant = new_tenant(pool)
+    ai_server.script(reply("the AI's late answer", delay=1.5))
+    ai_server.default = reply("the AI again")
+    with supervision(_phone_settings(pg, tmp_path, sim, ai_server, 1.0), pool, events):
+        bot = _connected_bot(sim, events, pool, tenant, ai=AI_ON)
+        sim.inbound(bot, CUSTOMER, "can I change my order?")
+        events.wait_for(lambda: ai_server.calls, what="the AI call in flight")
+        sim.phone_send(bot, CUSTOMER, OWNER_TEXT)
+        events.wait_for(lambda: _inbound_states(pool, tenant, bot) == [
+            ("can I change my order?", "ignored", conv.ANSWERED_FROM_PHONE)], what="the waiting message ignored")
+        events.wait_for(lambda: ai_server.calls[0].answered_at, what="the AI's late answer")
+        # Once the hold is over the customer is answered again: by then the late answer had its turn.
+        events.wait_for(lambda: _hold(pool, tenant, bot)[1] < 0, what="the hold to end")
+        sim.inbound(bot, CUSTOMER, "thanks, one more thing")
+        events.wait_for(lambda: _bot_texts(sim, bot) == ["the AI again"], what="the answer after the hold")
+    assert "the AI's late answer" not in [m["text"] for m in sim.outbox(bot)]
+    assert pool.query(tenant, "SELECT count(*) FROM outbox WHERE bot_id = %s", (bot,))[0][0] == 1
+
+
+def test_without_a_phone_takeover_the_owners_message_is_stored_and_the_bot_keeps_answering(pg, tmp_path, sim,
+                                                                                           ai_server, pool):
+    events = EventLog()
+    tenant = new_tenant(pool)
+    with supervision(_phone_settings(pg, tmp_path, sim, ai_server, 0.0), pool, events):
+        bot = _connected_bot(sim, events, pool, tenant, rules=EVERYTHING)
+        sim.phone_send(bot, CUSTOMER, OWNER_TEXT)
+        events.wait_for(lambda: _phone_messages(pool, tenant, bot), what="the owner's message stored")
+        assert _hold(pool, tenant, bot) == (None, None)
+        sim.inbound(bot, CUSTOMER, "ok, and the bot?")
+        events.wait_for(lambda: _bot_texts(sim, bot) == ["got it"], what="the bot's answer")
+    assert _inbound_states(pool, tenant, bot) == [("ok, and the bot?", "answered", None)]
+    assert _published(events, bot, "conversation.state")[0]["phone_hold_until"] is None
+
+
+def test_after_the_hold_ends_the_customer_is_answered_again(pg, tmp_path, sim, ai_server, pool):
+    events = EventLog()
+    tenant = new_tenant(pool)
+    with supervision(_phone_settings(pg, tmp_path, sim, ai_server, 1.0), pool, events):
+        bot = _connected_bot(sim, events, pool, tenant, rules=EVERYTHING)
+        sim.phone_send(bot, CUSTOMER, OWNER_TEXT)
+        events.wait_for(lambda: _phone_messages(pool, tenant, bot), what="the owner's message stored")
+        sim.inbound(bot, CUSTOMER, "during the hold")
+        events.wait_for(lambda: _inbound_states(pool, tenant, bot) == [
+            ("during the hold", "ignored", conv.OWNER_ON_PHONE)], what="the held message ignored")
+        events.wait_for(lambda: _hold(pool, tenant, bot)[1] < 0, what="the hold to end")
+        sim.inbound(bot, CUSTOMER, "after the hold")
+        events.wait_for(lambda: _bot_texts(sim, bot) == ["got it"], what="the answer after the hold")
+    assert _inbound_states(pool, tenant, bot)[1] == ("after the hold", "answered", None)
+
+
+def test_the_echo_of_a_message_the_platform_sent_is_stored_once_and_holds_nothing(pg, tmp_path, sim, ai_server,
+                                                                                   pool):
+    events = EventLog()
+    tenant = new_tenant(pool)
+    with supervision(_phone_settings(pg, tmp_path, sim, ai_server, 1800.0), pool, events):
+        bot = _connected_bot(sim, events, pool, tenant, rules=EVERYTHING)
+        sim.inbound(bot, CUSTOMER, "hello")
+        events.wait_for(lambda: _bot_texts(sim, bot) == ["got it"], what="the bot's answer")
+        sent_id = sim.outbox(bot)[0]["id"]
+        sim.phone_send(bot, CUSTOMER, "got it", message_id=sent_id)  # the network echoes our own send
+        events.wait_for(lambda: sim.bot_state(bot)["pending_inbound"] == 0, what="the echo acked (so stored)")
+        sim.inbound(bot, CUSTOMER, "hello again")
+        events.wait_for(lambda: _bot_texts(sim, bot) == ["got it", "got it"], what="the next answer")
+    rows = pool.query(tenant, "SELECT direction, payload->>'source' FROM messages WHERE wa_message_id = %s", (sent_id,))
+    assert rows == [("out", "rule")]
+    assert _hold(pool, tenant, bot) == (None, None)
+    assert _published(events, bot, "conversation.state") == []
+    assert all(p.get("source") != "phone" for p in _published(events, bot, "message.out"))
+
+
+def test_a_send_the_network_refuses_becomes_a_dead_letter(env, sim, ai_server, pool):
+    sup, events, tenant = env
+    bot = _connected_bot(sim, events, pool, tenant, rules=EVERYTHING)
+    sim.refuse_sends(bot, times=1, error="recipient refused by the network")
+    sim.inbound(bot, CUSTOMER, "hello")
+    events.wait_for(lambda: pool.query(tenant, "SELECT state FROM outbox WHERE bot_id = %s", (bot,)) == [("dead",)],
+                    what="the dead letter")
+    last_error, attempts = pool.query(tenant, "SELECT last_error, attempts FROM outbox WHERE bot_id = %s", (bot,))[0]
+    assert "recipient refused by the network" in last_error and attempts == 1
+    assert [r[2] for r in _messages(pool, tenant, bot, "out")] == ["failed"]
+    assert _published(events, bot, "outbox.dead")[0]["error"] == "recipient refused by the network"
+    assert sim.outbox(bot) == []
+
+
+def test_after_a_restart_waiting_messages_of_held_or_paused_conversations_are_ignored_not_answered(env, sim,
+                                                                                                   ai_server, pool):
+    # A crash between a message's store and its being ignored leaves it 'stored': the next start
+    # must not answer it when its conversation is held or paused.
+    import time
+
+    from transports.events import MessageReceived
+
+    sup, events, tenant = env
+    bot = new_bot(pool, tenant, running=False)
+    _configure(pool, tenant, bot, rules=EVERYTHING)
+    held, paused, free = (f"1555000{n}@s.whatsapp.net" for n in ("3333", "4444", "5555"))
+    ps.store_many(pool, tenant, [(bot, MessageReceived(f"W{n}", jid, jid, time.time(), text=f"waiting {n}"), None)
+                                 for n, jid in enumerate((held, paused, free))])
+    pool.execute(tenant, "UPDATE contacts SET phone_hold_until = now() + interval '1 hour' WHERE jid = %s", (held,))
+    pool.execute(tenant, "UPDATE contacts SET paused = true WHERE jid = %s", (paused,))
+    bots_db.set_desired(pool, tenant, bot, "running")
+    events.wait_state(bot, "pairing")
+    events.wait_for(lambda: sim.bot_state(bot)["qr"], what="a QR")
+    sim.scan(bot)
+    events.wait_for(lambda: _bot_texts(sim, bot) == ["got it"], what="the free conversation answered")
+    assert [m["to"] for m in sim.outbox(bot)] == [free]
+    assert _inbound_states(pool, tenant, bot) == [("waiting 0", "ignored", conv.OWNER_ON_PHONE),
+                                                  ("waiting 1", "ignored", "conversation paused"),
+                                                  ("waiting 2", "answered", None)]

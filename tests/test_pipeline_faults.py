@@ -2,6 +2,7 @@
 process killed (SIGKILL) with outgoing messages pending."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -84,6 +85,61 @@ def test_with_the_database_stopped_for_ten_seconds_500_messages_are_each_stored_
         assert set(per_customer.values()) == {20}  # each customer's 20 messages, each answered once
         outbox = pool.query(tenant, "SELECT state, count(*) FROM outbox WHERE bot_id = %s GROUP BY state", (bot,))
         assert outbox == [("sent", 500)]
+
+
+class _Retries(logging.Handler):
+    """Counts the pipeline's "will retry" warnings: a store that failed while the database was away."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.count = 0
+
+    def emit(self, record):
+        if record.getMessage() == "inbound not stored yet; will retry":
+            self.count += 1
+
+
+def test_a_message_from_the_phone_while_the_database_is_away_is_stored_after_it_comes_back_in_order(pg, tmp_path,
+                                                                                                    pool):
+    # The customer's first message waits for the AI (a debounce longer than the test) when the
+    # database goes away; the owner's message and the customer's next one come during the outage.
+    # What each customer message ends as shows the order they were stored in.
+    from tests.openai_server import OpenAiServer
+
+    retries = _Retries()
+    logging.getLogger("actors.pipeline").addHandler(retries)
+    with Simulator("127.0.0.1", 0, False, qr_rotate=0.5, receipt_delay=None) as sim, OpenAiServer() as ai_server:
+        settings = session_settings(pg, str(tmp_path), sim.address, BOT_SEND_RATE="0", WA_LEASE_TTL="60",
+                                    DATABASE_ACQUIRE_TIMEOUT="2", AI_BASE_URL=ai_server.base_url + "/v1",
+                                    AI_API_KEY="k", AI_DEBOUNCE="60", BOT_PHONE_TAKEOVER="1800")
+        events = EventLog()
+        tenant = new_tenant(pool)
+        try:
+            with supervision(settings, pool, events):
+                bot = _pair(sim, events, pool, tenant)
+                pool.execute(tenant, "UPDATE bots SET ai = %s WHERE id = %s", (json.dumps({"enabled": True}), bot))
+                sim.inbound(bot, "15550001111", "before the owner", message_id="IN-1")
+                _wait(lambda: sim.bot_state(bot)["pending_inbound"] == 0, 10, "the first message stored")
+                pg.stop_server()
+                try:
+                    phone_id = sim.phone_send(bot, "15550001111", "the owner writes")
+                    sim.inbound(bot, "15550001111", "after the owner", message_id="IN-2")
+                    _wait(lambda: retries.count, 60, "the owner's message to fail to be stored")
+                    assert sim.bot_state(bot)["pending_inbound"] == 2  # nothing acked meanwhile
+                finally:
+                    pg.start_server()
+                _wait(lambda: sim.bot_state(bot)["pending_inbound"] == 0, 60, "both stored and acked")
+                rows = _wait(lambda: _safe(lambda: pool.query(
+                    tenant, "SELECT wa_message_id, direction, status, payload->>'ignored', payload->>'source'"
+                            " FROM messages WHERE bot_id = %s ORDER BY created_at, id", (bot,))), 10, "the messages")
+        finally:
+            logging.getLogger("actors.pipeline").removeHandler(retries)
+        assert [tuple(r) for r in rows] == [
+            ("IN-1", "in", "ignored", conv.ANSWERED_FROM_PHONE, None),
+            (phone_id, "out", "sent", None, "phone"),
+            ("IN-2", "in", "ignored", conv.OWNER_ON_PHONE, None),
+        ]
+        assert ai_server.calls == []
 
 
 def _supervisor(pg, data_dir, sim_address, log_path, **extra):

@@ -99,7 +99,64 @@ def test_the_contacts_with_unanswered_messages_are_those_of_the_bot_with_a_store
     a, b, c = "111@s.whatsapp.net", "222@s.whatsapp.net", "333@s.whatsapp.net"
     stored = ps.store_many(pool, tenant, [(bot, _msg(a), None), (bot, _msg(b), None), (other, _msg(c), None)])
     ps.answer_many(pool, tenant, [(bot, stored[1].contact_id, [stored[1].message_id], "r", "rule", None, False)])
-    assert conv.contacts_with_unanswered(pool, tenant, bot) == [stored[0].contact_id]
+    assert conv.contacts_with_unanswered(pool, tenant, bot) == [(stored[0].contact_id, False, False)]
+    pool.execute(tenant, "UPDATE contacts SET paused = true, phone_hold_until = now() + interval '1 minute'"
+                         " WHERE id = %s", (stored[0].contact_id,))
+    assert conv.contacts_with_unanswered(pool, tenant, bot) == [(stored[0].contact_id, True, True)]
+
+
+def _mine(chat="111@s.whatsapp.net", text="I'll handle this", wa=None, **fields):
+    return MessageReceived(wa or uuid.uuid4().hex.upper(), chat, "4930555000111@s.whatsapp.net", time.time(),
+                           text=text, from_me=True, **fields)
+
+
+def _rows(pool, tenant, contact_id):
+    return pool.query(tenant, "SELECT direction, body, status, payload, wa_message_id FROM messages"
+                              " WHERE contact_id = %s ORDER BY created_at, id", (contact_id,))
+
+
+def test_a_message_from_the_phone_is_stored_outgoing_and_holds_the_conversation(pool):
+    tenant, bot = _setup(pool)
+    now = time.time()
+    waiting = ps.store_many(pool, tenant, [(bot, _msg(text="anyone?", ts=now - 5), None)])[0]
+    other = ps.store_many(pool, tenant, [(bot, _msg("222@s.whatsapp.net", ts=now - 5), None)])[0]
+    assert not waiting.held
+    phone = conv.store_from_phone(pool, tenant, bot, _mine(wa="PHONE1"), "cid-1", 60.0)
+    assert phone.message_id is not None and phone.contact_id == waiting.contact_id
+    assert phone.jid == "111@s.whatsapp.net" and not phone.paused and phone.paused_at is None
+    assert phone.ignored == (waiting.message_id,)
+    in_db = pool.query(tenant, "SELECT phone_hold_until, extract(epoch FROM phone_hold_until - now())"
+                               " FROM contacts WHERE id = %s", (phone.contact_id,))[0]
+    assert in_db[0] == phone.phone_hold_until and 55 < in_db[1] <= 60
+    rows = _rows(pool, tenant, phone.contact_id)
+    assert [(r[0], r[1], r[2]) for r in rows] == [("in", "anyone?", "ignored"), ("out", "I'll handle this", "sent")]
+    assert rows[0][3]["ignored"] == conv.ANSWERED_FROM_PHONE
+    assert rows[1][3] == {"source": "phone", "original_kind": "text"} and rows[1][4] == "PHONE1"
+    # The other customer's conversation is untouched; this one's next message is stored as held.
+    assert [r[2] for r in _rows(pool, tenant, other.contact_id)] == ["stored"]
+    after = ps.store_many(pool, tenant, [(bot, _msg(text="thanks"), None), (bot, _msg("222@s.whatsapp.net"), None)])
+    assert (after[0].held, after[1].held) == (True, False)
+
+
+def test_a_message_from_the_phone_already_stored_changes_nothing(pool):
+    tenant, bot = _setup(pool)
+    first = conv.store_from_phone(pool, tenant, bot, _mine(wa="PHONE2"), None, 0.0)
+    assert first.message_id is not None and first.phone_hold_until is None  # no hold asked for
+    waiting = ps.store_many(pool, tenant, [(bot, _msg(text="hello"), None)])[0]
+    again = conv.store_from_phone(pool, tenant, bot, _mine(wa="PHONE2"), None, 60.0)
+    assert again.message_id is None and again.phone_hold_until is None and again.ignored == ()
+    assert [r[2] for r in _rows(pool, tenant, waiting.contact_id)] == ["sent", "stored"]
+
+
+def test_media_from_the_phone_keeps_its_caption_and_media_details(pool):
+    tenant, bot = _setup(pool)
+    event = _mine(text="", kind="image", caption="our menu", mime_type="image/jpeg", media_ref="m-1")
+    phone = conv.store_from_phone(pool, tenant, bot, event, None, 60.0)
+    kind, body, payload = pool.query(tenant, "SELECT kind, body, payload FROM messages WHERE id = %s",
+                                     (phone.message_id,))[0]
+    assert (kind, body) == ("image", "our menu")
+    assert payload == {"source": "phone", "caption": "our menu", "mime_type": "image/jpeg", "media_ref": "m-1",
+                       "original_kind": "image"}
 
 
 def test_storing_later_hands_the_stored_rows_to_the_callback_once_committed(pool):
