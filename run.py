@@ -1,4 +1,5 @@
-"""Entry point: ``python run.py [all|web|supervisor|migrate|create-tenant NAME|simulator]``.
+"""Entry point: ``python run.py [all|web|supervisor|migrate|create-tenant NAME [--admin-email EMAIL]|
+reset-password EMAIL|simulator]``.
 
 gevent patches the standard library before anything else is imported (pykka's threads become
 greenlets), and psycopg2 gets a wait callback that yields to the hub and cancels abandoned queries.
@@ -34,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="apply pending database migrations and exit")
     create = sub.add_parser("create-tenant", help="create a tenant and print its first API key once")
     create.add_argument("name")
+    create.add_argument("--admin-email", help="also make this person its admin and print their one-time set-password link")
+    reset = sub.add_parser("reset-password", help="print a one-time password-reset link for a dashboard account")
+    reset.add_argument("email")
     sub.add_parser("simulator", help="run the WhatsApp network simulator (a test and demo tool)")
     return parser
 
@@ -62,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
             return _migrate(system)
         system.start_database()
         if command == "create-tenant":
-            return _create_tenant(system, args.name)
+            return _create_tenant(system, args.name, args.admin_email)
+        if command == "reset-password":
+            return _reset_password(system, args.email)
         return _serve(system, web=command in ("all", "web"), supervise=command in ("all", "supervisor"))
     except StartupError as exc:
         print(f"cannot start: {exc}", file=sys.stderr)
@@ -77,9 +83,17 @@ def _migrate(system: "object") -> int:
     return 0
 
 
-def _create_tenant(system: "object", name: str) -> int:
-    from db import tenants
+def _create_tenant(system: "object", name: str, admin_email: str | None) -> int:
+    from db import accounts, tenants
+    from web import links, validation
+    from web.errors import ApiError
 
+    if admin_email is not None:
+        try:
+            admin_email = validation.email({"email": admin_email})
+        except ApiError as exc:
+            print(f"invalid admin email: {exc.message}", file=sys.stderr)
+            return 2
     try:
         tenant_id, key = tenants.create_tenant(system.pool, name)
     except ValueError as exc:
@@ -87,6 +101,29 @@ def _create_tenant(system: "object", name: str) -> int:
         return 2
     print(f"tenant {tenant_id} created")
     print(f"API key (shown once, store it now): {key}")
+    if admin_email is not None:
+        settings = system.settings
+        token = accounts.add_admin(system.pool, tenant_id, admin_email, settings.auth_link_ttl)
+        if token is None:
+            print(f"admin {admin_email}: already has an account; they sign in with their password")
+        else:
+            print(f"admin {admin_email}: set-password link (valid {settings.auth_link_ttl / 3600:g} h, shown once):"
+                  f" {links.link_url(settings, token)}")
+    return 0
+
+
+def _reset_password(system: "object", email: str) -> int:
+    from db import accounts
+    from web import links
+
+    settings = system.settings
+    try:
+        token = accounts.operator_reset(system.pool, email.strip().lower(), settings.auth_link_ttl)
+    except LookupError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    print(f"password-reset link for {email} (valid {settings.auth_link_ttl / 3600:g} h, shown once):"
+          f" {links.link_url(settings, token)}")
     return 0
 
 

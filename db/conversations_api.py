@@ -104,8 +104,11 @@ _CONTACT_COLUMNS = "id, jid, name, paused, paused_at, paused_by, last_message_at
 
 
 def _contact(row: Any) -> dict[str, Any]:
-    return {"id": str(row[0]), "jid": row[1], "name": row[2], "paused": row[3], "paused_at": _iso(row[4]),
-            "paused_by": row[5], "last_message_at": _iso(row[6]), "created_at": _iso(row[7])}
+    contact = {"id": str(row[0]), "jid": row[1], "name": row[2], "paused": row[3], "paused_at": _iso(row[4]),
+               "paused_by": row[5], "last_message_at": _iso(row[6]), "created_at": _iso(row[7])}
+    if len(row) > 8:
+        contact["phone_hold_until"] = _iso(row[8])
+    return contact
 
 
 def find_contact(pool: Any, tenant_id: str, bot_id: str, *, contact_id: str | None = None,
@@ -121,26 +124,27 @@ def find_contact(pool: Any, tenant_id: str, bot_id: str, *, contact_id: str | No
 
 
 def set_paused(pool: Any, tenant_id: str, bot_id: str, contact_id: str, paused: bool,
-               key_hash: bytes | None) -> dict[str, Any] | None:
+               key_hash: bytes | None, by: str | None = None) -> dict[str, Any] | None:
     """Pause (a human takes over: the bot stores but no longer answers) or resume the conversation;
     the contact, or None when it is not the bot's. Pausing a paused conversation keeps when and by whom
-    it was first paused. ``paused_by`` names the API key (its prefix and name) that paused it."""
+    it was first paused. ``paused_by`` is ``by`` (a dashboard member, ``member:<email>``) or names the
+    API key (its prefix and name) that paused it. Resuming also ends a hold from the owner's phone."""
 
     def work(unit: Any) -> dict[str, Any] | None:
         if paused:
             row = unit.one(
                 "UPDATE contacts SET paused = true,"
                 " paused_at = CASE WHEN paused THEN paused_at ELSE now() END,"
-                " paused_by = CASE WHEN paused THEN paused_by ELSE coalesce("
+                " paused_by = CASE WHEN paused THEN paused_by ELSE coalesce(%s,"
                 "   (SELECT 'api-key:' || k.prefix || CASE WHEN k.name <> '' THEN ' (' || k.name || ')' ELSE '' END"
                 "      FROM api_keys k WHERE k.key_hash = %s), 'api') END"
-                f" WHERE id = %s AND bot_id = %s RETURNING {_CONTACT_COLUMNS}",
-                (key_hash, contact_id, bot_id),
+                f" WHERE id = %s AND bot_id = %s RETURNING {_CONTACT_COLUMNS}, phone_hold_until",
+                (by, key_hash, contact_id, bot_id),
             )
         else:
             row = unit.one(
-                "UPDATE contacts SET paused = false, paused_at = NULL, paused_by = NULL"
-                f" WHERE id = %s AND bot_id = %s RETURNING {_CONTACT_COLUMNS}",
+                "UPDATE contacts SET paused = false, paused_at = NULL, paused_by = NULL, phone_hold_until = NULL"
+                f" WHERE id = %s AND bot_id = %s RETURNING {_CONTACT_COLUMNS}, phone_hold_until",
                 (contact_id, bot_id),
             )
         if row is None:
@@ -149,6 +153,13 @@ def set_paused(pool: Any, tenant_id: str, bot_id: str, contact_id: str, paused: 
         return _contact(row)
 
     return pool.run(tenant_id, work, repeatable=True)
+
+
+def conversation_state(contact: dict[str, Any]) -> dict[str, Any]:
+    """The ``conversation.state`` event's payload for a contact as ``set_paused`` returns it."""
+    return {"contact_id": contact["id"], "jid": contact["jid"], "paused": contact["paused"],
+            "paused_by": contact["paused_by"], "paused_at": contact["paused_at"],
+            "phone_hold_until": contact.get("phone_hold_until")}
 
 
 # -- messages ------------------------------------------------------------------------------------------

@@ -61,7 +61,7 @@ class StoredEvent(NamedTuple):
         }
 
 
-def _row(row: Any) -> StoredEvent:
+def row_to_event(row: Any) -> StoredEvent:
     id_, tenant, bot, type_, payload, created = row
     return StoredEvent(int(id_), str(tenant), None if bot is None else str(bot), type_, payload, created)
 
@@ -88,7 +88,7 @@ def publish_many(pool: Any, tenant_id: str, rows: Sequence[tuple[str | None, str
 
 
 def after(pool: Any, after_id: int, limit: int = 1000) -> list[StoredEvent]:
-    return [_row(r) for r in pool.query(None, "SELECT * FROM events_after(%s, %s)", (after_id, limit))]
+    return [row_to_event(r) for r in pool.query(None, "SELECT * FROM events_after(%s, %s)", (after_id, limit))]
 
 
 def high_water(pool: Any) -> int:
@@ -111,7 +111,7 @@ def for_tenant(
         params.append(sorted(types))
     sql += " ORDER BY id LIMIT %s"
     params.append(limit)
-    return [_row(r) for r in pool.query(tenant_id, sql, params)]
+    return [row_to_event(r) for r in pool.query(tenant_id, sql, params)]
 
 
 def prune(pool: Any, keep_seconds: float) -> int:

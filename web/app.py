@@ -14,20 +14,24 @@ import time
 from typing import Any, Callable
 
 from flask import Flask, g, request
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from core import context
 from web import errors
 
 log = logging.getLogger("web.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-# Media uploads carry files up to MEDIA_MAX_BYTES (plus multipart framing), not JSON.
-_MEDIA_UPLOAD = ("POST", "/api/v1/media")
+# Media uploads carry files up to MEDIA_MAX_BYTES (plus multipart framing), not JSON: the API's upload
+# and the dashboard composer's attachments.
+_MEDIA_UPLOAD = re.compile(r"^(/api/v1/media|/app/inbox/[0-9a-fA-F-]{36}/send)$")
 _MULTIPART_SLACK = 64 * 1024
+# Responses that set no policy of their own (JSON, health, metrics) may run or frame nothing.
+_DEFAULT_CSP = "default-src 'none'; frame-ancestors 'none'"
 
 
 def _body_limit(settings: Any, environ: dict) -> int:
     """HTTP_MAX_BODY for every request but a media upload."""
-    if (environ.get("REQUEST_METHOD"), environ.get("PATH_INFO")) == _MEDIA_UPLOAD:
+    if environ.get("REQUEST_METHOD") == "POST" and _MEDIA_UPLOAD.match(environ.get("PATH_INFO") or ""):
         return max(settings.http_max_body, settings.media_max_bytes + _MULTIPART_SLACK)
     return settings.http_max_body
 
@@ -62,11 +66,16 @@ class _ChunkedBodyLimit:
 
 
 def create_app(system: Any) -> Flask:
-    app = Flask("wabot")
+    app = Flask("wabot", static_folder=None)  # the dashboard blueprint serves its own files
     settings = system.settings
     app.config.update(MAX_CONTENT_LENGTH=settings.http_max_body, JSON_SORT_KEYS=False)
     app.extensions["wabot"] = system
     app.wsgi_app = _ChunkedBodyLimit(app.wsgi_app, lambda environ: _body_limit(settings, environ))
+    if settings.proxy_hops:
+        # The client's address, scheme and host as the trusted proxies saw them (sign-in throttling
+        # counts per address; cookies and CSRF origin checks need the public scheme and host).
+        hops = settings.proxy_hops
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops)
     metrics = system.metrics
     errors.install(app, metrics)
 
@@ -87,6 +96,9 @@ def create_app(system: Any) -> Flask:
     @app.after_request
     def _finish(response: Any) -> Any:
         response.headers["X-Request-ID"] = g.get("request_id", "")
+        response.headers.setdefault("Content-Security-Policy", _DEFAULT_CSP)
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "same-origin"
         route = request.url_rule.rule if request.url_rule is not None else "unmatched"
         metrics.http_requests.labels(route, request.method, str(response.status_code)).inc()
         if "started" in g:
@@ -109,6 +121,7 @@ def create_app(system: Any) -> Flask:
                 pass  # reset from another context (streamed responses): nothing to undo
 
     from web import bots, conversations, health, media, streams, tenants, ws
+    from web.dashboard import blueprint as dashboard
 
     app.register_blueprint(health.blueprint)
     app.register_blueprint(tenants.blueprint, url_prefix="/api/v1")
@@ -119,4 +132,5 @@ def create_app(system: Any) -> Flask:
     app.register_blueprint(media.blueprint, url_prefix="/api/v1")
     for extra in getattr(system, "blueprints", ()):
         app.register_blueprint(extra, url_prefix="/api/v1")
+    app.register_blueprint(dashboard)
     return app

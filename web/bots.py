@@ -39,7 +39,7 @@ _PHONE_SEPARATORS = re.compile(r"[+\s-]")
 _CONTROL = re.compile(r"[\x00-\x20\x7f]")
 
 # action -> (desired_state, command)
-_ACTIONS = {
+ACTIONS = {
     "start": ("running", None),
     "stop": ("stopped", None),
     "restart": ("running", "restart"),
@@ -50,7 +50,7 @@ _ACTIONS = {
 # -- input -------------------------------------------------------------------------------------------
 
 
-def _phone(value: Any, field: str) -> str:
+def phone_digits(value: Any, field: str) -> str:
     """Digits only, 8–15 of them (E.164 without '+'); '+', spaces and dashes are dropped first."""
     if not isinstance(value, str):
         raise bad_request(field, "must be a string of digits")
@@ -83,7 +83,7 @@ def _proxy(value: Any, field: str) -> str:
     return value
 
 
-def _transport_options(body: dict[str, Any]) -> dict[str, Any]:
+def transport_options(body: dict[str, Any]) -> dict[str, Any]:
     raw = body.get("transport_options")
     if raw is None:
         return {}
@@ -98,7 +98,7 @@ def _transport_options(body: dict[str, Any]) -> dict[str, Any]:
     if "proxy" in raw:
         options["proxy"] = _proxy(raw["proxy"], "transport_options.proxy")
     if "phone" in raw:
-        options["phone"] = _phone(raw["phone"], "transport_options.phone")
+        options["phone"] = phone_digits(raw["phone"], "transport_options.phone")
     if "auto_start" in raw:
         if not isinstance(raw["auto_start"], bool):
             raise bad_request("transport_options.auto_start", "must be true or false")
@@ -128,7 +128,7 @@ def create_bot() -> Any:
         if key not in _BOT_FIELDS:
             raise bad_request(key[:100], "unknown field; allowed: " + ", ".join(_BOT_FIELDS))
     name = v.text(body, "name", max_len=200)
-    options = _transport_options(body)
+    options = transport_options(body)
     pool = system().pool
     bot = bots.create(pool, g.tenant_id, name, options)
     if options.get("auto_start"):
@@ -161,7 +161,7 @@ def delete_bot(bot_id: str) -> Any:
 @require_tenant
 def bot_action(bot_id: str, action: str) -> Any:
     bot_id = _bot_id(bot_id)
-    desired, command = _ACTIONS[action]
+    desired, command = ACTIONS[action]
     pool = system().pool
     if not bots.set_desired(pool, g.tenant_id, bot_id, desired, command):
         raise not_found("bot")
@@ -171,7 +171,7 @@ def bot_action(bot_id: str, action: str) -> Any:
 # -- pairing -----------------------------------------------------------------------------------------
 
 
-def _no_qr_reason(bot: dict[str, Any]) -> str:
+def no_qr_reason(bot: dict[str, Any]) -> str:
     if bot["paired"]:
         return "the bot is already paired; log it out to pair again"
     if bot["desired_state"] != "running":
@@ -181,7 +181,7 @@ def _no_qr_reason(bot: dict[str, Any]) -> str:
     return f"no QR code has been issued yet (state: {bot['state']}); try again in a moment"
 
 
-def _qr_svg(payload: str, inline: bool) -> str:
+def qr_svg(payload: str, inline: bool) -> str:
     # micro=False: WhatsApp scans regular QR codes only; segno would pick a Micro QR for short payloads.
     code = segno.make(payload, micro=False)
     if inline:
@@ -204,37 +204,26 @@ def bot_qr(bot_id: str) -> Any:
         raise not_found("bot")
     # A stopped session leaves its last QR code on the row; it is stale, as is one left on a paired bot.
     if payload is None or bot["paired"] or bot["desired_state"] != "running":
-        raise ApiError(404, "no_qr", _no_qr_reason(bot))
+        raise ApiError(404, "no_qr", no_qr_reason(bot))
     if fmt == "svg":
-        response = Response(_qr_svg(payload, inline=False), mimetype="image/svg+xml")
+        response = Response(qr_svg(payload, inline=False), mimetype="image/svg+xml")
     elif fmt == "text":
         response = Response(payload, mimetype="text/plain")
     else:
         response = jsonify(
-            {"qr": payload, "svg": _qr_svg(payload, inline=True), "issued_at": issued_at and issued_at.isoformat()}
+            {"qr": payload, "svg": qr_svg(payload, inline=True), "issued_at": issued_at and issued_at.isoformat()}
         )
     # The QR code lets whoever scans it take over the WhatsApp account: never cache it.
     response.headers["Cache-Control"] = "no-store"
     return response
 
 
-def _pair_code_timeout() -> float:
-    return float(current_app.config.get("PAIR_CODE_TIMEOUT", PAIR_CODE_TIMEOUT))
-
-
-@blueprint.post("/bots/<bot_id>/pair-code")
-@require_tenant
-def bot_pair_code(bot_id: str) -> Any:
-    bot_id = _bot_id(bot_id)
-    body = v.json_body()
-    if body.get("phone") is None:
-        raise bad_request("phone", "is required")
-    phone = _phone(body["phone"], "phone")
-    pool, tenant_id = system().pool, g.tenant_id
+def request_pair_code(pool: Any, tenant_id: str, bot_id: str, phone: str, timeout: float) -> str:
+    """Ask the running session for a pair code and wait up to ``timeout`` for its answer (the code);
+    ``ApiError`` 404 (no such bot), 504 (no supervisor answered) or 409 (the session could not)."""
     seq = bots.request_pair_code(pool, tenant_id, bot_id, phone)
     if seq is None:
         raise not_found("bot")
-    timeout = _pair_code_timeout()
     deadline = time.monotonic() + timeout
     while True:
         result = bots.pair_result(pool, tenant_id, bot_id, seq)
@@ -256,4 +245,20 @@ def bot_pair_code(bot_id: str) -> Any:
     code, error = result
     if error or not code:
         raise ApiError(409, "pair_code_failed", f"the session could not get a pair code: {error or 'no code returned'}")
+    return code
+
+
+def _pair_code_timeout() -> float:
+    return float(current_app.config.get("PAIR_CODE_TIMEOUT", PAIR_CODE_TIMEOUT))
+
+
+@blueprint.post("/bots/<bot_id>/pair-code")
+@require_tenant
+def bot_pair_code(bot_id: str) -> Any:
+    bot_id = _bot_id(bot_id)
+    body = v.json_body()
+    if body.get("phone") is None:
+        raise bad_request("phone", "is required")
+    phone = phone_digits(body["phone"], "phone")
+    code = request_pair_code(system().pool, g.tenant_id, bot_id, phone, _pair_code_timeout())
     return jsonify({"code": code})

@@ -99,12 +99,12 @@ def _plus_restored(value: str) -> str | None:
     return head + "+" + tail if sep and "T" in head else None
 
 
-def _cursor(at: datetime.datetime, row_id: str) -> str:
+def page_cursor(at: datetime.datetime, row_id: str) -> str:
     raw = f"{at.isoformat()}|{row_id}".encode()
     return _CURSOR_PREFIX + base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def _before() -> api_db.Before:
+def before_arg() -> api_db.Before:
     """``before``: an opaque cursor from ``next_before`` or an ISO 8601 time; 400 otherwise."""
     raw = request.args.get("before")
     if raw is None or raw == "":
@@ -134,7 +134,7 @@ def _page(rows: list[dict[str, Any]], limit: int, sort_key: str) -> tuple[list[d
     """The page's rows without their internal sort key, and the cursor to the next page (if any)."""
     more = len(rows) > limit
     rows = rows[:limit]
-    cursor = _cursor(rows[-1][sort_key], rows[-1]["id"]) if more else None
+    cursor = page_cursor(rows[-1][sort_key], rows[-1]["id"]) if more else None
     for row in rows:
         row.pop(sort_key, None)
     return rows, cursor
@@ -232,7 +232,7 @@ def send_message(bot_id: str) -> Any:
 @require_tenant
 def list_conversations(bot_id: str) -> Any:
     bot_id = _bot_id(bot_id)
-    limit, before = _limit(), _before()
+    limit, before = _limit(), before_arg()
     bot_id = _require_bot(bot_id)
     rows = api_db.list_conversations(system().pool, g.tenant_id, bot_id, limit, before)
     rows, cursor = _page(rows, limit, "activity")
@@ -243,7 +243,7 @@ def list_conversations(bot_id: str) -> Any:
 @require_tenant
 def list_messages(bot_id: str, contact: str) -> Any:
     bot_id = _bot_id(bot_id)
-    limit, before = _limit(), _before()
+    limit, before = _limit(), before_arg()
     found = _contact(bot_id, contact)
     rows = api_db.list_messages(system().pool, g.tenant_id, found["id"], limit, before)
     rows, cursor = _page(rows, limit, "sort_at")
@@ -258,6 +258,8 @@ def pause_or_resume(bot_id: str, contact: str, action: str) -> Any:
     updated = api_db.set_paused(system().pool, g.tenant_id, bot_id, found["id"], action == "pause", _api_key_hash())
     if updated is None:
         raise not_found("contact")  # deleted in the meantime
+    system().publish(g.tenant_id, bot_id, "conversation.state", api_db.conversation_state(updated))
+    updated.pop("phone_hold_until", None)  # the documented contact shape
     return jsonify(updated)
 
 
@@ -341,7 +343,7 @@ def list_outbox() -> Any:
     bot_id = request.args.get("bot")
     if bot_id is not None:
         bot_id = _uuid_field(bot_id, "bot")
-    limit, before = _limit(), _before()
+    limit, before = _limit(), before_arg()
     pool, tenant_id = system().pool, g.tenant_id
     if bot_id is not None and not api_db.bot_exists(pool, tenant_id, bot_id):
         raise not_found("bot")

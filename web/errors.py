@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, g, jsonify
+from flask import Flask, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from core import context, sentry
@@ -45,6 +45,27 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
     return response
 
 
+_MACHINE_PATHS = ("/api/", "/healthz", "/readyz", "/metrics")
+_PAGE_PATHS = ("/app/", "/app", "/signin", "/signout", "/auth/", "/tenants", "/static/")
+
+
+def _for_people() -> bool:
+    """Errors are pages for the dashboard's paths, and for a browser asking for a page elsewhere;
+    JSON for the API, health and metrics, and for any client that does not ask for HTML."""
+    if request.path.startswith(_MACHINE_PATHS) or "dashboard" not in current_app.blueprints:
+        return False
+    if request.path.startswith(_PAGE_PATHS):
+        return True
+    accept = request.accept_mimetypes
+    return accept.best_match(["application/json", "text/html"]) == "text/html" and accept["text/html"] > accept["*/*"]
+
+
+def _page(status: int, title: str, message: str) -> Any:
+    from web.dashboard import html_error
+
+    return html_error(status, title, message)
+
+
 def install(app: Flask, metrics: Any) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError) -> Any:
@@ -55,6 +76,8 @@ def install(app: Flask, metrics: Any) -> None:
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Any:
+        if _for_people():
+            return _page(exc.code or 500, exc.name or "Error", exc.description or "")
         code = (exc.name or "error").lower().replace(" ", "_")
         response = error_response(exc.code or 500, code, exc.description or exc.name)
         if exc.code == 405 and getattr(exc, "valid_methods", None):
@@ -69,4 +92,6 @@ def install(app: Flask, metrics: Any) -> None:
             log.exception("unhandled error in request", extra={"error": repr(exc)})
             metrics.errors.labels(type(exc).__name__, "http").inc()
             sentry.capture(exc, where="http")
+            if _for_people():
+                return _page(500, "Something went wrong", "The error was recorded. Try again in a moment.")
             return error_response(500, "internal_error", "internal server error")

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 blueprint = Blueprint("media", __name__)
 
 
-def _store() -> media.MediaStore:
+def media_store() -> media.MediaStore:
     """The process's store: the root's ``media_store`` when the process made one (shared with the
     pipeline), else one made from settings once per app."""
     root = system()
@@ -41,7 +41,7 @@ def _too_large(limit: int) -> ApiError:
     return ApiError(413, "payload_too_large", f"media over the limit of {limit} bytes")
 
 
-def _mime(value: str | None, field: str) -> str:
+def mime_of(value: str | None, field: str) -> str:
     # curl --data-binary sends form-urlencoded unless told otherwise: never a media type anyone meant.
     if not value or value.split(";")[0].strip().lower() == "application/x-www-form-urlencoded":
         return names.DEFAULT_MIME
@@ -53,25 +53,25 @@ def _mime(value: str | None, field: str) -> str:
 
 def _upload() -> tuple[Any, str, str]:
     """(data, mime type, file name) from a multipart ``file`` part or a raw body."""
-    store = _store()
+    store = media_store()
     if request.mimetype == "multipart/form-data":
         part = request.files.get("file")
         if part is None:
             raise bad_request("file", "is required: send the file as a multipart part named 'file'")
         filename = request.form.get("filename") or request.args.get("filename") or part.filename or ""
-        return part.stream, _mime(part.content_type, "file"), names.clean_filename(filename)
+        return part.stream, mime_of(part.content_type, "file"), names.clean_filename(filename)
     # A raw body: its Content-Length (chunked ones get one in web.app) says up front whether it fits.
     if (request.content_length or 0) > store.max_bytes:
         raise _too_large(store.max_bytes)
     filename = names.clean_filename(request.args.get("filename"))
-    return request.stream, _mime(request.content_type, "Content-Type"), filename
+    return request.stream, mime_of(request.content_type, "Content-Type"), filename
 
 
 @blueprint.post("/media")
 @require_tenant
 def upload_media() -> Any:
     data, mime_type, filename = _upload()
-    store = _store()
+    store = media_store()
     try:
         media_id, stored = media.save(system().pool, store, g.tenant_id, None, data, mime_type, filename)
     except media.MediaTooLarge as exc:
@@ -93,12 +93,17 @@ def upload_media() -> Any:
 @blueprint.get("/media/<media_id>")
 @require_tenant
 def get_media(media_id: str) -> Any:
-    media_id = v.uuid_arg(media_id, "media")
-    row = media_db.get(system().pool, g.tenant_id, media_id)
+    return media_response(system().pool, g.tenant_id, v.uuid_arg(media_id, "media"))
+
+
+def media_response(pool: Any, tenant_id: str, media_id: str) -> Any:
+    """The object's bytes, streamed, as inert content (never sniffed, never run as a page); ApiError
+    404 when the tenant has no such media, 503 when the store is away."""
+    row = media_db.get(pool, tenant_id, media_id)
     if row is None:
         raise not_found("media")
     try:
-        reader = _store().open(row["backend"], row["object_key"])
+        reader = media_store().open(row["backend"], row["object_key"])
     except media.ObjectMissing:
         # The row outlived its object: storage lost it or it was removed behind our back.
         log.error("media row without its object", extra={"media_id": media_id, "backend": row["backend"]})

@@ -10,6 +10,7 @@ registration go with the request — nothing of a closed client outlives two hea
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any, Iterator
 
@@ -23,7 +24,7 @@ from actors.subscriber import Closing, Subscriber
 from core import context
 from db import events as events_db
 from sansio import sse
-from web.auth import require_tenant, system
+from web.auth import require_tenant_or_session, session_check, system
 from web.errors import ApiError, bad_request
 
 blueprint = Blueprint("streams", __name__)
@@ -90,7 +91,7 @@ def backlog(pool: Any, tenant_id: str, flt: sse.Filter, after: int, up_to: int) 
 
 
 @blueprint.get("/events")
-@require_tenant
+@require_tenant_or_session
 def events() -> Any:
     root = system()
     settings = root.settings
@@ -103,6 +104,7 @@ def events() -> Any:
     ref, subscriber, high = open_subscription(root, tenant_id, flt, "sse")
     work = context.current()
     delivered = root.bus_metrics.delivered.labels("sse")
+    still_valid = session_check(root, g.get("person"))
 
     def stream() -> Iterator[bytes]:
         context.set_current(work)
@@ -117,7 +119,15 @@ def events() -> Any:
                     yield sse.frame(event.id, event.type, event.as_json())
                     delivered.inc()
                 sent = max(sent, high)
+            check_at = time.monotonic() + settings.sse_heartbeat
             while True:
+                if still_valid is not None and time.monotonic() >= check_at:
+                    # A session signed out, expired or removed from the tenant ends its streams too.
+                    check_at = time.monotonic() + settings.sse_heartbeat
+                    if not still_valid():
+                        reason = "signed_out"
+                        yield sse.frame(None, "stream.closed", {"reason": "signed out", "last_event_id": sent})
+                        return
                 try:
                     item = subscriber.next(timeout=settings.sse_heartbeat)
                 except gevent.queue.Empty:

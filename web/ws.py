@@ -48,8 +48,8 @@ from actors.event_bus import ChangeFilter
 from actors.subscriber import Closing
 from core import context, sentry
 from db import outbox, tenants
-from sansio import sse
-from web.auth import system
+from sansio import roles, sse
+from web.auth import session_check, system
 from web.errors import ApiError, bad_request, not_found
 from web.streams import SUBSCRIBE_TIMEOUT, backlog, close_subscription, open_subscription, parse_filter
 
@@ -110,8 +110,21 @@ def _presented_key(headers: Any, args: Any) -> str | None:
     return args.get("token", "").strip() or None
 
 
-def _authenticate(pool: Any, headers: Any, args: Any) -> str:
+class _Caller(str):
+    """The tenant a connection acts for, and who: ``person`` is the dashboard member of a session
+    (whose role decides which commands they may use), None for a key (every command)."""
+
+    person: Any = None
+
+
+def _authenticate(pool: Any, headers: Any, args: Any, environ: dict | None = None) -> _Caller:
     key = _presented_key(headers, args)
+    if key is None and environ is not None:
+        person = _session_person(environ)
+        if person is not None:
+            caller = _Caller(person.tenant_id)
+            caller.person = person
+            return caller
     if key is None:
         raise ApiError(
             401, "unauthorized", "missing API key: send 'Authorization: Bearer <key>' or the query parameter token=<key>"
@@ -119,21 +132,47 @@ def _authenticate(pool: Any, headers: Any, args: Any) -> str:
     tenant_id = tenants.authenticate(pool, key)
     if tenant_id is None:
         raise ApiError(401, "unauthorized", "invalid API key")
-    return tenant_id
+    return _Caller(tenant_id)
+
+
+def _session_person(environ: dict) -> Any:
+    """The dashboard member behind the session cookie, for a same-origin upgrade only: a WebSocket is
+    not bound by CORS, so a page on another site could otherwise open one with the visitor's cookie."""
+    from urllib.parse import urlsplit
+
+    from web.dashboard import session  # the dashboard imports the API's modules: import late
+
+    origin = environ.get("HTTP_ORIGIN")
+    host = environ.get("HTTP_HOST", "")
+    if origin is not None and urlsplit(origin).netloc != host:
+        return None
+    person = session.current()
+    return person if person is not None and person.tenant_id is not None and person.role is not None else None
 
 
 def _gate(app: Any, path: str, environ: dict) -> bool:
     """For the server's handler, before it upgrades: may this request become a WebSocket? Only on this
-    route and with a valid key; otherwise the handler should run the app as plain HTTP, whose answer
-    (401, 400) is then an ordinary JSON response. Reads headers and query only, never the body."""
+    route and with a valid key (or session); otherwise the handler should run the app as plain HTTP,
+    whose answer (401, 400) is then an ordinary JSON response. Reads headers and query only, never the
+    body."""
     if environ.get("PATH_INFO") != path:
         return False
     req = Request(environ)
     try:
+        key = _presented_key(req.headers, req.args)
+        if key is None:
+            # A session needs the app's request context; the view itself checks it (and the origin).
+            return session_cookie_name() in req.cookies
         environ[_GATE_TENANT] = _authenticate(app.extensions["wabot"].pool, req.headers, req.args)
     except Exception:  # noqa: BLE001 - refused, or the database is away: the app answers properly
         return False
     return True
+
+
+def session_cookie_name() -> str:
+    from web.dashboard.session import COOKIE
+
+    return COOKIE
 
 
 @blueprint.record_once
@@ -317,8 +356,8 @@ def websocket() -> Any:
     environ = request.environ
     ws = environ.get("wsgi.websocket")
     try:
-        tenant_id = environ.get(_GATE_TENANT) or _authenticate(root.pool, request.headers, request.args)
-        g.tenant_id = tenant_id
+        caller = environ.get(_GATE_TENANT) or _authenticate(root.pool, request.headers, request.args, environ)
+        tenant_id = g.tenant_id = str(caller)
         if ws is None:
             raise ApiError(
                 400, "websocket_required",
@@ -340,7 +379,7 @@ def websocket() -> Any:
             return _refuse(ws, root.settings, exc, CLOSE_TRY_AGAIN)
         try:
             session = _Session(_Socket(ws, root.settings.ws_max_frame), root, tenant_id, ref, subscriber, high,
-                               last, flt)
+                               last, flt, caller.person)
         except BaseException:
             close_subscription(root, ref, "error")
             raise
@@ -366,9 +405,11 @@ def _refuse(ws: Any, settings: Any, exc: ApiError, close_code: int) -> Any:
 class _Session:
     def __init__(
         self, sock: _Socket, root: Any, tenant_id: str, ref: Any, subscriber: Any, high: int, last: int | None,
-        flt: sse.Filter,
+        flt: sse.Filter, person: Any = None,
     ) -> None:
         self.sock = sock
+        self.person = person  # a dashboard session's member (None for a key): commands follow their role
+        self.still_valid = session_check(root, person)
         self.root = root
         self.tenant_id = tenant_id
         self.ref = ref
@@ -454,6 +495,10 @@ class _Session:
                 try:
                     item = self.subscriber.next(timeout=self.heartbeat)
                 except gevent.queue.Empty:
+                    if self.still_valid is not None and not self.still_valid():
+                        self.sock.send({"type": "closed", "reason": "signed out", "last_event_id": self.sent})
+                        self.close_code, self.close_text, self.reason = CLOSE_POLICY, "signed out", "signed_out"
+                        return
                     if not self._heartbeat():
                         self.close_code, self.close_text = CLOSE_GOING_AWAY, "ping timeout"
                         self.reason = "ping_timeout"
@@ -629,6 +674,8 @@ class _Session:
         }
 
     def _op_send(self, message: dict) -> dict:
+        if self.person is not None and not self.person.can(roles.SEND):
+            raise ApiError(403, "forbidden", f"your role ({self.person.role}) may not send messages")
         self._fields(message, ("bot_id", "to", "text"))
         for field in ("bot_id", "to", "text"):
             if message.get(field) is None:
