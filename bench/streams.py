@@ -108,6 +108,19 @@ def stdin_lines() -> Any:
     return FileObjectPosix(0, "rb", close=False)
 
 
+def percentiles(data: list[float], qs: tuple[float, ...]) -> list[float]:
+    """Percentiles of sorted, non-empty ``data``, interpolated linearly between the closest ranks (as
+    ``numpy.percentile``'s default): the standard library only, so the benchmark needs no extra package."""
+    last = len(data) - 1
+    out = []
+    for q in qs:
+        pos = last * q / 100
+        lo = int(pos)
+        hi = min(lo + 1, last)
+        out.append(data[lo] + (data[hi] - data[lo]) * (pos - lo))
+    return out
+
+
 # -- the client process ---------------------------------------------------------------------------
 
 _FRAME = re.compile(rb'"s":(-?\d+),"t":([0-9.eE+-]+)')
@@ -233,14 +246,12 @@ class Client:
         return {"expected": self.expected}
 
     def report(self) -> dict:
-        import numpy
-
-        lat = numpy.frombuffer(self.latencies, dtype=numpy.float64) if len(self.latencies) else numpy.zeros(1)
-        p50, p90, p99 = numpy.percentile(lat, [50, 90, 99])
+        lat = sorted(self.latencies) or [0.0]
+        p50, p90, p99 = percentiles(lat, (50, 90, 99))
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return {
-            "delivered": len(self.latencies), "p50": float(p50), "p90": float(p90), "p99": float(p99),
-            "max": float(lat.max()), "first_recv": self.first_recv, "last_recv": self.last_recv,
+            "delivered": len(self.latencies), "p50": p50, "p90": p90, "p99": p99,
+            "max": lat[-1], "first_recv": self.first_recv, "last_recv": self.last_recv,
             "closed_notices": self.closed_notices, "dropped": self.dropped, "open_now": len(self.conns),
             "per_seq": dict(self.counts), "cpu": usage.ru_utime + usage.ru_stime,
             "rss_kb": usage.ru_maxrss,
