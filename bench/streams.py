@@ -2,7 +2,8 @@
 bare gevent SSE server as the ceiling.
 
 Run: ``python bench/streams.py [--subscribers 1000,5000,10000] [--events 100] [--concurrency 200]
-[--event-timeout 60] [--skip-bare] [--profile] [--profile-rate 100] [--profile-native]``
+[--event-timeout 60] [--skip-bare] [--profile] [--profile-rate 100] [--profile-native]``; ``--smoke`` for a
+run of a few seconds that only checks it works (the test suite runs it).
 
 Processes (all on 127.0.0.1, all gevent):
 
@@ -34,9 +35,12 @@ share a 2-core machine: the client process competes with the server for CPU (its
 the bare server's figure is partly the client's own ceiling.
 
 Targets at 10,000 subscribers (or the largest count run): p99 <= 1 s, <= 40 KB per subscriber,
-delivered/s >= 0.7 x the bare server. Prints PASS/MISS and always exits 0: it is a benchmark, not a
-test. ``--profile`` records the project server with py-spy during the events at the largest count and
-prints the top functions (py-spy must be installed). Results and how to run it are recorded in
+delivered/s >= 0.7 x the bare server. Prints PASS/MISS and exits 0 whatever the figures (a benchmark,
+not a test), non-zero when something fails to run (a process, a connection that does not open).
+``--smoke`` (5 subscribers, 3 events) also fails when an event does not reach every subscriber, and
+judges no figure. ``--profile`` records the project server with py-spy during the events at the
+largest count and prints the top functions (py-spy is optional, not a dependency: ``pip install
+py-spy``; without it the profile is skipped with a note). Results and how to run it are recorded in
 ``docs/performance.md`` ("Streams").
 """
 
@@ -390,14 +394,17 @@ class ClientProc:
         while not self.done.empty():
             self.done.get_nowait()
 
-    def stop(self) -> None:
+    def stop(self) -> int:
+        """Ends the client process; its exit code."""
         try:
             self.proc.stdin.write(b'{"cmd": "exit"}\n')
             self.proc.stdin.flush()
             self.proc.wait(timeout=30)
         except Exception:  # noqa: BLE001
             self.proc.kill()
+            self.proc.wait()
         self.log.close()
+        return self.proc.returncode
 
 
 class Server:
@@ -461,14 +468,24 @@ class Server:
         match = re.search(r'^stream_subscribers\{kind="sse"\} ([0-9.e+]+)$', text, re.M)
         return int(float(match.group(1))) if match else None
 
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
+    def stop(self) -> int:
+        """Ends the server process: the project's as an operator does (SIGTERM), the bare one by closing
+        its stdin (it has no signal handling); its exit code."""
+        if self.proc.poll() is None:
+            if self.kind == "bare":
+                try:
+                    self.proc.stdin.close()
+                except OSError:
+                    self.proc.send_signal(signal.SIGTERM)
+            else:
+                self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
         self.log.close()
+        return self.proc.returncode
 
 
 class Env:
@@ -574,11 +591,13 @@ def run_one(kind: str, n: int, env: Env, client: ClientProc, args: Any, profile:
         result["per_s"] = report["delivered"] / span if span > 0 else 0.0
         result["expected"] = opened["open_now"] * args.events
         client.call("close")
-        return result
     finally:
         if spy is not None:
             stop_spy(spy)
-        server.stop()
+        code = server.stop()
+    if code:
+        raise RuntimeError(f"the {kind} server exited with {code}")
+    return result
 
 
 # -- profiling (py-spy, outside the server process) -----------------------------------------------
@@ -718,6 +737,31 @@ def machine() -> str:
             f"python {platform.python_version()}  gevent {gv.__version__}  greenlet {greenlet.__version__}")
 
 
+def print_logs(work_dir: str, lines: int = 30) -> None:
+    """On a failure, the end of every process's log (they go with the temporary directory)."""
+    for name in sorted(os.listdir(work_dir)) if os.path.isdir(work_dir) else []:
+        if name.endswith(".log"):
+            with open(os.path.join(work_dir, name), errors="replace") as fh:
+                tail = fh.read().splitlines()[-lines:]
+            if tail:
+                print(f"--- {name} (last {len(tail)} lines) ---\n" + "\n".join(tail), file=sys.stderr, flush=True)
+
+
+def smoke_check(r: dict) -> None:
+    """``--smoke``: that the run happened (connections, deliveries), never how fast."""
+    problems = []
+    if r["failed"] or r["opened"] != r["n"]:
+        problems.append(f"opened {r['opened']} of {r['n']} ({r['errors']})")
+    if r["events_missed"]:
+        problems.append(f"{r['events_missed']} events did not reach every subscriber")
+    if r["delivered"] != r["expected"]:
+        problems.append(f"delivered {r['delivered']} of {r['expected']}")
+    if r["dropped"]:
+        problems.append(f"{r['dropped']} connections dropped")
+    if problems:
+        raise RuntimeError(f"smoke run, {r['kind']} server: " + "; ".join(problems))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--subscribers", default="1000,5000,10000", help="comma-separated counts")
@@ -725,18 +769,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=200, help="connections opening at once (default 200)")
     parser.add_argument("--event-timeout", type=float, default=60.0, help="seconds to wait for one event's fan-out")
     parser.add_argument("--skip-bare", action="store_true", help="only the project's server")
-    parser.add_argument("--profile", action="store_true", help="py-spy the project server at the largest count")
+    parser.add_argument("--profile", action="store_true",
+                        help="py-spy the project server at the largest count (optional: py-spy is not a "
+                             "dependency, `pip install py-spy`; without it the profile is skipped with a note)")
     parser.add_argument("--profile-rate", type=int, default=100, help="py-spy samples per second (default 100)")
     parser.add_argument("--profile-native", action="store_true", help="py-spy --native: C frames too (GC, gevent)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a few seconds with tiny counts (5 subscribers, 3 events; overrides --subscribers, "
+                             "--events, --concurrency, --event-timeout): checks that the benchmark runs end to "
+                             "end, exits non-zero on any failure (a connection, an event not delivered to every "
+                             "subscriber, a process); its figures mean nothing and the targets are not judged")
     parser.add_argument("--role", default="bench", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.subscribers, args.events, args.concurrency, args.event_timeout = "5", 3, 5, 20.0
     counts = [int(c) for c in args.subscribers.split(",")]
     logging.basicConfig(level=logging.WARNING)
     limit = raise_nofile()
 
     work_dir = tempfile.mkdtemp(prefix="bench-streams-")
     os.chmod(work_dir, 0o755)  # the embedded PostgreSQL may run as another user
-    pg = None
+    pg = env = None
     client = None
     results: list[dict] = []
     try:
@@ -752,6 +805,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {kind} server, {n:,} subscribers ...", flush=True)
                 r = run_one(kind, n, env, client, args, profile)
                 results.append(r)
+                if args.smoke:
+                    smoke_check(r)
                 print(
                     f"    opened {r['opened']:,} in {r['connect_s']:.1f}s (failed {r['failed']}"
                     f"{', ' + str(r['errors']) if r['errors'] else ''}); server sees {r['server_subscribers']}; "
@@ -783,15 +838,27 @@ def main(argv: list[str] | None = None) -> int:
                 "srv CPU us/deliv much less so."
             )
         print()
-        print(targets(results, max(counts)))
+        if args.smoke:
+            print("smoke run: every connection opened, every event reached every subscriber; the figures are "
+                  "from tiny counts and the targets are not judged")
+        else:
+            print(targets(results, max(counts)))
         for r in results:
             if r.get("profile"):
                 print(f"\npy-spy profile of the project server during the events at {r['n']:,} subscribers:")
                 print(r["profile"])
-        env.pool.stop()
+        code = client.stop()
+        client = None
+        if code:
+            raise RuntimeError(f"the client process exited with {code}")
+    except BaseException:
+        print_logs(work_dir)
+        raise
     finally:
         if client is not None:
             client.stop()
+        if env is not None:
+            env.pool.stop()  # an actor: left running, it would keep the interpreter from exiting
         if pg is not None:
             pg.stop()
         shutil.rmtree(work_dir, ignore_errors=True)
