@@ -157,3 +157,89 @@ def alice(web, make_tenant):
 def mallory(web, make_tenant):
     tenant_id, key = make_tenant()
     return ApiClient(web.url, key, tenant_id)
+
+
+# -- the dashboard -----------------------------------------------------------------------------------
+
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture(scope="session")
+def password_hash():
+    """One argon2 hash of PASSWORD for the whole session: making members costs no hashing."""
+    from argon2 import PasswordHasher
+
+    return PasswordHasher().hash(PASSWORD)
+
+
+class Member:
+    """A person of the dashboard as a browser: a cookie session, its CSRF token sent with every POST
+    (as the page's forms do), and the Origin header a browser adds."""
+
+    def __init__(self, base, token, csrf, account_id, user_id, email, role, tenant_id):
+        import requests
+
+        self.base, self.token, self.csrf = base, token, csrf
+        self.account_id, self.user_id, self.email, self.role, self.tenant_id = (
+            account_id, user_id, email, role, tenant_id)
+        self.http = requests.Session()
+        self.http.cookies.set("wabot_session", token)
+
+    def get(self, path, **kwargs):
+        kwargs.setdefault("timeout", 10)
+        kwargs.setdefault("allow_redirects", False)
+        return self.http.get(self.base + path, **kwargs)
+
+    def post(self, path, data=None, *, csrf=True, **kwargs):
+        kwargs.setdefault("timeout", 10)
+        kwargs.setdefault("allow_redirects", False)
+        data = dict(data or {})
+        if csrf:
+            data.setdefault("csrf_token", self.csrf)
+        headers = {"Origin": self.base, **kwargs.pop("headers", {})}
+        return self.http.post(self.base + path, data=data, headers=headers, **kwargs)
+
+
+@pytest.fixture
+def make_member(web, pool, password_hash):
+    """``make_member(tenant_id, role, email=None)``: an account with PASSWORD, a membership with
+    ``role`` and a signed-in session (opened directly: no argon2 per test)."""
+    from db import accounts
+
+    def make(tenant_id, role="admin", email=None, *, session=True):
+        email = email or f"{role}-{uuid.uuid4().hex[:8]}@example.test"
+        found = accounts.account_by_email(pool, email)
+        user_id = accounts.add_member(pool, tenant_id, email, role, found[0] if found else None)
+        if found is None:
+            token = accounts.create_link(pool, tenant_id, user_id, "invite", 3600, "test")
+            account_id = accounts.complete_link(pool, token, new_hash=password_hash, new_name="")
+        else:
+            account_id = found[0]
+        token, csrf = (accounts.open_session(pool, account_id, tenant_id, 3600, "pytest", "127.0.0.1")
+                       if session else (None, None))
+        return Member(web.url, token, csrf, account_id, user_id, email, role, tenant_id)
+
+    return make
+
+
+@pytest.fixture
+def shop(web, pg, make_tenant, make_member):
+    """A tenant with an API key (``shop.api``) and one signed-in member of each role. Every test
+    signs in from 127.0.0.1: that address's failure count starts from zero for each test."""
+    import psycopg2
+
+    conn = psycopg2.connect(pg.owner_url)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("DELETE FROM sign_in_failures WHERE key = 'addr:127.0.0.1'")
+    conn.close()
+    tenant_id, key = make_tenant()
+
+    class Shop:
+        pass
+
+    s = Shop()
+    s.tenant_id, s.key = tenant_id, key
+    s.api = ApiClient(web.url, key, tenant_id)
+    s.admin, s.agent, s.viewer = (make_member(tenant_id, role) for role in ("admin", "agent", "viewer"))
+    return s

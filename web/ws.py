@@ -35,6 +35,7 @@ import struct
 import time
 import uuid
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 import gevent
 import gevent.lock
@@ -138,8 +139,6 @@ def _authenticate(pool: Any, headers: Any, args: Any, environ: dict | None = Non
 def _session_person(environ: dict) -> Any:
     """The dashboard member behind the session cookie, for a same-origin upgrade only: a WebSocket is
     not bound by CORS, so a page on another site could otherwise open one with the visitor's cookie."""
-    from urllib.parse import urlsplit
-
     from web.dashboard import session  # the dashboard imports the API's modules: import late
 
     origin = environ.get("HTTP_ORIGIN")
@@ -161,8 +160,11 @@ def _gate(app: Any, path: str, environ: dict) -> bool:
     try:
         key = _presented_key(req.headers, req.args)
         if key is None:
-            # A session needs the app's request context; the view itself checks it (and the origin).
-            return session_cookie_name() in req.cookies
+            # A session needs the app's request context: the view checks it. A foreign page's
+            # upgrade is refused here already, as plain HTTP.
+            origin = environ.get("HTTP_ORIGIN")
+            same_site = origin is None or urlsplit(origin).netloc == environ.get("HTTP_HOST", "")
+            return same_site and session_cookie_name() in req.cookies
         environ[_GATE_TENANT] = _authenticate(app.extensions["wabot"].pool, req.headers, req.args)
     except Exception:  # noqa: BLE001 - refused, or the database is away: the app answers properly
         return False
