@@ -162,20 +162,21 @@ _ENQUEUE = (
     " RETURNING id, contact_id),"
     " m AS (INSERT INTO messages (bot_id, contact_id, direction, wa_message_id, kind, body, status, correlation_id,"
     " outbox_id, payload) SELECT %(bot)s, o.contact_id, 'out', %(wa)s, %(kind)s, %(text)s, 'pending', %(cid)s,"
-    " o.id, jsonb_build_object('source', 'api') FROM o RETURNING outbox_id)"
+    " o.id, jsonb_strip_nulls(jsonb_build_object('source', 'api', 'sent_by', %(by)s::text)) FROM o RETURNING outbox_id)"
     " SELECT outbox_id, pg_notify(%(channel)s, %(bot)s::text) FROM m"
 )
 
 
 def enqueue(pool: Any, tenant_id: str, bot_id: str, to_jid: str, text: str, correlation_id: str | None,
-            media_id: str | None = None, kind: str = "text") -> str:
+            media_id: str | None = None, kind: str = "text", sent_by: str | None = None) -> str:
     """Queue a message sent through the API (to a contact by jid, created if new); the outbox id.
+    ``sent_by`` names the dashboard member who wrote it (``member:<email>``), kept on the message.
     The notice wakes the pipeline of whichever supervisor process holds the bot."""
     rows = pool.query(
         tenant_id,
         _ENQUEUE,
         {"bot": bot_id, "to": to_jid, "wa": new_message_id(), "kind": kind, "text": text, "cid": correlation_id,
-         "media": media_id, "channel": NOTIFY_CHANNEL},
+         "media": media_id, "channel": NOTIFY_CHANNEL, "by": sent_by},
         repeatable=False,
     )
     return str(rows[0][0])

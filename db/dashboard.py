@@ -95,6 +95,7 @@ def conversation(pool: Any, tenant_id: str, contact_id: str | None = None, *, bo
 _MESSAGES = """
 SELECT m.id, m.direction, m.kind, m.body, m.status, m.wa_message_id, m.created_at, m.quoted_wa_id,
        m.outbox_id, m.payload->>'source' AS source, m.payload->>'ignored' AS ignored_reason,
+       m.payload->>'sent_by' AS sent_by,
        md.id AS media_id, md.mime_type, md.filename, md.size_bytes, o.last_error, o.state AS outbox_state,
        o.source AS outbox_source
   FROM messages m
@@ -111,6 +112,7 @@ def _message(r: dict[str, Any]) -> dict[str, Any]:
             "status": r["status"], "wa_message_id": r["wa_message_id"], "created_at": r["created_at"],
             "quoted_wa_id": r["quoted_wa_id"], "outbox_id": None if r["outbox_id"] is None else str(r["outbox_id"]),
             "source": r["outbox_source"] or r["source"], "ignored_reason": r["ignored_reason"],
+            "sent_by": r["sent_by"],
             "media": None if r["media_id"] is None else {
                 "id": str(r["media_id"]), "mime_type": r["mime_type"], "filename": r["filename"],
                 "size_bytes": r["size_bytes"]},

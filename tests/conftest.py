@@ -6,6 +6,9 @@ from gevent import monkey
 
 monkey.patch_all()
 
+# The browser tests run in a process of their own, unpatched (tests/test_browser.py starts it).
+collect_ignore = ["browser"]
+
 from db.green import make_psycopg2_green  # noqa: E402
 
 make_psycopg2_green()

@@ -139,7 +139,7 @@ def test_the_composer_queues_a_message_through_the_outbox_and_shows_it(web, shop
     outbox = shop.api.get("/outbox", params={"state": "pending"}).json()["outbox"]
     assert [row["text"] for row in outbox] == ["We open at nine."]
     page = shop.agent.get(f"/app/inbox/{conversation}").text
-    assert "We open at nine." in page and "sent by a person" in page
+    assert "We open at nine." in page and f'<span class="source who">{shop.agent.email}</span>' in page
 
 
 def test_the_composer_sends_an_attachment_with_its_caption(web, shop, bot, conversation):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import json
 import pathlib
 import zoneinfo
 from typing import Any
@@ -86,6 +87,8 @@ def when(value: Any, style: str = "short") -> Markup:
     today = datetime.datetime.now(viewer_zone()).date()
     if style == "full":
         text = local.strftime("%Y-%m-%d %H:%M:%S %Z")
+    elif style == "seconds":
+        text = local.strftime("%H:%M:%S" if local.date() == today else "%Y-%m-%d %H:%M:%S")
     elif local.date() == today:
         text = local.strftime("%H:%M")
     else:
@@ -112,6 +115,11 @@ def filesize(size: int | None) -> str:
     return ""
 
 
+def compact_json(value: Any) -> str:
+    """JSON as the event monitor's script writes it (``JSON.stringify``): compact, not ASCII-escaped."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
 def holder(paused_by: str | None) -> str:
     """Who holds a conversation, from ``contacts.paused_by``: a member's email or an API key."""
     if not paused_by:
@@ -133,7 +141,7 @@ def can(permission: str) -> bool:
 def _globals() -> dict[str, Any]:
     person = session.current()
     return {"person": person, "csrf": person.csrf if person else session.form_token(), "asset": asset,
-            "when": when, "phone": phone, "filesize": filesize, "holder": holder, "roles": roles, "settings": session.root().settings}
+            "when": when, "phone": phone, "filesize": filesize, "holder": holder, "compact_json": compact_json, "roles": roles, "settings": session.root().settings}
 
 
 @blueprint.after_request

@@ -158,7 +158,8 @@ def send(person: Person, contact_id: str) -> Any:
                             exc.status)
     try:
         outbox_id = conversations.enqueue(pool, tenant_id, contact["bot_id"], contact["jid"], text or "",
-                                          context.correlation_id(), media_id=media_id, kind=kind)
+                                          context.correlation_id(), media_id=media_id, kind=kind,
+                                          sent_by=person.held_by)
     except psycopg2.errors.ForeignKeyViolation:
         abort(404, description="The bot was deleted.")
     if session.wants_fragment():

@@ -27,6 +27,10 @@
     var text;
     if (style === "full") {
       text = d.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "medium" });
+    } else if (style === "seconds") {
+      text = d.toDateString() === now.toDateString()
+        ? d.toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit" })
+        : d.toLocaleString(undefined, { dateStyle: "short", timeStyle: "medium" });
     } else if (d.toDateString() === now.toDateString()) {
       text = d.toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" });
     } else {
@@ -54,10 +58,17 @@
     el.textContent = "in " + (m >= 60 ? Math.floor(m / 60) + " h " + (m % 60) + " min" : m ? m + " min " + s + " s" : s + " s");
   }
 
+  // The elements of ``root`` matching ``selector``, ``root`` itself included.
+  function within(root, selector) {
+    var found = Array.prototype.slice.call(root.querySelectorAll(selector));
+    if (root.matches && root.matches(selector)) found.unshift(root);
+    return found;
+  }
+
   function enhance(root) {
-    root.querySelectorAll("time[datetime]").forEach(formatTime);
-    root.querySelectorAll("[data-until]").forEach(countdown);
-    root.querySelectorAll("[data-upsert-into]").forEach(function (box) {
+    within(root, "time[datetime]").forEach(formatTime);
+    within(root, "[data-until]").forEach(countdown);
+    within(root, "[data-upsert-into]").forEach(function (box) {
       var target = document.getElementById(box.getAttribute("data-upsert-into"));
       Array.prototype.slice.call(box.children).forEach(function (el) { if (target) upsert(target, el); });
       box.remove();
@@ -311,7 +322,8 @@
         if (i === 1) {
           var t = document.createElement("time");
           t.setAttribute("datetime", ev.created_at);
-          t.setAttribute("data-style", "full");
+          t.setAttribute("data-style", "seconds");
+          td.className = "nowrap";
           td.appendChild(t);
           formatTime(t);
         } else {
@@ -332,30 +344,17 @@
   };
 
   function eventsControls(live) {
-    var form = document.getElementById("event-filter");
+    // Changing the filter loads the page again (a plain GET form): the rows shown and the stream
+    // then follow the same filter. Pausing closes the stream; resuming opens it after the last
+    // event shown, so what happened meanwhile arrives then, without a gap.
     var pause = document.getElementById("ev-pause");
-    if (!form) return;
-    function streamUrl() {
-      var params = new URLSearchParams();
-      var bot = document.getElementById("ev-bot").value;
-      var type = document.getElementById("ev-type").value.trim();
-      if (bot) params.set("bot", bot);
-      if (type) params.set("type", type);
-      var query = params.toString();
-      history.replaceState(null, "", "/app/events" + (query ? "?" + query : ""));
-      return "/api/v1/events" + (query ? "?" + query : "");
-    }
-    form.addEventListener("submit", function (e) {
-      e.preventDefault();
-      live.baseUrl = streamUrl();
-      if (!live.paused) live.open();
-    });
+    if (!pause) return;
     pause.addEventListener("click", function () {
       live.paused = !live.paused;
       pause.textContent = live.paused ? "Resume" : "Pause";
       pause.setAttribute("aria-pressed", live.paused ? "true" : "false");
       document.getElementById("ev-paused").hidden = !live.paused;
-      if (live.paused) live.close(); else live.open(); // resumes after the last event shown: no gap
+      if (live.paused) live.close(); else live.open();
     });
   }
 
@@ -363,7 +362,7 @@
     rememberZone();
     enhance(document);
     window.setInterval(function () { document.querySelectorAll("[data-until]").forEach(countdown); }, 1000);
-    document.body.addEventListener("htmx:afterSettle", function (e) { enhance(e.target); });
+    if (window.htmx) window.htmx.onLoad(function (el) { if (el !== document.body) enhance(el); });
     var body = document.body;
     var streamUrl = body.getAttribute("data-live");
     var page = pages[body.getAttribute("data-page") || ""];
