@@ -103,6 +103,8 @@ def create_app(system: Any) -> Flask:
         metrics.http_requests.labels(route, request.method, str(response.status_code)).inc()
         if "started" in g:
             elapsed = time.perf_counter() - g.started
+            # Time the server spent on the response before its body streams (devtools show it).
+            response.headers["Server-Timing"] = f"app;dur={elapsed * 1000:.1f}"
             metrics.http_latency.labels(route).observe(elapsed)
             log.info(
                 "request",

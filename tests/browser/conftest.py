@@ -141,13 +141,15 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     assert os.path.exists(CHROMIUM), f"{CHROMIUM} is missing: .ci/run installs it (apt-get install chromium)"
+    scratch = tempfile.mkdtemp(prefix="wabot-chromium-")  # Chromium leaves files in TMPDIR: keep them here
     with sync_playwright() as p:
         # Playwright gives every launch a new, empty profile of its own.
-        launched = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        launched = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, env={**os.environ, "TMPDIR": scratch})
         try:
             yield launched
         finally:
             launched.close()
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
