@@ -16,7 +16,6 @@ from tests.dbadmin import superuser_sql
 from tests.openai_server import OpenAiServer, reply, status
 from tests.sse_client import SSEClient
 from tests.test_ws import WS
-from tests.waiting import wait_until
 from transports.events import MessageReceived
 
 HOSTILE = "<script>alert(1)</script><img src=x onerror=alert(2)>"
@@ -258,8 +257,8 @@ def test_a_destructive_action_without_javascript_asks_for_confirmation_first(web
 
 def _rules_form(rules, action="save", **extra):
     data = {"action": action, "count": str(len(rules)), **extra}
-    for i, (match, pattern, reply, enabled) in enumerate(rules):
-        data.update({f"rules-{i}-match": match, f"rules-{i}-pattern": pattern, f"rules-{i}-reply": reply})
+    for i, (match, pattern, answer, enabled) in enumerate(rules):
+        data.update({f"rules-{i}-match": match, f"rules-{i}-pattern": pattern, f"rules-{i}-reply": answer})
         if enabled:
             data[f"rules-{i}-enabled"] = "on"
     return data

@@ -45,8 +45,10 @@ def _pairing(person: Person, bot: dict[str, Any]) -> dict[str, Any]:
         return {"kind": "stopped"}
     pool = session.root().pool
     _exists, payload, issued_at = bots_db.qr(pool, person.tenant_id, bot["id"])
-    if payload is None or not person.can(roles.PAIR):
+    if payload is None:
         return {"kind": "waiting", "reason": bots_api.no_qr_reason(bot)}
+    if not person.can(roles.PAIR):  # whoever scans the code takes the number over: not for viewers
+        return {"kind": "waiting", "reason": "the bot is waiting to be paired; an agent or admin sees its QR code here"}
     # A pair code asked for earlier stays on screen while the QR code rotates around it.
     rows = pool.query(person.tenant_id, "SELECT pair_code, pair_phone FROM bots WHERE id = %s AND pair_done = pair_seq",
                       (bot["id"],))

@@ -8,7 +8,6 @@ Live updates come from the tenant's event stream: app.js asks for one row or one
 
 from __future__ import annotations
 
-import datetime
 from typing import Any
 
 import psycopg2.errors
@@ -223,9 +222,3 @@ def media_file(person: Person, media_id: str) -> Any:
         return media_api.media_response(session.root().pool, person.tenant_id, session.path_id(media_id, "file"))
     except ApiError as exc:
         abort(exc.status, description=exc.message)
-
-
-def minutes_left(until: datetime.datetime | None) -> int:
-    if until is None:
-        return 0
-    return max(0, int((until - datetime.datetime.now(datetime.timezone.utc)).total_seconds() // 60))
