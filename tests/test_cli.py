@@ -108,6 +108,59 @@ def test_create_tenant_with_a_blank_name_fails_with_one_clear_line(env):
     assert "wbk_" not in result.stdout
 
 
+def test_create_tenant_with_an_admin_email_prints_a_one_time_set_password_link_valid_a_day(env, pool):
+    from db import accounts
+
+    email = f"boss-{uuid.uuid4().hex[:6]}@example.test"
+    result = run_py({**env, "PUBLIC_URL": "https://bots.example.com"}, "create-tenant", "Linked", "--admin-email",
+                    email.upper())
+    assert result.returncode == 0, result.stderr
+    tenant_id = re.search(r"tenant (\S+) created", result.stdout).group(1)
+    link = re.search(rf"admin {re.escape(email)}: set-password link \(valid 24 h, shown once\): (\S+)",
+                     result.stdout).group(1)
+    assert link.startswith("https://bots.example.com/auth/link/wbl_")
+    found = accounts.peek_link(pool, link.rsplit("/", 1)[1])
+    assert found["valid"] and found["email"] == email and found["tenant_id"] == tenant_id and found["role"] == "admin"
+    assert 23.9 * 3600 < (found["expires_at"] - found["expires_at"].now(found["expires_at"].tzinfo)).total_seconds() <= 24 * 3600
+    assert link.rsplit("/", 1)[1] not in result.stderr, "the link must not be logged"
+
+
+def test_create_tenant_for_an_admin_who_has_an_account_links_it_without_a_new_password(env, pool, password_hash):
+    from db import accounts
+
+    first_tenant, _ = tenants.create_tenant(pool, "First")
+    email = f"both-{uuid.uuid4().hex[:6]}@example.test"
+    token = accounts.create_link(pool, first_tenant, accounts.add_member(pool, first_tenant, email, "admin", None),
+                                 "invite", 3600, "test")
+    account = accounts.complete_link(pool, token, new_hash=password_hash)
+    result = run_py(env, "create-tenant", "Second", "--admin-email", email)
+    assert result.returncode == 0, result.stderr
+    assert "already has an account; they sign in with their password" in result.stdout and "/auth/link/" not in result.stdout
+    assert sorted(t["name"] for t in accounts.memberships(pool, account)) == ["First", "Second"]
+
+
+def test_create_tenant_with_a_malformed_admin_email_fails_before_creating_anything(env, pool):
+    result = run_py(env, "create-tenant", "Nobody", "--admin-email", "not-an-email")
+    assert result.returncode == 2
+    assert "invalid admin email" in plain_lines(result.stderr)[0] and "wbk_" not in result.stdout
+
+
+def test_reset_password_prints_a_link_for_an_account_and_refuses_an_unknown_email(env, pool, password_hash):
+    from db import accounts
+
+    tenant_id, _ = tenants.create_tenant(pool, "Reset")
+    email = f"forgot-{uuid.uuid4().hex[:6]}@example.test"
+    token = accounts.create_link(pool, tenant_id, accounts.add_member(pool, tenant_id, email, "agent", None), "invite",
+                                 3600, "test")
+    accounts.complete_link(pool, token, new_hash=password_hash)
+    done = run_py(env, "reset-password", email)
+    assert done.returncode == 0, done.stderr
+    link = re.search(r"\(valid 24 h, shown once\): (\S+)", done.stdout).group(1)
+    assert accounts.peek_link(pool, link.rsplit("/", 1)[1])["purpose"] == "reset"
+    unknown = run_py(env, "reset-password", "nobody@example.test")
+    assert unknown.returncode == 1 and "no dashboard account" in plain_lines(unknown.stderr)[0]
+
+
 # -- migrate ---------------------------------------------------------------------------------------
 
 

@@ -458,3 +458,52 @@ def test_a_websocket_from_another_sites_page_gets_no_session(web, shop):
         assert ws.status == 401 and b"unauthorized" in ws.body
     finally:
         ws.close()
+
+
+# -- usable by a person ----------------------------------------------------------------------------
+
+
+def test_every_input_on_every_page_has_a_label(web, shop, bot, conversation):
+    seen = 0
+    for path in PAGES + ["/signin"]:
+        html = shop.admin.get(path.format(bot=bot, contact=conversation)).text
+        labelled = set(re.findall(r'<label[^>]*\bfor="([^"]+)"', html))
+        fields = [tag for tag in re.findall(r"<(?:input|select|textarea)\b[^>]*>", html)
+                  if not re.search(r'type="(hidden|submit)"|\bhidden\b', tag)]
+        seen += len(fields)
+        for tag in fields:
+            field_id = re.search(r'\bid="([^"]+)"', tag)
+            named = 'aria-label="' in tag or (field_id and field_id.group(1) in labelled)
+            assert named or _inside_label(html, tag), (path, tag)
+    assert seen > 20, f"only {seen} fields found: the pages did not render their forms"
+
+
+def _inside_label(html, tag):
+    """An input written inside its <label> element is labelled by it."""
+    start = html.index(tag)
+    return html.rfind("<label", 0, start) > html.rfind("</label>", 0, start)
+
+
+def test_the_bots_list_shows_the_state_reason_attempt_countdown_and_ban(web, shop, bot, pg):
+    superuser_sql(pg, "UPDATE bots SET desired_state = 'running', state = 'backing_off', reason = 'network unreachable',"
+                      " attempt = 3, next_retry_at = now() + interval '40 seconds',"
+                      " banned_until = now() + interval '2 hours' WHERE id = %s", (bot,))
+    row = shop.viewer.get(f"/app/bots/{bot}/row", headers={"HX-Request": "true"}).text
+    assert "backing off" in row and "network unreachable" in row and "attempt 3" in row
+    assert re.search(r'data-until="[^"]+"', row) and "banned until" in row
+
+
+def test_the_status_page_counts_each_live_supervisors_bots_of_this_tenant_only(web, shop, bot, pg, make_tenant):
+    other_tenant, other_key = make_tenant()
+    other_bot = requests.post(f"{web.url}/api/v1/bots", json={"name": "theirs"}, timeout=10,
+                              headers={"Authorization": f"Bearer {other_key}"}).json()["id"]
+    superuser_sql(pg, "INSERT INTO supervisors (owner, expires_at) VALUES ('host-a:1', now() + interval '1 minute')")
+    try:
+        superuser_sql(pg, "UPDATE bots SET lease_owner = 'host-a:1', lease_expires_at = now() + interval '1 minute'"
+                          " WHERE id = ANY(%s::uuid[])", ([bot, other_bot],))
+        page = shop.admin.get("/app/admin/status").text
+        row = re.search(r"<tr><td data-label=\"Process\"><code>host-a:1</code>.*?</tr>", page, re.S).group(0)
+        assert "alive" in row and '<td data-label="Your bots">1</td>' in row
+    finally:
+        superuser_sql(pg, "UPDATE bots SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = 'host-a:1'")
+        superuser_sql(pg, "DELETE FROM supervisors WHERE owner = 'host-a:1'")

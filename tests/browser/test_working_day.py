@@ -100,11 +100,19 @@ def test_signing_out_and_in_again_returns_to_the_dashboard(day):
     page.click("header .me button[type=submit]")
     expect(page).to_have_url(re.compile(r"/signin$"))
     shot(day, "sign-in")
-    page.fill("#email", OWNER)
-    page.fill("#password", PASSWORD)
-    page.click("main button[type=submit]")
+    # By keyboard alone: the email field has the focus (with a visible ring), Tab, password, Enter.
+    assert page.evaluate("document.activeElement.id") == "email"
+    assert page.evaluate("getComputedStyle(document.activeElement).boxShadow") != "none"
+    page.keyboard.type(OWNER)
+    page.keyboard.press("Tab")
+    page.keyboard.type(PASSWORD)
+    page.keyboard.press("Enter")
     expect(page).to_have_url(re.compile(r"/app/inbox$"))
     expect(page.locator("header .me")).to_contain_text("Olga")
+    page.keyboard.press("Tab")  # the first stop of every page: a visible "Skip to content"
+    skip = page.locator("a.skip")
+    expect(skip).to_be_focused()
+    assert skip.bounding_box()["x"] >= 0
 
 
 def test_a_new_bot_shows_its_qr_code_and_the_page_follows_each_new_code(day):
@@ -130,6 +138,23 @@ def test_scanning_the_code_turns_the_page_to_connected_without_a_reload(day):
     expect(page.locator("#connected-as")).to_have_text(f"Connected as +{jid.split('@')[0]}")
     assert_same_page_load(page)
     shot(day, "bot-connected")
+
+
+def test_a_second_bot_is_paired_with_a_pair_code_for_its_number(day):
+    page = day.page
+    page.goto(day.platform.url + "/app/bots")
+    page.fill("#bot-name", "Back office")
+    page.fill("#bot-phone", "+49 151 2345 6789")
+    page.click("#new-bot button[type=submit]")
+    expect(page.locator("#qr svg")).to_be_visible()
+    expect(page.locator("#pair-phone")).to_have_value("4915123456789")
+    page.click("button:has-text('Get a pair code')")
+    code = page.locator("#pair-code")
+    expect(code).to_have_text(re.compile(r"^[A-Z0-9]{4}-[A-Z0-9]{4}$"))
+    mark_page(page)
+    day.platform.sim("POST", f"/bots/{page.url.rsplit('/', 1)[1]}/pair-code-enter", code=code.inner_text())
+    expect(page.locator("#connected-as")).to_have_text("Connected as +4915123456789")
+    assert_same_page_load(page)
 
 
 def test_the_owner_adds_a_rule_with_the_rules_editor(day):
