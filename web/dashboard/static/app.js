@@ -276,6 +276,7 @@
     var latest = body.getAttribute("data-latest") === "true";
     var list = document.getElementById("messages");
     var base = "/app/inbox/" + contact;
+    if (latest && !location.hash) window.scrollTo(0, document.body.scrollHeight); // a chat opens at its end
     function atBottom() {
       return window.innerHeight + window.scrollY >= document.body.scrollHeight - 80;
     }
