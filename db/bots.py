@@ -44,6 +44,24 @@ def create(pool: Any, tenant_id: str, name: str, transport_options: dict[str, An
     return row_to_dict(rows[0])
 
 
+def update(pool: Any, tenant_id: str, bot_id: str, name: str | None,
+           transport_options: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Change the name and/or replace the transport options (None: unchanged); notifies, so a running
+    session reads the options at its next dial. The bot, or None when it is not the tenant's."""
+
+    def work(unit: Any) -> dict[str, Any] | None:
+        row = unit.one(
+            "UPDATE bots SET name = coalesce(%s, name), transport_options = coalesce(%s::jsonb, transport_options),"
+            f" updated_at = now() WHERE id = %s RETURNING {_COLUMNS}",
+            (name, None if transport_options is None else json.dumps(transport_options), bot_id),
+        )
+        if row is not None:
+            unit.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, bot_id))
+        return None if row is None else row_to_dict(row)
+
+    return pool.run(tenant_id, work, repeatable=True)
+
+
 def list_all(pool: Any, tenant_id: str) -> list[dict[str, Any]]:
     return [row_to_dict(r) for r in pool.query(tenant_id, f"SELECT {_COLUMNS} FROM bots ORDER BY created_at, id")]
 

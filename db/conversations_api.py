@@ -243,6 +243,11 @@ def list_outbox(pool: Any, tenant_id: str, state: str, bot_id: str | None, limit
     return [_outbox(r) for r in rows]
 
 
+def get_outbox(pool: Any, tenant_id: str, outbox_id: str) -> dict[str, Any] | None:
+    rows = pool.query(tenant_id, f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE id = %s", (outbox_id,))
+    return _outbox(rows[0]) if rows else None
+
+
 def retry_dead(pool: Any, tenant_id: str, outbox_id: str) -> tuple[str, Any] | None:
     """Queue a dead-lettered message again: ("retried", row), ("conflict", its state) when it is not
     dead, or None when there is no such row. Due at once, attempts from zero; its outgoing message row

@@ -43,17 +43,29 @@ def create_tenant(pool: Any, name: str, key_name: str = "default") -> tuple[str,
     return tenant_id, key
 
 
-def create_key(pool: Any, tenant_id: str, key_name: str = "") -> tuple[str, str, str]:
-    """Add an API key to the tenant; returns (key id, prefix, key). The key is not stored in clear."""
+def create_key(pool: Any, tenant_id: str, key_name: str = "", scopes: list[str] | None = None) -> tuple[str, str, str]:
+    """Add an API key to the tenant, limited to ``scopes`` (None: full access); returns (key id,
+    prefix, key). The key is not stored in clear."""
     key = new_key()
     prefix = key[: len(KEY_PREFIX) + 6]
     rows = pool.query(
         tenant_id,
-        "INSERT INTO api_keys (name, prefix, key_hash) VALUES (%s, %s, %s) RETURNING id",
-        (key_name, prefix, hash_key(key)),
+        "INSERT INTO api_keys (name, prefix, key_hash, scopes) VALUES (%s, %s, %s, %s) RETURNING id",
+        (key_name, prefix, hash_key(key), None if scopes is None else sorted(set(scopes))),
         repeatable=False,
     )
     return str(rows[0][0]), prefix, key
+
+
+def authenticate_with_scopes(pool: Any, key: str) -> tuple[str, tuple[str, ...] | None] | None:
+    """(tenant id, the key's scopes or None for full access), or None for an unknown or revoked key."""
+    if not key or len(key) > 200:
+        return None
+    rows = pool.query(None, "SELECT * FROM authenticate_api_key_scopes(%s)", (hash_key(key),))
+    if not rows:
+        return None
+    tenant, scopes = rows[0]
+    return str(tenant), None if scopes is None else tuple(scopes)
 
 
 def authenticate(pool: Any, key: str) -> str | None:

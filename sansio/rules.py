@@ -293,4 +293,6 @@ def _text(obj: dict[str, Any], key: str, path: str, *, required: bool, maximum: 
         raise RuleError(field, "must not be blank")
     if len(value) > maximum:
         raise RuleError(field, f"at most {maximum} characters")
+    if "\x00" in value:  # PostgreSQL's text (and jsonb) cannot hold NUL: refused, never a failed write
+        raise RuleError(field, "must not contain NUL characters")
     return value

@@ -14,6 +14,7 @@ import time
 from typing import Any, Callable
 
 from flask import Flask, g, request
+from flask_openapi3 import OpenAPI
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from core import context
@@ -66,7 +67,12 @@ class _ChunkedBodyLimit:
 
 
 def create_app(system: Any) -> Flask:
-    app = Flask("wabot", static_folder=None)  # the dashboard blueprint serves its own files
+    from web import api, openapi
+
+    # The dashboard blueprint serves its own static files; the API's document is served by web.openapi.
+    app = OpenAPI("wabot", info=openapi.info(), security_schemes=api.SECURITY_SCHEME, validation_error_status=400,
+                  validation_error_model=api.ErrorBody,
+                  validation_error_callback=api.validation_error, doc_ui=False, static_folder=None)
     settings = system.settings
     app.config.update(MAX_CONTENT_LENGTH=settings.http_max_body, JSON_SORT_KEYS=False)
     app.extensions["wabot"] = system
@@ -126,13 +132,24 @@ def create_app(system: Any) -> Flask:
     from web.dashboard import blueprint as dashboard
 
     app.register_blueprint(health.blueprint)
-    app.register_blueprint(tenants.blueprint, url_prefix="/api/v1")
-    app.register_blueprint(bots.blueprint, url_prefix="/api/v1")
-    app.register_blueprint(conversations.blueprint, url_prefix="/api/v1")
-    app.register_blueprint(streams.blueprint, url_prefix="/api/v1")
+    app.register_api(tenants.blueprint, url_prefix="/api/v1")
+    app.register_api(bots.blueprint, url_prefix="/api/v1")
+    app.register_api(conversations.blueprint, url_prefix="/api/v1")
+    app.register_api(streams.blueprint, url_prefix="/api/v1")
     app.register_blueprint(ws.blueprint, url_prefix="/api/v1")
-    app.register_blueprint(media.blueprint, url_prefix="/api/v1")
+    app.register_api(media.blueprint, url_prefix="/api/v1")
     for extra in getattr(system, "blueprints", ()):
         app.register_blueprint(extra, url_prefix="/api/v1")
+    app.register_blueprint(openapi.blueprint)
     app.register_blueprint(dashboard)
+
+    @app.after_request
+    def _docs_policy(response: Any) -> Any:
+        # Swagger UI sets style attributes as it renders: the docs page (and only it) allows them.
+        if request.blueprint == "openapi" and response.mimetype == "text/html":
+            response.headers["Content-Security-Policy"] = (
+                "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:;"
+                " connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+        return response
+
     return app

@@ -1,9 +1,7 @@
-"""Bearer API-key authentication: ``Authorization: Bearer <key>`` sets the tenant for everything the
-request does (``g.tenant_id`` and the work context's tenant, which logs and Sentry carry).
-
-The live streams also take the dashboard's session cookie (``require_tenant_or_session``): a browser's
-EventSource cannot send headers. Only read streams do; every other API route takes keys alone, so
-a cookie never authorises a state change through the API (no CSRF surface there)."""
+"""Bearer API-key authentication for plain Flask views: ``Authorization: Bearer <key>`` sets the tenant
+for everything the request does (``g.tenant_id`` and the work context's tenant, which logs and Sentry
+carry). The ``/api/v1`` routes authenticate (and check scopes) in ``web.api`` before their models
+validate; the live streams there also take the dashboard's session cookie."""
 
 from __future__ import annotations
 
@@ -33,29 +31,6 @@ def require_tenant(view: Callable[..., Any]) -> Callable[..., Any]:
             raise ApiError(401, "unauthorized", "invalid API key")
         g.tenant_id = tenant_id
         with context.bound(tenant_id=tenant_id):
-            return view(*args, **kwargs)
-
-    return wrapper
-
-
-def require_tenant_or_session(view: Callable[..., Any]) -> Callable[..., Any]:
-    """As ``require_tenant``, or a signed-in dashboard member of a tenant (``g.person`` is then set).
-    A presented key decides alone, exactly as elsewhere."""
-    keyed = require_tenant(view)
-
-    @functools.wraps(view)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if request.headers.get("Authorization"):
-            return keyed(*args, **kwargs)
-        from web.dashboard import session  # the dashboard imports the API's modules: import late
-
-        person = session.current()
-        if person is None or person.tenant_id is None or person.role is None:
-            raise ApiError(401, "unauthorized",
-                           "missing API key: send 'Authorization: Bearer <key>' (or sign in to the dashboard)")
-        g.tenant_id = person.tenant_id
-        g.person = person
-        with context.bound(tenant_id=person.tenant_id):
             return view(*args, **kwargs)
 
     return wrapper

@@ -1,5 +1,5 @@
-"""The tenant's bots: create, list, read, delete; record intent (start/stop/restart/logout); serve the
-pairing QR code and ask the running session for a pair code.
+"""The tenant's bots: create, list, read, change, delete; record intent (start/stop/restart/logout);
+serve the pairing QR code and ask the running session for a pair code.
 
 The web process never talks to a session: it records intent on the bot's row through ``db.bots``
 (which notifies), and the supervisor holding the bot's lease carries it out and writes the outcome
@@ -10,33 +10,28 @@ answers or ``PAIR_CODE_TIMEOUT`` passes.
 from __future__ import annotations
 
 import io
-import re
 import time
 from typing import Any
-from urllib.parse import urlsplit
 
 import gevent
 import segno
-from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask import Response, current_app, g, jsonify
 
 from db import bots
 from web import validation as v
-from web.auth import require_tenant, system
-from web.errors import ApiError, bad_request, not_found
+from web.api import api_blueprint, error_responses, operation
+from web.auth import system
+from web.errors import ApiError, not_found
+from web.schemas.bots import (Bot, BotAccepted, BotCreate, BotList, BotUpdate, PairCode, PairCodeRequest, Qr,
+                              QrQuery)
+from web.schemas.common import BotPath
 
-blueprint = Blueprint("bots", __name__)
+blueprint = api_blueprint("bots", __name__, "Bots", "A bot is one WhatsApp number: create and pair it, start and"
+                          " stop it. The API records intent; the supervisor running the bot carries it out.")
 
 # Seconds a pair-code request waits for the supervisor's answer; app config PAIR_CODE_TIMEOUT overrides.
 PAIR_CODE_TIMEOUT = 15.0
 PAIR_CODE_POLL = 0.1
-
-_BOT_FIELDS = ("name", "transport_options")
-_OPTIONS = ("auto_start", "phone", "proxy")
-_PROXY_SCHEMES = ("http", "https", "socks5")
-_PROXY_MAX = 500
-_PHONE = re.compile(r"^[0-9]{8,15}$")
-_PHONE_SEPARATORS = re.compile(r"[+\s-]")
-_CONTROL = re.compile(r"[\x00-\x20\x7f]")
 
 # action -> (desired_state, command)
 ACTIONS = {
@@ -45,65 +40,6 @@ ACTIONS = {
     "restart": ("running", "restart"),
     "logout": ("stopped", "logout"),
 }
-
-
-# -- input -------------------------------------------------------------------------------------------
-
-
-def phone_digits(value: Any, field: str) -> str:
-    """Digits only, 8–15 of them (E.164 without '+'); '+', spaces and dashes are dropped first."""
-    if not isinstance(value, str):
-        raise bad_request(field, "must be a string of digits")
-    digits = _PHONE_SEPARATORS.sub("", value)
-    if not _PHONE.match(digits):
-        raise bad_request(field, "must be a phone number of 8 to 15 digits (country code first, no '+')")
-    return digits
-
-
-def _proxy(value: Any, field: str) -> str:
-    if not isinstance(value, str):
-        raise bad_request(field, "must be a string")
-    if len(value) > _PROXY_MAX:
-        raise bad_request(field, f"must be at most {_PROXY_MAX} characters")
-    if _CONTROL.search(value):
-        raise bad_request(field, "must not contain spaces or control characters")
-    try:
-        parts = urlsplit(value)
-        port = parts.port  # raises ValueError for a port that is not 0–65535
-    except ValueError:
-        raise bad_request(field, "must be a proxy URL like socks5://host:1080") from None
-    if parts.scheme.lower() not in _PROXY_SCHEMES:
-        raise bad_request(field, "scheme must be one of " + ", ".join(_PROXY_SCHEMES))
-    if not parts.hostname:
-        raise bad_request(field, "must name a host, like socks5://host:1080")
-    if port == 0:
-        raise bad_request(field, "port must be 1 to 65535")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise bad_request(field, "must be scheme://[user:password@]host[:port] with no path, query or fragment")
-    return value
-
-
-def transport_options(body: dict[str, Any]) -> dict[str, Any]:
-    raw = body.get("transport_options")
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise bad_request("transport_options", "must be an object")
-    for key in raw:
-        if key not in _OPTIONS:
-            raise bad_request(
-                f"transport_options.{key}", f"unknown option {key[:100]!r}; allowed: " + ", ".join(_OPTIONS)
-            )
-    options: dict[str, Any] = {}
-    if "proxy" in raw:
-        options["proxy"] = _proxy(raw["proxy"], "transport_options.proxy")
-    if "phone" in raw:
-        options["phone"] = phone_digits(raw["phone"], "transport_options.phone")
-    if "auto_start" in raw:
-        if not isinstance(raw["auto_start"], bool):
-            raise bad_request("transport_options.auto_start", "must be true or false")
-        options["auto_start"] = raw["auto_start"]
-    return options
 
 
 def _bot_id(bot_id: str) -> str:
@@ -120,52 +56,81 @@ def _get(bot_id: str) -> dict[str, Any]:
 # -- bots --------------------------------------------------------------------------------------------
 
 
-@blueprint.post("/bots")
-@require_tenant
-def create_bot() -> Any:
-    body = v.json_body()
-    for key in body:
-        if key not in _BOT_FIELDS:
-            raise bad_request(key[:100], "unknown field; allowed: " + ", ".join(_BOT_FIELDS))
-    name = v.text(body, "name", max_len=200)
-    options = transport_options(body)
+@operation(blueprint, "post", "/bots", scope="manage", summary="Create a bot", operation_id="createBot",
+           responses={201: Bot, **error_responses(400)})
+def create_bot(body: BotCreate) -> Any:
+    options = body.transport_options.stored() if body.transport_options else {}
     pool = system().pool
-    bot = bots.create(pool, g.tenant_id, name, options)
+    bot = bots.create(pool, g.tenant_id, body.name, options)
     if options.get("auto_start"):
         bots.set_desired(pool, g.tenant_id, bot["id"], "running")
         bot = bots.get(pool, g.tenant_id, bot["id"]) or bot
     return jsonify(bot), 201
 
 
-@blueprint.get("/bots")
-@require_tenant
+@operation(blueprint, "get", "/bots", scope="read", summary="The tenant's bots, oldest first", operation_id="listBots",
+           responses={200: BotList})
 def list_bots() -> Any:
     return jsonify({"bots": bots.list_all(system().pool, g.tenant_id)})
 
 
-@blueprint.get("/bots/<bot_id>")
-@require_tenant
-def get_bot(bot_id: str) -> Any:
-    return jsonify(_get(_bot_id(bot_id)))
+@operation(blueprint, "get", "/bots/<bot_id>", scope="read", summary="A bot and its session's state",
+           operation_id="getBot", responses={200: Bot, **error_responses(404)})
+def get_bot(path: BotPath) -> Any:
+    return jsonify(_get(_bot_id(path.bot_id)))
 
 
-@blueprint.delete("/bots/<bot_id>")
-@require_tenant
-def delete_bot(bot_id: str) -> Any:
-    if not bots.delete(system().pool, g.tenant_id, _bot_id(bot_id)):
+@operation(blueprint, "patch", "/bots/<bot_id>", scope="manage", summary="Rename a bot or replace its transport"
+           " options", operation_id="updateBot", responses={200: Bot, **error_responses(400, 404)})
+def update_bot(path: BotPath, body: BotUpdate) -> Any:
+    options = body.transport_options.stored() if body.transport_options is not None else None
+    bot = bots.update(system().pool, g.tenant_id, _bot_id(path.bot_id), body.name, options)
+    if bot is None:
+        raise not_found("bot")
+    return jsonify(bot)
+
+
+@operation(blueprint, "delete", "/bots/<bot_id>", scope="manage", summary="Delete a bot (a running session stops)",
+           operation_id="deleteBot", responses={204: None, **error_responses(404)})
+def delete_bot(path: BotPath) -> Any:
+    if not bots.delete(system().pool, g.tenant_id, _bot_id(path.bot_id)):
         raise not_found("bot")
     return "", 204
 
 
-@blueprint.post("/bots/<bot_id>/<any(start, stop, restart, logout):action>")
-@require_tenant
-def bot_action(bot_id: str, action: str) -> Any:
+def _intent(bot_id: str, action: str) -> Any:
     bot_id = _bot_id(bot_id)
     desired, command = ACTIONS[action]
-    pool = system().pool
-    if not bots.set_desired(pool, g.tenant_id, bot_id, desired, command):
+    if not bots.set_desired(system().pool, g.tenant_id, bot_id, desired, command):
         raise not_found("bot")
     return jsonify({"bot": _get(bot_id), "accepted": action}), 202
+
+
+_INTENT = {202: BotAccepted, **error_responses(404)}
+
+
+@operation(blueprint, "post", "/bots/<bot_id>/start", scope="manage", summary="Start a bot (desired_state running)",
+           operation_id="startBot", responses=_INTENT)
+def start_bot(path: BotPath) -> Any:
+    return _intent(path.bot_id, "start")
+
+
+@operation(blueprint, "post", "/bots/<bot_id>/stop", scope="manage", summary="Stop a bot (desired_state stopped)",
+           operation_id="stopBot", responses=_INTENT)
+def stop_bot(path: BotPath) -> Any:
+    return _intent(path.bot_id, "stop")
+
+
+@operation(blueprint, "post", "/bots/<bot_id>/restart", scope="manage", summary="Restart a bot's session",
+           operation_id="restartBot", responses=_INTENT)
+def restart_bot(path: BotPath) -> Any:
+    return _intent(path.bot_id, "restart")
+
+
+@operation(blueprint, "post", "/bots/<bot_id>/logout", scope="manage", summary="Log a bot out (unpair its number)",
+           operation_id="logoutBot", responses=_INTENT)
+def logout_bot(path: BotPath) -> Any:
+    return _intent(path.bot_id, "logout")
 
 
 # -- pairing -----------------------------------------------------------------------------------------
@@ -191,13 +156,12 @@ def qr_svg(payload: str, inline: bool) -> str:
     return out.getvalue().decode("utf-8")
 
 
-@blueprint.get("/bots/<bot_id>/qr")
-@require_tenant
-def bot_qr(bot_id: str) -> Any:
-    bot_id = _bot_id(bot_id)
-    fmt = request.args.get("format", "json")
-    if fmt not in ("json", "svg", "text"):
-        raise bad_request("format", "must be one of json, svg, text")
+@operation(blueprint, "get", "/bots/<bot_id>/qr", scope="manage", summary="The QR code the session shows now",
+           description="It rotates: poll it. Whoever scans it takes the number over, so it is never cached"
+                       " (`Cache-Control: no-store`) and needs the manage scope. 404 `no_qr` says why there is none.",
+           operation_id="getBotQr", responses={200: Qr, **error_responses(400, 404)})
+def bot_qr(path: BotPath, query: QrQuery) -> Any:
+    bot_id = _bot_id(path.bot_id)
     bot = _get(bot_id)
     exists, payload, issued_at = bots.qr(system().pool, g.tenant_id, bot_id)
     if not exists:
@@ -205,9 +169,9 @@ def bot_qr(bot_id: str) -> Any:
     # A stopped session leaves its last QR code on the row; it is stale, as is one left on a paired bot.
     if payload is None or bot["paired"] or bot["desired_state"] != "running":
         raise ApiError(404, "no_qr", no_qr_reason(bot))
-    if fmt == "svg":
+    if query.format == "svg":
         response = Response(qr_svg(payload, inline=False), mimetype="image/svg+xml")
-    elif fmt == "text":
+    elif query.format == "text":
         response = Response(payload, mimetype="text/plain")
     else:
         response = jsonify(
@@ -252,13 +216,11 @@ def _pair_code_timeout() -> float:
     return float(current_app.config.get("PAIR_CODE_TIMEOUT", PAIR_CODE_TIMEOUT))
 
 
-@blueprint.post("/bots/<bot_id>/pair-code")
-@require_tenant
-def bot_pair_code(bot_id: str) -> Any:
-    bot_id = _bot_id(bot_id)
-    body = v.json_body()
-    if body.get("phone") is None:
-        raise bad_request("phone", "is required")
-    phone = phone_digits(body["phone"], "phone")
-    code = request_pair_code(system().pool, g.tenant_id, bot_id, phone, _pair_code_timeout())
-    return jsonify({"code": code})
+@operation(blueprint, "post", "/bots/<bot_id>/pair-code", scope="manage", summary="Pair by code instead of QR",
+           description="Waits up to 15 s for the running session's answer. 409 `pair_code_failed`: the session could"
+                       " not get one (WhatsApp's reason in the message); 504 `supervisor_timeout`: no supervisor"
+                       " answered (start the bot first).", operation_id="requestPairCode",
+           responses={200: PairCode, **error_responses(400, 404, 409, 504)})
+def bot_pair_code(path: BotPath, body: PairCodeRequest) -> Any:
+    bot_id = _bot_id(path.bot_id)
+    return jsonify({"code": request_pair_code(system().pool, g.tenant_id, bot_id, body.phone, _pair_code_timeout())})

@@ -1,143 +1,42 @@
 """Messages and conversations over the API: send a message (text or uploaded media) through a bot,
 read a bot's conversations and their messages, take a conversation over from the bot (pause) and
 hand it back (resume), edit the bot's reply rules and AI settings, and look after the outbox (list by
-state, retry a dead-lettered message).
+state, read one row, retry a dead-lettered message).
 
 Like the rest of the API, the web process only records: a message is queued in the outbox, a pause,
 new rules or a retry are written to the database and ``bot_commands`` is notified; the bot's pipeline,
 wherever a supervisor runs it, picks the change up from there.
 
-Listings are newest first and keyset-paged: a page of ``limit`` rows (1..100, default 50) comes with
-``next_before``, an opaque cursor to pass as ``before`` for the next page (``null`` on the last one).
-``before`` also takes an ISO 8601 time: rows strictly older than it.
+Listings are newest first and keyset-paged (``web.paging``).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import datetime
 import uuid
 from typing import Any
 
 import psycopg2.errors
-from flask import Blueprint, g, jsonify, request
+from flask import g, jsonify, request
 
 from core import context
 from db import conversations, conversations_api as api_db, tenants
 from sansio import recipients
 from sansio import rules as rules_mod
+from web import paging
 from web import validation as v
-from web.auth import require_tenant, system
-from web.errors import ApiError, bad_request, not_found
+from web.api import api_blueprint, error_responses, operation
+from web.auth import system
+from web.errors import ApiError, not_found
+from web.schemas.common import BotPath, Paging
+from web.schemas.conversations import (AiUpdate, AiView, ContactPath, Contact, ConversationList,
+                                       MessageList, OutboxList, OutboxPath, OutboxQuery, OutboxRow, Queued, Rules,
+                                       RulesUpdate, SendMessage)
 
-blueprint = Blueprint("conversations", __name__)
+blueprint = api_blueprint("conversations", __name__, "Conversations",
+                          "Messages, conversations and taking them over, reply rules, AI settings, the outbox.")
 
 TEXT_MAX = recipients.TEXT_MAX
-CAPTION_MAX = 1024
-LIMIT_DEFAULT = 50
-LIMIT_MAX = 100
-OUTBOX_STATES = ("dead", "pending", "sending", "sent")
-
-_SEND_FIELDS = ("to", "text", "media_id", "caption")
 _JID_MAX = 300
-_CURSOR_PREFIX = "c1."
-
-
-# -- input ---------------------------------------------------------------------------------------------
-
-
-def _recipient(value: Any, field: str = "to") -> str:
-    try:
-        return recipients.to_jid(value)
-    except ValueError as exc:
-        raise bad_request(field, str(exc)) from None
-
-
-def _message_text(value: Any, field: str, max_len: int, *, required: bool) -> str:
-    try:
-        return recipients.check_text(value, max_len, required=required)
-    except ValueError as exc:
-        raise bad_request(field, str(exc)) from None
-
-
-def _uuid_field(value: Any, field: str) -> str:
-    try:
-        return str(uuid.UUID(value))
-    except (ValueError, AttributeError, TypeError):
-        raise bad_request(field, "must be a UUID") from None
-
-
-def _limit() -> int:
-    raw = request.args.get("limit")
-    if raw is None:
-        return LIMIT_DEFAULT
-    try:
-        limit = int(raw)
-    except ValueError:
-        raise bad_request("limit", f"must be a whole number from 1 to {LIMIT_MAX}") from None
-    if not 1 <= limit <= LIMIT_MAX:
-        raise bad_request("limit", f"must be a whole number from 1 to {LIMIT_MAX}")
-    return limit
-
-
-def _parse_time(value: str) -> datetime.datetime | None:
-    for candidate in (value, _plus_restored(value)):
-        if candidate is None:
-            continue
-        try:
-            at = datetime.datetime.fromisoformat(candidate)
-        except ValueError:
-            continue
-        return at if at.tzinfo is not None else at.replace(tzinfo=datetime.timezone.utc)
-    return None
-
-
-def _plus_restored(value: str) -> str | None:
-    """An unencoded '+' in a query string arrives as a space: '...T10:00:00 02:00' meant '+02:00'."""
-    head, sep, tail = value.rpartition(" ")
-    return head + "+" + tail if sep and "T" in head else None
-
-
-def page_cursor(at: datetime.datetime, row_id: str) -> str:
-    raw = f"{at.isoformat()}|{row_id}".encode()
-    return _CURSOR_PREFIX + base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def before_arg() -> api_db.Before:
-    """``before``: an opaque cursor from ``next_before`` or an ISO 8601 time; 400 otherwise."""
-    raw = request.args.get("before")
-    if raw is None or raw == "":
-        return None
-    problem = bad_request("before", "must be the next_before cursor of a previous page or an ISO 8601 time")
-    if raw.startswith(_CURSOR_PREFIX):
-        encoded = raw[len(_CURSOR_PREFIX):]
-        try:
-            decoded = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
-            time_part, _, id_part = decoded.partition("|")
-            row_id = str(uuid.UUID(id_part))
-        except (binascii.Error, UnicodeDecodeError, ValueError):
-            raise problem from None
-        at = _parse_time(time_part)
-        if at is None:
-            raise problem
-        return at, row_id
-    if len(raw) > 64:
-        raise problem
-    at = _parse_time(raw)
-    if at is None:
-        raise problem
-    return at, None
-
-
-def _page(rows: list[dict[str, Any]], limit: int, sort_key: str) -> tuple[list[dict[str, Any]], str | None]:
-    """The page's rows without their internal sort key, and the cursor to the next page (if any)."""
-    more = len(rows) > limit
-    rows = rows[:limit]
-    cursor = page_cursor(rows[-1][sort_key], rows[-1]["id"]) if more else None
-    for row in rows:
-        row.pop(sort_key, None)
-    return rows, cursor
 
 
 def _bot_id(bot_id: str) -> str:
@@ -178,89 +77,81 @@ def _api_key_hash() -> bytes | None:
     return tenants.hash_key(key.strip()) if key.strip() else None
 
 
-def _only(body: dict[str, Any], allowed: tuple[str, ...], ignored: tuple[str, ...] = ()) -> None:
-    for key in body:
-        if key not in allowed and key not in ignored:
-            raise bad_request(key[:100], "unknown field; allowed: " + ", ".join(allowed))
-
-
 # -- sending -------------------------------------------------------------------------------------------
 
 
-@blueprint.post("/bots/<bot_id>/messages")
-@require_tenant
-def send_message(bot_id: str) -> Any:
-    bot_id = _bot_id(bot_id)
-    body = v.json_body()
-    _only(body, _SEND_FIELDS)
-    if body.get("to") is None:
-        raise bad_request("to", "is required")
-    to_jid = _recipient(body["to"])
-    media_id = body.get("media_id")
-    if media_id is None:
-        if body.get("caption") is not None:
-            raise bad_request("caption", "only goes with media_id (a text message is all text)")
-        text = _message_text(body.get("text"), "text", TEXT_MAX, required=True)
-    else:
-        if body.get("text") is not None:
-            raise bad_request("text", "send either text or media_id (with an optional caption), not both")
-        media_id = _uuid_field(media_id, "media_id")
-        text = _message_text(body.get("caption"), "caption", CAPTION_MAX, required=False)
-
+@operation(blueprint, "post", "/bots/<bot_id>/messages", scope="send", summary="Send a message through a bot",
+           description="Queued in the outbox (202) and delivered by the bot's pipeline in order; the message id is"
+                       " fixed now, so a resend after a fault is the same message. A paused conversation can still be"
+                       " written to: that is how a human answers while the bot is held off.",
+           operation_id="sendMessage", responses={202: Queued, **error_responses(400, 404)})
+def send_message(path: BotPath, body: SendMessage) -> Any:
+    bot_id = _bot_id(path.bot_id)
     pool, tenant_id = system().pool, g.tenant_id
     if not api_db.bot_exists(pool, tenant_id, bot_id):
         raise not_found("bot")
-    kind = "text"
-    if media_id is not None:
-        mime = api_db.media_mime(pool, tenant_id, media_id)
+    kind, text = "text", body.text
+    if body.media_id is not None:
+        mime = api_db.media_mime(pool, tenant_id, body.media_id)
         if mime is None:
             raise ApiError(404, "not_found", "media not found: upload it with POST /api/v1/media first",
                            field="media_id")
         kind = "image" if mime.lower().startswith("image/") else "document"
+        text = body.caption or ""
     try:
-        outbox_id = conversations.enqueue(pool, tenant_id, bot_id, to_jid, text, context.correlation_id(),
-                                          media_id=media_id, kind=kind)
+        outbox_id = conversations.enqueue(pool, tenant_id, bot_id, body.to, text, context.correlation_id(),
+                                          media_id=body.media_id, kind=kind)
     except psycopg2.errors.ForeignKeyViolation:
         raise not_found("bot") from None  # deleted in the meantime
-    return jsonify({"outbox_id": outbox_id, "state": "pending", "to": to_jid, "kind": kind}), 202
+    return jsonify({"outbox_id": outbox_id, "state": "pending", "to": body.to, "kind": kind}), 202
 
 
 # -- conversations ---------------------------------------------------------------------------------
 
 
-@blueprint.get("/bots/<bot_id>/conversations")
-@require_tenant
-def list_conversations(bot_id: str) -> Any:
-    bot_id = _bot_id(bot_id)
-    limit, before = _limit(), before_arg()
-    bot_id = _require_bot(bot_id)
-    rows = api_db.list_conversations(system().pool, g.tenant_id, bot_id, limit, before)
-    rows, cursor = _page(rows, limit, "activity")
+@operation(blueprint, "get", "/bots/<bot_id>/conversations", scope="read", summary="A bot's conversations",
+           description="By latest activity (the newest message either way), newest first, keyset-paged.",
+           operation_id="listConversations", responses={200: ConversationList, **error_responses(400, 404)})
+def list_conversations(path: BotPath, query: Paging) -> Any:
+    bot_id = _require_bot(path.bot_id)
+    rows = api_db.list_conversations(system().pool, g.tenant_id, bot_id, query.limit, paging.parse_before(query.before))
+    rows, cursor = paging.page(rows, query.limit, "activity")
     return jsonify({"conversations": rows, "next_before": cursor})
 
 
-@blueprint.get("/bots/<bot_id>/conversations/<contact>/messages")
-@require_tenant
-def list_messages(bot_id: str, contact: str) -> Any:
-    bot_id = _bot_id(bot_id)
-    limit, before = _limit(), before_arg()
-    found = _contact(bot_id, contact)
-    rows = api_db.list_messages(system().pool, g.tenant_id, found["id"], limit, before)
-    rows, cursor = _page(rows, limit, "sort_at")
+@operation(blueprint, "get", "/bots/<bot_id>/conversations/<contact>/messages", scope="read",
+           summary="A conversation's messages, newest first", operation_id="listMessages",
+           responses={200: MessageList, **error_responses(400, 404)})
+def list_messages(path: ContactPath, query: Paging) -> Any:
+    found = _contact(_bot_id(path.bot_id), path.contact)
+    rows = api_db.list_messages(system().pool, g.tenant_id, found["id"], query.limit, paging.parse_before(query.before))
+    rows, cursor = paging.page(rows, query.limit, "sort_at")
     return jsonify({"contact": found, "messages": rows, "next_before": cursor})
 
 
-@blueprint.post("/bots/<bot_id>/conversations/<contact>/<any(pause, resume):action>")
-@require_tenant
-def pause_or_resume(bot_id: str, contact: str, action: str) -> Any:
-    bot_id = _bot_id(bot_id)
-    found = _contact(bot_id, contact)
-    updated = api_db.set_paused(system().pool, g.tenant_id, bot_id, found["id"], action == "pause", _api_key_hash())
+def _hold(path: ContactPath, paused: bool) -> Any:
+    bot_id = _bot_id(path.bot_id)
+    found = _contact(bot_id, path.contact)
+    updated = api_db.set_paused(system().pool, g.tenant_id, bot_id, found["id"], paused, _api_key_hash())
     if updated is None:
         raise not_found("contact")  # deleted in the meantime
     system().publish(g.tenant_id, bot_id, "conversation.state", api_db.conversation_state(updated))
     updated.pop("phone_hold_until", None)  # the documented contact shape
     return jsonify(updated)
+
+
+@operation(blueprint, "post", "/bots/<bot_id>/conversations/<contact>/pause", scope="send",
+           summary="Take a conversation over (the bot stops answering it)", operation_id="pauseConversation",
+           responses={200: Contact, **error_responses(404)})
+def pause_conversation(path: ContactPath) -> Any:
+    return _hold(path, True)
+
+
+@operation(blueprint, "post", "/bots/<bot_id>/conversations/<contact>/resume", scope="send",
+           summary="Hand a conversation back to the bot", operation_id="resumeConversation",
+           responses={200: Contact, **error_responses(404)})
+def resume_conversation(path: ContactPath) -> Any:
+    return _hold(path, False)
 
 
 # -- rules and AI settings -----------------------------------------------------------------------------
@@ -273,25 +164,18 @@ def _reply_settings(bot_id: str) -> tuple[Any, Any]:
     return stored
 
 
-@blueprint.get("/bots/<bot_id>/rules")
-@require_tenant
-def get_rules(bot_id: str) -> Any:
-    rules, _ai = _reply_settings(_bot_id(bot_id))
+@operation(blueprint, "get", "/bots/<bot_id>/rules", scope="read", summary="A bot's reply rules, in order",
+           operation_id="getRules", responses={200: Rules, **error_responses(404)})
+def get_rules(path: BotPath) -> Any:
+    rules, _ai = _reply_settings(_bot_id(path.bot_id))
     return jsonify({"rules": rules or []})
 
 
-@blueprint.put("/bots/<bot_id>/rules")
-@require_tenant
-def put_rules(bot_id: str) -> Any:
-    bot_id = _bot_id(bot_id)
-    body = v.json_body()
-    _only(body, ("rules",))
-    if "rules" not in body:
-        raise bad_request("rules", "is required: a list of rules (may be empty)")
-    try:
-        rules = [rule.to_json() for rule in rules_mod.validate_rules(body["rules"])]
-    except rules_mod.RuleError as exc:
-        raise bad_request(exc.field, exc.reason) from None
+@operation(blueprint, "put", "/bots/<bot_id>/rules", scope="manage", summary="Replace a bot's reply rules",
+           operation_id="putRules", responses={200: Rules, **error_responses(400, 404)})
+def put_rules(path: BotPath, body: RulesUpdate) -> Any:
+    bot_id = _bot_id(path.bot_id)
+    rules = [rule.model_dump() for rule in body.rules]
     if not api_db.set_reply_setting(system().pool, g.tenant_id, bot_id, "rules", rules):
         raise not_found("bot")
     return jsonify({"rules": rules})
@@ -307,25 +191,18 @@ def _ai_view(stored: Any) -> dict[str, Any]:
     return {"ai": effective.to_json(), "provider_configured": bool(system().settings.ai_api_key)}
 
 
-@blueprint.get("/bots/<bot_id>/ai")
-@require_tenant
-def get_ai(bot_id: str) -> Any:
-    _rules, ai = _reply_settings(_bot_id(bot_id))
+@operation(blueprint, "get", "/bots/<bot_id>/ai", scope="read", summary="A bot's AI settings (defaults filled in)",
+           operation_id="getAi", responses={200: AiView, **error_responses(404)})
+def get_ai(path: BotPath) -> Any:
+    _rules, ai = _reply_settings(_bot_id(path.bot_id))
     return jsonify(_ai_view(ai))
 
 
-@blueprint.put("/bots/<bot_id>/ai")
-@require_tenant
-def put_ai(bot_id: str) -> Any:
-    bot_id = _bot_id(bot_id)
-    body = v.json_body()
-    _only(body, ("ai",), ignored=("provider_configured",))  # a GET body may be sent back as is
-    if "ai" not in body:
-        raise bad_request("ai", "is required: an object of AI settings ({} turns AI off)")
-    try:
-        ai = rules_mod.validate_ai_config(body["ai"]).to_json()
-    except rules_mod.RuleError as exc:
-        raise bad_request(exc.field, exc.reason) from None
+@operation(blueprint, "put", "/bots/<bot_id>/ai", scope="manage", summary="Replace a bot's AI settings",
+           operation_id="putAi", responses={200: AiView, **error_responses(400, 404)})
+def put_ai(path: BotPath, body: AiUpdate) -> Any:
+    bot_id = _bot_id(path.bot_id)
+    ai = body.ai.model_dump()
     if not api_db.set_reply_setting(system().pool, g.tenant_id, bot_id, "ai", ai):
         raise not_found("bot")
     return jsonify(_ai_view(ai))
@@ -334,32 +211,41 @@ def put_ai(bot_id: str) -> Any:
 # -- the outbox ----------------------------------------------------------------------------------------
 
 
-@blueprint.get("/outbox")
-@require_tenant
-def list_outbox() -> Any:
-    state = request.args.get("state", "dead")
-    if state not in OUTBOX_STATES:
-        raise bad_request("state", "must be one of " + ", ".join(OUTBOX_STATES))
-    bot_id = request.args.get("bot")
-    if bot_id is not None:
-        bot_id = _uuid_field(bot_id, "bot")
-    limit, before = _limit(), before_arg()
+def _row(row: dict[str, Any]) -> dict[str, Any]:
+    row.pop("sort_at", None)
+    return row
+
+
+@operation(blueprint, "get", "/outbox", scope="read", summary="Outgoing messages by state (dead letters first)",
+           operation_id="listOutbox", responses={200: OutboxList, **error_responses(400, 404)})
+def list_outbox(query: OutboxQuery) -> Any:
     pool, tenant_id = system().pool, g.tenant_id
-    if bot_id is not None and not api_db.bot_exists(pool, tenant_id, bot_id):
+    if query.bot is not None and not api_db.bot_exists(pool, tenant_id, query.bot):
         raise not_found("bot")
-    rows, cursor = _page(api_db.list_outbox(pool, tenant_id, state, bot_id, limit, before), limit, "sort_at")
+    rows = api_db.list_outbox(pool, tenant_id, query.state, query.bot, query.limit, paging.parse_before(query.before))
+    rows, cursor = paging.page(rows, query.limit, "sort_at")
     return jsonify({"outbox": rows, "next_before": cursor})
 
 
-@blueprint.post("/outbox/<outbox_id>/retry")
-@require_tenant
-def retry_outbox(outbox_id: str) -> Any:
-    outbox_id = v.uuid_arg(outbox_id, "outbox message")
+@operation(blueprint, "get", "/outbox/<outbox_id>", scope="read", summary="One outbox row",
+           operation_id="getOutboxRow", responses={200: OutboxRow, **error_responses(404)})
+def get_outbox_row(path: OutboxPath) -> Any:
+    row = api_db.get_outbox(system().pool, g.tenant_id, v.uuid_arg(path.outbox_id, "outbox message"))
+    if row is None:
+        raise not_found("outbox message")
+    return jsonify(_row(row))
+
+
+@operation(blueprint, "post", "/outbox/<outbox_id>/retry", scope="send", summary="Queue a dead letter again",
+           description="Same message id, attempts from zero, due now. A row that is not dead: 409.",
+           operation_id="retryOutbox", responses={202: OutboxRow, **error_responses(404, 409)})
+def retry_outbox(path: OutboxPath) -> Any:
+    outbox_id = v.uuid_arg(path.outbox_id, "outbox message")
     result = api_db.retry_dead(system().pool, g.tenant_id, outbox_id)
     if result is None:
         raise not_found("outbox message")
     outcome, value = result
     if outcome == "conflict":
         raise ApiError(409, "conflict", f"only a dead message can be retried; this one is {value}")
-    value.pop("sort_at", None)
-    return jsonify(value), 202
+    return jsonify(_row(value)), 202
+

@@ -12,17 +12,19 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask import Response, current_app, g, jsonify, request
 
 import media
 from db import media as media_db
 from media import names
 from web import validation as v
-from web.auth import require_tenant, system
+from web.api import api_blueprint, error_responses, operation
+from web.auth import system
 from web.errors import ApiError, bad_request, not_found
+from web.schemas.streams import Media, MediaPath, MediaQuery
 
 log = logging.getLogger(__name__)
-blueprint = Blueprint("media", __name__)
+blueprint = api_blueprint("media", __name__, "Media", "Images, audio, video and documents kept for the tenant.")
 
 
 def media_store() -> media.MediaStore:
@@ -67,9 +69,12 @@ def _upload() -> tuple[Any, str, str]:
     return request.stream, mime_of(request.content_type, "Content-Type"), filename
 
 
-@blueprint.post("/media")
-@require_tenant
-def upload_media() -> Any:
+@operation(blueprint, "post", "/media", scope="send", raw_body=True, operation_id="uploadMedia",
+           summary="Keep a file as the tenant's (for outgoing messages to reference)",
+           description="The body is the file (`Content-Type` its MIME type, optional `?filename=`), or"
+                       " `multipart/form-data` with a part named `file`. Limit: MEDIA_MAX_BYTES.",
+           responses={201: Media, **error_responses(400, 413, 503)})
+def upload_media(query: MediaQuery) -> Any:
     data, mime_type, filename = _upload()
     store = media_store()
     try:
@@ -90,10 +95,12 @@ def upload_media() -> Any:
     return response
 
 
-@blueprint.get("/media/<media_id>")
-@require_tenant
-def get_media(media_id: str) -> Any:
-    return media_response(system().pool, g.tenant_id, v.uuid_arg(media_id, "media"))
+@operation(blueprint, "get", "/media/<media_id>", scope="read", operation_id="getMedia",
+           summary="A media object's bytes", description="Served as inert content: `X-Content-Type-Options: nosniff`,"
+           " `Content-Security-Policy: default-src 'none'; sandbox`.",
+           responses={200: {"description": "the bytes, with the MIME type recorded at upload"}, **error_responses(404, 503)})
+def get_media(path: MediaPath) -> Any:
+    return media_response(system().pool, g.tenant_id, v.uuid_arg(path.media_id, "media"))
 
 
 def media_response(pool: Any, tenant_id: str, media_id: str) -> Any:

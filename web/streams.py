@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 import gevent
 import gevent.queue
-from flask import Blueprint, Response, g, request
+from flask import Response, g
 
 from actors.base import actor_of
 from actors.event_bus import Subscribe, Unsubscribe
@@ -24,10 +24,32 @@ from actors.subscriber import Closing, Subscriber
 from core import context
 from db import events as events_db
 from sansio import sse
-from web.auth import require_tenant_or_session, session_check, system
+from web.api import api_blueprint, error_responses, operation
+from web.auth import session_check, system
 from web.errors import ApiError, bad_request
+from web.schemas.streams import EventsQuery, StreamHeaders
 
-blueprint = Blueprint("streams", __name__)
+blueprint = api_blueprint("streams", __name__, "Live events", "The tenant's events as server-sent events, with"
+                          " resume; the same events (and commands) over a WebSocket at /api/v1/ws.")
+
+STREAM_DESCRIPTION = """A `text/event-stream` of the tenant's events. Each event is sent as `id: <event id>`,
+`event: <type>`, `data: {"id", "type", "bot_id", "payload", "created_at"}`. The stream starts with
+`retry: <SSE_RETRY>` and a `: connected` comment; an idle stream gets a `: keepalive` comment every
+`SSE_HEARTBEAT` seconds.
+
+**Resume**: send `Last-Event-ID: <id>` (browsers do on reconnect) or `?last_event_id=<id>`: every
+event after that id (kept for `EVENTS_RETENTION`) comes first, then live ones — no gap, no duplicate.
+Without either, the stream starts with the events after the moment of connecting.
+
+**Event types**: `bot.state` `{state, reason, attempt, next_retry_at, banned_until}`, `bot.qr` `{codes}`,
+`bot.pair_code` `{code}`, `bot.paired` `{jid}`, `message.in`, `message.out`, `message.status` (delivery
+and read receipts), `outbox.dead`, `ai.error`, `conversation.state`.
+
+A client that falls `SSE_BUFFER` events behind gets `event: stream.closed` with `{"reason",
+"last_event_id"}` and is disconnected; so is every client when the server shuts down, and a
+dashboard session's stream when the session ends. Reconnect with `Last-Event-ID` to continue.
+
+Without an `Authorization` header, a signed-in dashboard session's cookie is accepted."""
 
 BACKLOG_PAGE = 500
 SUBSCRIBE_TIMEOUT = 5.0
@@ -90,16 +112,14 @@ def backlog(pool: Any, tenant_id: str, flt: sse.Filter, after: int, up_to: int) 
             return
 
 
-@blueprint.get("/events")
-@require_tenant_or_session
-def events() -> Any:
+@operation(blueprint, "get", "/events", scope="read", auth="key_or_session", operation_id="streamEvents",
+           summary="The tenant's live events (server-sent events)", description=STREAM_DESCRIPTION,
+           responses={200: {"description": "a text/event-stream of the tenant's events"}, **error_responses(400, 503)})
+def events(query: EventsQuery, header: StreamHeaders) -> Any:
     root = system()
     settings = root.settings
-    try:
-        last = sse.resume_position(request.headers.get("Last-Event-ID"), request.args.get("last_event_id"))
-    except sse.BadResume as exc:
-        raise bad_request("last_event_id", str(exc)) from None
-    flt = parse_filter(request.args.getlist("bot"), request.args.getlist("type"))
+    last = sse.resume_position(header.last_event_id, query.last_event_id)
+    flt = parse_filter(query.bot, query.type)
     tenant_id = g.tenant_id
     ref, subscriber, high = open_subscription(root, tenant_id, flt, "sse")
     work = context.current()

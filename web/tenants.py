@@ -4,18 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, g, jsonify
+from flask import g, jsonify
 
 from db import tenants
 from web import validation as v
-from web.auth import require_tenant, system
+from web.api import api_blueprint, error_responses, operation
+from web.auth import system
 from web.errors import ApiError, not_found
+from web.schemas.common import iso
+from web.schemas.tenants import (ApiKeyCreate, ApiKeyCreated, ApiKeyList, ApiKeyPath, Tenant, User, UserCreate,
+                                 UserList, UserPath)
 
-blueprint = Blueprint("tenants", __name__)
+blueprint = api_blueprint("tenants", __name__, "Tenant", "The tenant the key belongs to, its users and its API keys.")
 
 
-@blueprint.get("/tenant")
-@require_tenant
+@operation(blueprint, "get", "/tenant", scope="read", summary="The tenant of this key", operation_id="getTenant",
+           responses={200: Tenant})
 def whoami() -> Any:
     rows = system().pool.query(g.tenant_id, "SELECT id, name, created_at FROM tenants")
     tenant_id, name, created_at = rows[0]
@@ -26,8 +30,8 @@ def _user(row: Any) -> dict[str, Any]:
     return {"id": str(row[0]), "email": row[1], "display_name": row[2], "role": row[3], "created_at": row[4].isoformat()}
 
 
-@blueprint.get("/users")
-@require_tenant
+@operation(blueprint, "get", "/users", scope="read", summary="The tenant's users (dashboard members)",
+           operation_id="listUsers", responses={200: UserList})
 def list_users() -> Any:
     rows = system().pool.query(
         g.tenant_id, "SELECT id, email, display_name, role, created_at FROM users ORDER BY created_at, id"
@@ -35,18 +39,15 @@ def list_users() -> Any:
     return jsonify({"users": [_user(r) for r in rows]})
 
 
-@blueprint.post("/users")
-@require_tenant
-def create_user() -> Any:
-    body = v.json_body()
-    email = v.email(body)
-    display_name = v.text(body, "display_name", required=False, max_len=200)
-    role = v.choice(body, "role", ("admin", "agent", "viewer"), "agent")
+@operation(blueprint, "post", "/users", scope="manage", summary="Add a user", operation_id="createUser",
+           description="A membership without a password: the dashboard's Members page gives the person an"
+                       " invitation link.", responses={201: User, **error_responses(400, 409)})
+def create_user(body: UserCreate) -> Any:
     rows = system().pool.query(
         g.tenant_id,
         "INSERT INTO users (email, display_name, role) VALUES (%s, %s, %s) ON CONFLICT (tenant_id, email) DO NOTHING"
         " RETURNING id, email, display_name, role, created_at",
-        (email, display_name, role),
+        (body.email, body.display_name, body.role),
         repeatable=False,
     )
     if not rows:
@@ -54,10 +55,10 @@ def create_user() -> Any:
     return jsonify(_user(rows[0])), 201
 
 
-@blueprint.get("/users/<user_id>")
-@require_tenant
-def get_user(user_id: str) -> Any:
-    user_id = v.uuid_arg(user_id, "user")
+@operation(blueprint, "get", "/users/<user_id>", scope="read", summary="A user", operation_id="getUser",
+           responses={200: User, **error_responses(404)})
+def get_user(path: UserPath) -> Any:
+    user_id = v.uuid_arg(path.user_id, "user")
     rows = system().pool.query(
         g.tenant_id, "SELECT id, email, display_name, role, created_at FROM users WHERE id = %s", (user_id,)
     )
@@ -66,51 +67,43 @@ def get_user(user_id: str) -> Any:
     return jsonify(_user(rows[0]))
 
 
-@blueprint.delete("/users/<user_id>")
-@require_tenant
-def delete_user(user_id: str) -> Any:
-    user_id = v.uuid_arg(user_id, "user")
+@operation(blueprint, "delete", "/users/<user_id>", scope="manage", summary="Remove a user",
+           description="Their dashboard sessions in this tenant end at once.", operation_id="deleteUser",
+           responses={204: None, **error_responses(404)})
+def delete_user(path: UserPath) -> Any:
+    user_id = v.uuid_arg(path.user_id, "user")
     if not system().pool.execute(g.tenant_id, "DELETE FROM users WHERE id = %s", (user_id,)):
         raise not_found("user")
     return "", 204
 
 
-@blueprint.get("/api-keys")
-@require_tenant
+@operation(blueprint, "get", "/api-keys", scope="read", summary="The tenant's API keys (never the keys themselves)",
+           operation_id="listApiKeys", responses={200: ApiKeyList})
 def list_keys() -> Any:
     rows = system().pool.query(
         g.tenant_id,
-        "SELECT id, name, prefix, created_at, last_used_at, revoked_at FROM api_keys ORDER BY created_at, id",
+        "SELECT id, name, prefix, scopes, created_at, last_used_at, revoked_at FROM api_keys ORDER BY created_at, id",
     )
-    return jsonify(
-        {
-            "api_keys": [
-                {
-                    "id": str(r[0]),
-                    "name": r[1],
-                    "prefix": r[2],
-                    "created_at": r[3].isoformat(),
-                    "last_used_at": r[4] and r[4].isoformat(),
-                    "revoked_at": r[5] and r[5].isoformat(),
-                }
-                for r in rows
-            ]
-        }
-    )
+    return jsonify({"api_keys": [
+        {"id": str(r[0]), "name": r[1], "prefix": r[2], "scopes": r[3], "created_at": iso(r[4]),
+         "last_used_at": iso(r[5]), "revoked_at": iso(r[6])}
+        for r in rows
+    ]})
 
 
-@blueprint.post("/api-keys")
-@require_tenant
-def create_key() -> Any:
-    name = v.text(v.json_body(), "name", required=False, max_len=200)
-    key_id, prefix, key = tenants.create_key(system().pool, g.tenant_id, name)
-    return jsonify({"id": key_id, "prefix": prefix, "key": key, "name": name, "note": "shown once; store it now"}), 201
+@operation(blueprint, "post", "/api-keys", scope="manage", summary="Create an API key, shown once",
+           operation_id="createApiKey", responses={201: ApiKeyCreated, **error_responses(400)})
+def create_key(body: ApiKeyCreate) -> Any:
+    key_id, prefix, key = tenants.create_key(system().pool, g.tenant_id, body.name, body.scopes)
+    return jsonify({"id": key_id, "prefix": prefix, "key": key, "name": body.name,
+                    "scopes": None if body.scopes is None else sorted(set(body.scopes)),
+                    "note": "shown once; store it now"}), 201
 
 
-@blueprint.delete("/api-keys/<key_id>")
-@require_tenant
-def revoke_key(key_id: str) -> Any:
-    key_id = v.uuid_arg(key_id, "API key")
+@operation(blueprint, "delete", "/api-keys/<key_id>", scope="manage", summary="Revoke an API key at once",
+           operation_id="revokeApiKey", responses={204: None, **error_responses(404)})
+def revoke_key(path: ApiKeyPath) -> Any:
+    key_id = v.uuid_arg(path.key_id, "API key")
     count = system().pool.execute(
         g.tenant_id, "UPDATE api_keys SET revoked_at = now() WHERE id = %s AND revoked_at IS NULL", (key_id,)
     )

@@ -113,9 +113,10 @@ def _presented_key(headers: Any, args: Any) -> str | None:
 
 class _Caller(str):
     """The tenant a connection acts for, and who: ``person`` is the dashboard member of a session
-    (whose role decides which commands they may use), None for a key (every command)."""
+    (whose role decides which commands they may use); for a key, ``scopes`` (None: every command)."""
 
     person: Any = None
+    scopes: tuple[str, ...] | None = None
 
 
 def _authenticate(pool: Any, headers: Any, args: Any, environ: dict | None = None) -> _Caller:
@@ -130,10 +131,14 @@ def _authenticate(pool: Any, headers: Any, args: Any, environ: dict | None = Non
         raise ApiError(
             401, "unauthorized", "missing API key: send 'Authorization: Bearer <key>' or the query parameter token=<key>"
         )
-    tenant_id = tenants.authenticate(pool, key)
-    if tenant_id is None:
+    found = tenants.authenticate_with_scopes(pool, key)
+    if found is None:
         raise ApiError(401, "unauthorized", "invalid API key")
-    return _Caller(tenant_id)
+    caller = _Caller(found[0])
+    caller.scopes = found[1]
+    if caller.scopes is not None and "read" not in caller.scopes:
+        raise ApiError(403, "forbidden", f"this key lacks the scope 'read' (it has: {', '.join(caller.scopes)})")
+    return caller
 
 
 def _session_person(environ: dict) -> Any:
@@ -381,7 +386,7 @@ def websocket() -> Any:
             return _refuse(ws, root.settings, exc, CLOSE_TRY_AGAIN)
         try:
             session = _Session(_Socket(ws, root.settings.ws_max_frame), root, tenant_id, ref, subscriber, high,
-                               last, flt, caller.person)
+                               last, flt, caller.person, caller.scopes)
         except BaseException:
             close_subscription(root, ref, "error")
             raise
@@ -407,8 +412,9 @@ def _refuse(ws: Any, settings: Any, exc: ApiError, close_code: int) -> Any:
 class _Session:
     def __init__(
         self, sock: _Socket, root: Any, tenant_id: str, ref: Any, subscriber: Any, high: int, last: int | None,
-        flt: sse.Filter, person: Any = None,
+        flt: sse.Filter, person: Any = None, scopes: tuple[str, ...] | None = None,
     ) -> None:
+        self.scopes = scopes  # a key's scopes (None: everything)
         self.sock = sock
         self.person = person  # a dashboard session's member (None for a key): commands follow their role
         self.still_valid = session_check(root, person)
@@ -678,6 +684,8 @@ class _Session:
     def _op_send(self, message: dict) -> dict:
         if self.person is not None and not self.person.can(roles.SEND):
             raise ApiError(403, "forbidden", f"your role ({self.person.role}) may not send messages")
+        if self.scopes is not None and "send" not in self.scopes:
+            raise ApiError(403, "forbidden", f"this key lacks the scope 'send' (it has: {', '.join(self.scopes)})")
         self._fields(message, ("bot_id", "to", "text"))
         for field in ("bot_id", "to", "text"):
             if message.get(field) is None:

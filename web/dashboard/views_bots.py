@@ -11,6 +11,7 @@ from typing import Any
 
 import segno
 from flask import abort, current_app, redirect, render_template, request, url_for
+from pydantic import ValidationError
 
 from core.ai import AiClient, AiError
 from db import bots as bots_db
@@ -18,11 +19,14 @@ from db import conversations_api as api_db
 from sansio import roles
 from sansio import rules as rules_mod
 from sansio.prompt import build_messages
+from web import api
 from web import bots as bots_api
 from web import validation as v
 from web.dashboard import blueprint, session
 from web.dashboard.session import Person
 from web.errors import ApiError
+from web.schemas import bots as schemas_bots
+from web.schemas.bots import TransportOptions
 
 # Actions and the permission each needs (agents operate and pair; admins also manage).
 ACTIONS = {"start": roles.OPERATE, "stop": roles.OPERATE, "restart": roles.OPERATE, "logout": roles.MANAGE_BOTS}
@@ -88,12 +92,11 @@ def create_bot(person: Person) -> Any:
     pool = session.root().pool
     try:
         name = v.text({"name": form["name"]}, "name", max_len=200)
-        options = bots_api.transport_options({"transport_options": options})
-    except ApiError as exc:
+        options = TransportOptions.model_validate(options).stored()
+    except (ApiError, ValidationError) as exc:
+        field, message = (exc.field, exc.message) if isinstance(exc, ApiError) else api.first_problem(exc, TransportOptions)
         found = bots_db.list_all(pool, person.tenant_id)
-        field = (exc.field or "").removeprefix("transport_options.")
-        return render_template("bots.html", bots=found, form=form, error=exc.message, field=field,
-                               confirm=CONFIRM), 400
+        return render_template("bots.html", bots=found, form=form, error=message, field=field, confirm=CONFIRM), 400
     bot = bots_db.create(pool, person.tenant_id, name, options)
     if options.get("auto_start"):
         bots_db.set_desired(pool, person.tenant_id, bot["id"], "running")
@@ -164,9 +167,11 @@ def bot_pair_code(person: Person, bot_id: str) -> Any:
     found = _bot(person, bot_id)
     code, error = None, None
     try:
-        phone = bots_api.phone_digits(request.form.get("phone", ""), "phone")
+        phone = schemas_bots.phone_digits(request.form.get("phone", ""))
         code = bots_api.request_pair_code(session.root().pool, person.tenant_id, found["id"], phone,
                                           float(current_app.config.get("PAIR_CODE_TIMEOUT", bots_api.PAIR_CODE_TIMEOUT)))
+    except ValueError as exc:
+        error = str(exc)
     except ApiError as exc:
         error = exc.message
     found = _bot(person, found["id"])

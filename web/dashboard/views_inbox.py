@@ -18,11 +18,12 @@ from core import context
 from db import conversations, dashboard
 from db import conversations_api as api_db
 from sansio import recipients, roles
-from web import conversations as conversations_api
+from web import paging
 from web import media as media_api
 from web.dashboard import blueprint, session
 from web.dashboard.session import Person
 from web.errors import ApiError
+from web.schemas.conversations import CAPTION_MAX
 
 PAGE = 30  # conversations per inbox page
 MESSAGES = 40  # messages per conversation page
@@ -30,13 +31,13 @@ MESSAGES = 40  # messages per conversation page
 
 def _before() -> Any:
     try:
-        return conversations_api.before_arg()
-    except ApiError:
+        return paging.parse_before(request.args.get("before"))
+    except ValueError:
         abort(400, description="That page link is not valid any more; start from the first page.")
 
 
 def _cursor(row: dict[str, Any], key: str) -> str:
-    return conversations_api.page_cursor(row[key], row["id"])
+    return paging.cursor(row[key], row["id"])
 
 
 def _contact(person: Person, contact_id: str) -> dict[str, Any]:
@@ -136,7 +137,7 @@ def send(person: Person, contact_id: str) -> Any:
     media_id, kind = None, "text"
     try:
         if part is not None and part.filename:
-            text = recipients.check_text(text, conversations_api.CAPTION_MAX, required=False)
+            text = recipients.check_text(text, CAPTION_MAX, required=False)
             mime = media_api.mime_of(part.content_type, "file")
             try:
                 media_id, _stored = media.save(pool, media_api.media_store(), tenant_id, contact["bot_id"], part.stream,
@@ -149,7 +150,7 @@ def send(person: Person, contact_id: str) -> Any:
                 raise ApiError(503, "storage_unavailable", "media storage is unavailable; try again later") from None
             kind = "image" if mime.startswith("image/") else "document"
         else:
-            text = recipients.check_text(text, conversations_api.TEXT_MAX, required=True)
+            text = recipients.check_text(text, recipients.TEXT_MAX, required=True)
     except ValueError as exc:
         return _send_failed(person, contact, f"The message {exc}.", request.form.get("text", ""), 400)
     except ApiError as exc:

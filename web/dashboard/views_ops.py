@@ -13,8 +13,8 @@ from flask import abort, redirect, render_template, request, url_for
 from db import accounts, dashboard, tenants
 from db import conversations_api as api_db
 from sansio import roles
-from web import conversations as conversations_api
-from web import links
+from web import paging
+from web import api, links
 from web import validation as v
 from web.dashboard import blueprint, session
 from web.dashboard.session import Person
@@ -44,15 +44,15 @@ def outbox(person: Person) -> Any:
     if bot_id not in {b for b, _ in bots}:
         bot_id = None
     try:
-        before = conversations_api.before_arg()
-    except ApiError:
+        before = paging.parse_before(request.args.get("before"))
+    except ValueError:
         abort(400, description="That page link is not valid any more; start from the first page.")
     rows = api_db.list_outbox(pool, person.tenant_id, state, bot_id, OUTBOX_PAGE, before)
     more = len(rows) > OUTBOX_PAGE
     rows = rows[:OUTBOX_PAGE]
     names = dict(bots)
     return render_template("outbox.html", rows=rows, bots=bots, names=names, bot_id=bot_id, state=state, states=STATES,
-                           next_before=conversations_api.page_cursor(rows[-1]["sort_at"], rows[-1]["id"]) if more else None,
+                           next_before=paging.cursor(rows[-1]["sort_at"], rows[-1]["id"]) if more else None,
                            retried=request.args.get("retried"))
 
 
@@ -186,11 +186,11 @@ def member_link(person: Person, user_id: str) -> Any:
 def _keys_page(person: Person, *, status: int = 200, **extra: Any) -> Any:
     rows = session.root().pool.query(
         person.tenant_id,
-        "SELECT id, name, prefix, created_at, last_used_at, revoked_at FROM api_keys"
+        "SELECT id, name, prefix, created_at, last_used_at, revoked_at, scopes FROM api_keys"
         " ORDER BY revoked_at IS NOT NULL, created_at DESC, id")
     keys = [{"id": str(r[0]), "name": r[1], "prefix": r[2], "created_at": r[3], "last_used_at": r[4],
-             "revoked_at": r[5]} for r in rows]
-    context = dict(keys=keys, new_key=None, error=None)
+             "revoked_at": r[5], "scopes": r[6]} for r in rows]
+    context = dict(keys=keys, new_key=None, error=None, scope_meanings=api.SCOPE_MEANING)
     context.update(extra)
     return render_template("keys.html", **context), status
 
@@ -208,7 +208,8 @@ def create_key(person: Person) -> Any:
         name = v.text({"name": request.form.get("name", "")}, "name", required=False, max_len=200)
     except ApiError as exc:
         return _keys_page(person, status=400, error=exc.message)
-    _key_id, _prefix, key = tenants.create_key(session.root().pool, person.tenant_id, name)
+    scopes = [s for s in api.SCOPES if s in request.form.getlist("scopes")] or None
+    _key_id, _prefix, key = tenants.create_key(session.root().pool, person.tenant_id, name, scopes)
     return _keys_page(person, new_key=key, new_key_name=name)
 
 
