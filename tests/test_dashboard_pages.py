@@ -507,3 +507,17 @@ def test_the_status_page_counts_each_live_supervisors_bots_of_this_tenant_only(w
     finally:
         superuser_sql(pg, "UPDATE bots SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = 'host-a:1'")
         superuser_sql(pg, "DELETE FROM supervisors WHERE owner = 'host-a:1'")
+
+
+def test_a_key_made_in_the_dashboard_can_be_limited_to_scopes(web, shop):
+    page = shop.admin.http.post(f"{web.url}/app/admin/keys", data={"name": "reader", "scopes": ["read"],
+                                                                    "csrf_token": shop.admin.csrf},
+                                headers={"Origin": web.url}, timeout=10).text
+    key = re.search(r'value="(wbk_[^"]+)"', page).group(1)
+    auth = {"Authorization": f"Bearer {key}"}
+    assert requests.get(f"{web.url}/api/v1/bots", headers=auth, timeout=10).status_code == 200
+    refused = requests.post(f"{web.url}/api/v1/bots", json={"name": "x"}, headers=auth, timeout=10)
+    assert refused.status_code == 403 and "'manage'" in refused.json()["error"]["message"]
+    listed = shop.admin.get("/app/admin/keys").text
+    row = re.search(r'<td data-label="Name">reader</td>.*?</tr>', listed, re.S).group(0)
+    assert '<span class="badge">read</span>' in row

@@ -1,0 +1,38 @@
+"""Schemathesis hooks for tests/test_fuzz.py (loaded by the CLI through SCHEMATHESIS_HOOKS).
+
+The fuzzer runs as tenant A. Half of the ids it puts in paths are replaced with another tenant's
+(B's) real ids, read from WABOT_FUZZ_FOREIGN (JSON: parameter name -> id), and a check fails any
+successful response that carries anything of B's (its ids, and its bot's name)."""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+
+import schemathesis
+
+FOREIGN: dict[str, str] = json.loads(os.environ.get("WABOT_FUZZ_FOREIGN", "{}"))
+MARKERS = [value for value in FOREIGN.values() if value]
+
+
+@schemathesis.hook
+def map_path_parameters(ctx, path_parameters):  # noqa: ANN001, ANN201 - the hook's signature
+    if not path_parameters:
+        return path_parameters
+    for name, value in list(path_parameters.items()):
+        # Deterministic for a given value (the run has a fixed seed): every other one is B's.
+        if name in FOREIGN and zlib.crc32(str(value).encode()) % 2:
+            path_parameters[name] = FOREIGN[name]
+    return path_parameters
+
+
+@schemathesis.check
+def no_other_tenants_data(ctx, response, case):  # noqa: ANN001, ANN201 - the check's signature
+    if response.status_code >= 300:
+        return None
+    body = response.content  # bytes: a media download is not text
+    leaked = [marker for marker in MARKERS if marker.encode() in body]
+    if leaked:
+        raise AssertionError(f"a response to tenant A carries tenant B's data: {leaked}")
+    return None
