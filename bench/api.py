@@ -1,0 +1,203 @@
+"""Benchmark: what validating requests through the API's models costs, before and after, in one run.
+
+Run: ``python bench/api.py [--baseline REV] [--requests 1000] [--rounds 3]``; ``--smoke`` for a run of a
+few seconds that only checks it works (the test suite runs it).
+
+Two web processes (``python run.py web``) serve the same embedded PostgreSQL, started here in a
+temporary directory: this checkout's code, and the code at ``--baseline`` (default: the last commit
+before the API's routes were declared through models; ``git archive`` of it, in a temporary
+directory). For each of ``GET /api/v1/bots/<id>``, ``POST /api/v1/bots/<id>/messages`` and ``PUT
+/api/v1/bots/<id>/rules`` with 50 rules, each process in turn serves ``--requests`` requests from one
+keep-alive client (rounds alternate the two, so a slow moment of the machine hits both):
+
+- **server time**: the ``Server-Timing`` header (request start to response), p50 and p99;
+- **requests/s** as the client saw them;
+- **CPU per request** of the server process: its user + system time (``/proc/<pid>/stat``) over the
+  requests — the figure the target is about, and the least moved by other load.
+
+Target: this checkout's CPU per request <= 1.1x the baseline's, for each route. Prints PASS/MISS and
+exits 0 whatever the figures; non-zero when something fails to run. ``--smoke`` (50 requests, one
+round) judges nothing. Results are recorded in ``docs/performance.md`` ("API").
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import requests  # noqa: E402
+
+from db import embedded, migrate  # noqa: E402
+
+BASELINE = "750b6d2"  # "Dashboard: a conversation opens scrolled to its latest message", before the models
+TARGET = 1.1
+CLOCK_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q / 100.0
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICK
+
+
+class Web:
+    """``python run.py web`` of one code tree against the shared database."""
+
+    def __init__(self, name: str, tree: str, env: dict[str, str], work: str) -> None:
+        self.name, self.port = name, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(os.path.join(work, f"{name}.log"), "w")
+        self.process = subprocess.Popen([sys.executable, os.path.join(tree, "run.py"), "web"], cwd=tree,
+                                        env={**env, "PORT": str(self.port)}, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while not _answers(self.url + "/readyz"):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{name} web process did not start (see {self.log.name})")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def baseline_tree(rev: str, work: str) -> str:
+    tree = os.path.join(work, "baseline")
+    os.makedirs(tree)
+    archive = subprocess.run(["git", "-C", ROOT, "archive", rev], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", tree], input=archive, check=True)
+    return tree
+
+
+def tenant(pg: Any, env: dict[str, str]) -> str:
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "run.py"), "create-tenant", "API bench"], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=60, check=True).stdout
+    return re.search(r"API key \(shown once, store it now\): (\S+)", out).group(1)
+
+
+RULES = {"rules": [{"match": "keyword" if n % 2 else "regex", "pattern": f"topic {n}" if n % 2 else rf"order\s+#?{n}\b",
+                    "reply": f"Answer number {n}, with a little text."} for n in range(50)]}
+
+
+def requests_for(bot: str) -> dict[str, tuple[str, str, Any]]:
+    return {"GET bot": ("GET", f"/api/v1/bots/{bot}", None),
+            "POST message": ("POST", f"/api/v1/bots/{bot}/messages", {"to": "+49 151 2345 6789", "text": "hello"}),
+            "PUT 50 rules": ("PUT", f"/api/v1/bots/{bot}/rules", RULES)}
+
+
+def measure(web: Web, key: str, method: str, path: str, body: Any, count: int) -> dict[str, Any]:
+    http = requests.Session()
+    http.headers["Authorization"] = f"Bearer {key}"
+    for _ in range(20):  # warm
+        http.request(method, web.url + path, json=body, timeout=10)
+    server, started, cpu = [], time.perf_counter(), cpu_seconds(web.process.pid)
+    for _ in range(count):
+        response = http.request(method, web.url + path, json=body, timeout=10)
+        if response.status_code >= 300:
+            raise RuntimeError(f"{web.name}: {method} {path} -> {response.status_code} {response.text[:200]}")
+        server.append(float(re.search(r"app;dur=([\d.]+)", response.headers["Server-Timing"]).group(1)))
+    elapsed = time.perf_counter() - started
+    return {"server": server, "rps": count / elapsed, "cpu_ms": (cpu_seconds(web.process.pid) - cpu) * 1000 / count}
+
+
+def report(results: dict[str, dict[str, list[dict[str, Any]]]], smoke: bool) -> None:
+    print(f"\n{'route':<14} {'code':<9} {'p50 ms':>7} {'p99 ms':>7} {'req/s':>7} {'CPU ms/req':>11}   after / before")
+    for route, by_code in results.items():
+        cpu = {}
+        for code, runs in by_code.items():
+            server = [t for run in runs for t in run["server"]]
+            cpu[code] = statistics.median(run["cpu_ms"] for run in runs)
+            rps = statistics.median(run["rps"] for run in runs)
+            print(f"{route:<14} {code:<9} {percentile(server, 50):7.2f} {percentile(server, 99):7.2f} {rps:7.0f}"
+                  f" {cpu[code]:11.3f}")
+        ratio = cpu["after"] / cpu["before"]
+        verdict = "(not judged)" if smoke else ("PASS" if ratio <= TARGET else "MISS")
+        print(f"{'':<14} CPU per request after / before: {ratio:.2f}x  {verdict}  target <= {TARGET}x")
+
+
+def run(args: argparse.Namespace, work: str) -> None:
+    pg = embedded.start(os.path.join(work, "db"))
+    webs: list[Web] = []
+    try:
+        migrate.apply(pg.owner_url, embedded.APP_ROLE)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "PORT"))}
+        env.update(DATABASE_URL=pg.app_url, DATA_DIR=os.path.join(work, "data"), LOG_LEVEL="warning",
+                   PYTHONUNBUFFERED="1", HTTP_MAX_BODY="1048576")
+        key = tenant(pg, {**env, "DATABASE_OWNER_URL": pg.owner_url})
+        webs = [Web("before", baseline_tree(args.baseline, work), env, work), Web("after", ROOT, env, work)]
+        bot = requests.post(webs[1].url + "/api/v1/bots", json={"name": "bench"}, timeout=10,
+                            headers={"Authorization": f"Bearer {key}"}).json()["id"]
+        results: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        for round_ in range(args.rounds):
+            for route, (method, path, body) in requests_for(bot).items():
+                for web in (webs if round_ % 2 == 0 else webs[::-1]):
+                    results.setdefault(route, {}).setdefault(web.name, []).append(
+                        measure(web, key, method, path, body, args.requests))
+        report({route: dict(sorted(by.items(), key=lambda kv: kv[0] != "before")) for route, by in results.items()},
+               args.smoke)
+    finally:
+        for web in webs:
+            web.stop()
+        pg.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--baseline", default=BASELINE, help="the git revision measured as before")
+    parser.add_argument("--requests", type=int, default=1000, help="requests per route, process and round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--smoke", action="store_true", help="a few seconds: that it runs, not how fast")
+    args = parser.parse_args()
+    if args.smoke:
+        args.requests, args.rounds = 50, 1
+    work = tempfile.mkdtemp(prefix="wabot-bench-api-")
+    os.chmod(work, 0o755)  # the embedded PostgreSQL runs as another user
+    try:
+        run(args, work)
+        if args.smoke:
+            print("\nsmoke run: both processes served every route; the figures are not judged")
+        return 0
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
