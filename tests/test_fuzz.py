@@ -1,6 +1,6 @@
 """The API fuzzed with schemathesis (v4) from its own OpenAPI document: every phase, stateful included
 (following the document's links: create a bot, then read, change and delete it; send a message, then
-read its outbox row), as tenant A while tenant B's objects exist. No 5xx, no response outside its own
+read its outbox row), as tenant A while tenant B's objects exist, with paths naming A's, B's and made-up ids. No 5xx, no response outside its own
 schema, no invalid request accepted, and nothing of tenant B's in any answer (tests/fuzz_hooks.py).
 
 The streams are left out (they never end; tests/test_sse.py and tests/test_ws.py cover them), and so is
@@ -57,15 +57,15 @@ def fuzzed(settings, pool):
     server.stop(timeout=2)
 
 
-def _foreign(url: str, key: str) -> dict[str, str]:
-    """Tenant B's objects, one of each kind a path can name."""
+def _objects(url: str, key: str, name: str) -> dict[str, str]:
+    """A tenant's objects, one of each kind a path can name."""
     auth = {"Authorization": f"Bearer {key}"}
-    bot = requests.post(f"{url}/api/v1/bots", json={"name": "tenant-b-secret-bot"}, headers=auth, timeout=10).json()
+    bot = requests.post(f"{url}/api/v1/bots", json={"name": name}, headers=auth, timeout=10).json()
     sent = requests.post(f"{url}/api/v1/bots/{bot['id']}/messages", json={"to": "4917799887766", "text": "b"},
                          headers=auth, timeout=10).json()
     media = requests.post(f"{url}/api/v1/media", data=b"tenant b", headers={**auth, "Content-Type": "text/plain"},
                           timeout=10).json()
-    user = requests.post(f"{url}/api/v1/users", json={"email": "tenant-b@example.test"}, headers=auth,
+    user = requests.post(f"{url}/api/v1/users", json={"email": f"{name}@example.test"}, headers=auth,
                          timeout=10).json()
     contact = requests.get(f"{url}/api/v1/bots/{bot['id']}/conversations", headers=auth,
                            timeout=10).json()["conversations"][0]["id"]
@@ -74,12 +74,14 @@ def _foreign(url: str, key: str) -> dict[str, str]:
 
 
 def test_schemathesis_finds_no_server_error_schema_break_or_cross_tenant_read(fuzzed, make_tenant, tmp_path):
-    _a, key_a = make_tenant()
+    a_tenant, key_a = make_tenant()
     b_tenant, key_b = make_tenant()
-    foreign = _foreign(fuzzed.url, key_b)
+    own = _objects(fuzzed.url, key_a, "tenant-a-bot")
+    own["key_id"] = tenants.create_key(fuzzed.pool, a_tenant, "a's other key")[0]
+    foreign = _objects(fuzzed.url, key_b, "tenant-b-secret-bot")
     foreign["key_id"] = tenants.create_key(fuzzed.pool, b_tenant, "b's key")[0]
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.fuzz_hooks", "WABOT_FUZZ_FOREIGN": json.dumps(foreign),
-           "PYTHONPATH": str(ROOT)}
+           "WABOT_FUZZ_OWN": json.dumps(own), "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
         [sys.executable, "-m", "schemathesis.cli", "run", f"{fuzzed.url}/api/v1/openapi.json",
          "-H", f"Authorization: Bearer {key_a}", "--checks", CHECKS,
