@@ -1,29 +1,41 @@
-"""Reconnection policy for a bot session: exponential backoff with jitter, a cap, a limit on attempts,
-and a reset once a connection has proved stable.
+"""The one backoff policy of the platform: exponential delays with a cap, jitter, an optional limit on
+attempts, and (for connections) a reset once a connection has proved stable.
 
-Delays (``attempt`` n counts from 1; ``BackoffPolicy.bounds(n)`` returns the same ``(lo, hi)``):
+Every retry loop uses it: a bot session's reconnects, the pool's and the listener's reconnects, the
+outbox's send retries, the pipeline's store retries, supervision's restarts and the AI provider's
+retries. What differs between them is data (``base``, ``cap``, ``jitter``, ``max_attempts``), mostly
+from their documented settings.
 
-- n = 1: uniform in ``[0, min(base, cap)]`` ("full jitter"). When the network drops a thousand bots at
-  one instant, their first retries spread evenly over the base delay instead of all landing together.
-- n >= 2: uniform in ``[d/2, d]`` with ``d = min(cap, base * 2**(n-1))`` ("equal jitter"). Later retries
-  still grow exponentially, never drop back towards zero, and stay spread out.
+Delays for retry ``attempt`` n (from 1), with ``d = min(cap, base * 2**(n-1))``
+(``BackoffPolicy.bounds(n)`` returns the same ``(lo, hi)``):
 
-After ``max_attempts`` scheduled retries without a stable connection, ``next_delay`` answers ``None``:
-the session should be marked failed. The count resets only on a disconnect that follows a connection
-that stayed up at least ``stable_after`` seconds, so a link that flaps (up for a few seconds, down
-again) still runs out of attempts.
+- ``jitter="full-first"`` (the default; bot sessions): n = 1 uniform in ``[0, min(base, cap)]`` ("full
+  jitter"), n >= 2 uniform in ``[d/2, d]`` ("equal jitter"). When the network drops a thousand bots at
+  one instant, their first retries spread evenly over the base delay instead of all landing together;
+  later retries still grow exponentially, never drop back towards zero, and stay spread out.
+- ``jitter="equal"``: every attempt uniform in ``[d/2, d]`` (one caller's retries, where the first
+  retry should not come at once).
+- ``jitter="none"``: exactly ``d`` (supervision's restart spacing, whose randomness is elsewhere).
+
+With ``max_attempts`` set, after that many scheduled retries without a stable connection
+``next_delay`` answers ``None``: the session should be marked failed (``None``: never gives up). The
+count resets only on a disconnect that follows a connection that stayed up at least ``stable_after``
+seconds, so a link that flaps (up for a few seconds, down again) still runs out of attempts.
 
 Pure: time and randomness are passed in; ``Backoff`` is an immutable value and every method returns a
-new one.
+new one. A loop that keeps its own attempt count can call ``BackoffPolicy.delay(n, rng)`` directly.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 # 2**64 times any sane base is far above any cap; stops float overflow for absurd attempt numbers.
 _MAX_EXPONENT = 64
+
+
+Jitter = Literal["full-first", "equal", "none"]
 
 
 class Rng(Protocol):
@@ -34,14 +46,17 @@ class Rng(Protocol):
 class BackoffPolicy:
     base: float  # seconds; upper bound of the first delay
     cap: float  # seconds; no delay exceeds this
-    max_attempts: int  # retries before giving up
-    stable_after: float  # seconds a connection must stay up for the count to reset
+    max_attempts: int | None = None  # retries before giving up; None: never
+    stable_after: float = 0.0  # seconds a connection must stay up for the count to reset
+    jitter: Jitter = "full-first"
 
     def __post_init__(self) -> None:
         if not self.base > 0 or not self.cap > 0:
             raise ValueError("base and cap must be greater than 0")
-        if self.max_attempts < 0 or self.stable_after < 0:
+        if (self.max_attempts is not None and self.max_attempts < 0) or self.stable_after < 0:
             raise ValueError("max_attempts and stable_after must not be negative")
+        if self.jitter not in ("full-first", "equal", "none"):
+            raise ValueError(f"unknown jitter {self.jitter!r}")
 
     @classmethod
     def from_settings(cls, settings: Any) -> BackoffPolicy:
@@ -56,13 +71,17 @@ class BackoffPolicy:
         """The closed interval ``(lo, hi)`` every delay for retry number ``attempt`` (from 1) lies in."""
         if attempt < 1:
             raise ValueError("attempt counts from 1")
-        if attempt == 1:
-            return 0.0, min(self.base, self.cap)
         d = min(self.cap, self.base * 2.0 ** min(attempt - 1, _MAX_EXPONENT))
+        if self.jitter == "none":
+            return d, d
+        if attempt == 1 and self.jitter == "full-first":
+            return 0.0, d
         return d / 2, d
 
     def delay(self, attempt: int, rng: Rng) -> float:
         lo, hi = self.bounds(attempt)
+        if lo == hi:
+            return lo
         # Clamped because uniform(a, b) may round to just outside [a, b] by its own documentation.
         return min(hi, max(lo, rng.uniform(lo, hi)))
 
@@ -76,7 +95,7 @@ class Backoff:
     def next_delay(self, rng: Rng) -> tuple[float | None, Backoff]:
         """The delay before the next retry and the state that counts it, or ``(None, self)`` once
         ``max_attempts`` retries have been spent."""
-        if self.attempt >= self.policy.max_attempts:
+        if self.exhausted:
             return None, self
         attempt = self.attempt + 1
         return self.policy.delay(attempt, rng), dataclasses.replace(self, attempt=attempt)
@@ -94,4 +113,4 @@ class Backoff:
 
     @property
     def exhausted(self) -> bool:
-        return self.attempt >= self.policy.max_attempts
+        return self.policy.max_attempts is not None and self.attempt >= self.policy.max_attempts

@@ -113,3 +113,23 @@ def test_a_thousand_bots_failing_at_once_spread_first_retries_over_the_base_dela
     uniform_share = bots / POLICY.base  # retries per second if perfectly even
     busiest = max(bisect.bisect_left(retries, t + 1) - i for i, t in enumerate(retries))
     assert busiest <= 2 * uniform_share
+
+
+def test_equal_jitter_keeps_even_the_first_delay_in_the_upper_half():
+    policy = BackoffPolicy(base=2, cap=300, jitter="equal")
+    assert [policy.bounds(n) for n in (1, 2, 3)] == [(1.0, 2.0), (2.0, 4.0), (4.0, 8.0)]
+
+
+def test_no_jitter_gives_the_exponential_delay_exactly_up_to_the_cap():
+    policy = BackoffPolicy(base=0.5, cap=30, jitter="none")
+    assert [policy.delay(n, random.Random(1)) for n in (1, 2, 3, 7, 8, 100)] == [0.5, 1.0, 2.0, 30, 30, 30]
+
+
+def test_a_policy_without_max_attempts_never_gives_up():
+    delays, backoff = spend(Backoff(BackoffPolicy(base=1, cap=5)), random.Random(2), 1000)
+    assert None not in delays and not backoff.exhausted and max(delays) <= 5
+
+
+def test_an_unknown_jitter_is_refused():
+    with pytest.raises(ValueError, match="jitter"):
+        BackoffPolicy(base=1, cap=5, jitter="sometimes")
