@@ -34,11 +34,16 @@ from psycopg2 import extensions
 
 from actors.base import Actor
 from core import retry
+from sansio.backoff import BackoffPolicy
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _IDLE = extensions.TRANSACTION_STATUS_IDLE
+
+# Opening a connection again after a failure: 0.05 s doubling to 5 s, each delay uniform in [d/2, d]
+# so the pool's connectors (and other processes' pools) do not retry in step.
+RECONNECT = BackoffPolicy(base=0.05, cap=5.0, jitter="equal")
 
 
 class PoolExhausted(RuntimeError):
@@ -172,16 +177,17 @@ class PoolActor(Actor):
 
     def _connect_until_open(self, reason: str) -> None:
         """Runs in its own greenlet so a slow or failing server never blocks the actor's mailbox."""
-        delay = 0.05
+        attempt = 0
         try:
             while not self.shared.closed:
                 try:
                     raw = self._open()
                 except Exception as exc:  # noqa: BLE001 - every failure to connect is retried
+                    attempt += 1
+                    delay = RECONNECT.delay(attempt, self.rng)
                     self.shared.last_connect_error = _one_line(exc)
                     log.warning("database connect failed", extra={"error": _one_line(exc), "retry_in": delay})
-                    gevent.sleep(delay * (0.5 + self.rng.random() / 2))
-                    delay = min(delay * 2, 5.0)
+                    gevent.sleep(delay)
                     continue
                 lifetime = self.config.max_lifetime * (1 - 0.1 * self.rng.random())
                 conn = _Conn(raw=raw, ident=next(self._ids), expires_at=time.monotonic() + lifetime)

@@ -38,6 +38,7 @@ from actors.session import BotSession, Refresh, SessionDeps
 from actors.supervisor import ChildSpec, Supervisor, children_of
 from db import bots as bots_db
 from db.listen import listen_forever
+from sansio.backoff import BackoffPolicy
 from sansio.connect_rate import ConnectRateLimiter
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,12 @@ log = logging.getLogger(__name__)
 MAX_CLAIMS_PER_ROUND = 200
 MAX_SHED_PER_ROUND = 50
 FREEZE_AFTER_STARTS = 100
+
+# Restart spacing (``n`` = the child's restart count, from 1): 0.5 s doubling to 30 s. A bot session's
+# delay is uniform in [d/2, d] so bots crashing together do not restart together; the top supervisor's
+# two children restart exactly d apart.
+BOT_RESTART = BackoffPolicy(base=0.5, cap=30.0, jitter="equal")
+TOP_RESTART = BackoffPolicy(base=0.5, cap=30.0, jitter="none")
 
 
 class _Round:
@@ -310,7 +317,7 @@ class Supervision:
             name="supervision",
             max_restarts=5,
             max_seconds=60,
-            restart_delay=lambda name, n: min(30.0, 0.5 * 2 ** (n - 1)),
+            restart_delay=lambda name, n: TOP_RESTART.delay(n, self.rng),
             on_event=self._on_supervisor_event,
         )
         cell["top"] = self.top_ref
@@ -321,8 +328,7 @@ class Supervision:
         return children_of(bots).ref_of(bot_id) if bots is not None else None
 
     def _restart_delay(self, name: str, restart_count: int) -> float:
-        ceiling = min(30.0, 0.5 * 2 ** min(restart_count - 1, 10))
-        return self.rng.uniform(ceiling / 2, ceiling)
+        return BOT_RESTART.delay(restart_count, self.rng)
 
     def _on_attempt(self, reason: str) -> None:
         self._attempts.labels(reason).inc()

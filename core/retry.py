@@ -1,16 +1,20 @@
 """The one retry helper for transient faults, built on tenacity.
 
 Callers say whether their unit of work may be repeated; only then is it retried, and only for faults
-``sansio.retry_rules.is_transient`` accepts, with capped exponential backoff and jitter.
+``sansio.retry_rules.is_transient`` accepts, with capped exponential backoff and jitter. tenacity runs
+the loop (stop rules, the retry log); the delays come from the platform's one policy,
+``sansio.backoff.BackoffPolicy`` (``policy(initial, maximum)``).
 """
 
 from __future__ import annotations
 
 import logging
+import random
 from typing import Callable, TypeVar
 
 import tenacity
 
+from sansio.backoff import BackoffPolicy, Rng
 from sansio.retry_rules import is_transient
 
 log = logging.getLogger(__name__)
@@ -25,6 +29,20 @@ def _log_retry(state: tenacity.RetryCallState) -> None:
     )
 
 
+def policy(initial: float, maximum: float) -> BackoffPolicy:
+    """The delays between attempts: retry n waits uniformly in ``[d/2, d]`` with ``d = min(maximum,
+    2 * initial * 2**(n-1))``. So the first retry waits between ``initial`` and twice that, each later
+    one at least ``initial * 2**(n-1)`` until the cap (the lower bounds of tenacity's
+    ``wait_exponential_jitter(initial, maximum, jitter=initial)``, used here before), and none more
+    than ``maximum``."""
+    return BackoffPolicy(base=2 * initial, cap=maximum, jitter="equal")
+
+
+def wait_of(backoff: BackoffPolicy, rng: Rng) -> Callable[[tenacity.RetryCallState], float]:
+    """tenacity's ``wait``: after attempt k failed, the delay of retry k."""
+    return lambda state: backoff.delay(state.attempt_number, rng)
+
+
 def call(
     fn: Callable[[], T],
     *,
@@ -34,9 +52,11 @@ def call(
     maximum: float = 2.0,
     deadline: float | None = 30.0,
     classify: Callable[[BaseException], bool] = is_transient,
+    rng: Rng | None = None,
 ) -> T:
     """Run ``fn``; if ``repeatable``, run it again after transient faults (up to ``attempts`` times
-    within ``deadline`` seconds). Non-repeatable work runs once and its fault propagates."""
+    within ``deadline`` seconds). Non-repeatable work runs once and its fault propagates. ``rng``
+    draws the jitter (a fresh ``random.Random`` when not given)."""
     if not repeatable:
         return fn()
     # Fast path: the first attempt runs without tenacity. Building and driving a tenacity.Retrying
@@ -61,7 +81,7 @@ def call(
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception(classify),
         stop=stop,
-        wait=tenacity.wait_exponential_jitter(multiplier=initial, max=maximum, jitter=initial),
+        wait=wait_of(policy(initial, maximum), rng or random.Random()),
         before_sleep=_log_retry,
         reraise=True,
     )

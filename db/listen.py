@@ -1,5 +1,6 @@
 """A LISTEN loop on a dedicated connection (not from the pool: it is held for as long as the process
-runs), reconnecting with capped backoff after the server goes away.
+runs), reconnecting with capped backoff after the server goes away (``RECONNECT``: 0.1 s doubling to
+5 s, counted again from the start after every successful LISTEN).
 
 ``on_connected`` runs after every (re)connect once LISTEN is in place — callers catch up there on
 whatever was said while they were not listening; ``on_notify(payload)`` runs per notification. Both
@@ -9,6 +10,7 @@ run in the listening greenlet and must only hand work over (an actor ``tell``).
 from __future__ import annotations
 
 import logging
+import random
 from typing import Callable
 
 import gevent
@@ -16,7 +18,13 @@ import gevent.socket
 import psycopg2
 from psycopg2 import extensions, sql
 
+from sansio.backoff import BackoffPolicy, Rng
+
 log = logging.getLogger(__name__)
+
+# Equal jitter (each delay uniform in [d/2, d]) so the listeners of every process, which all lose the
+# server at the same instant, do not all come back at the same instants.
+RECONNECT = BackoffPolicy(base=0.1, cap=5.0, jitter="equal")
 
 
 def listen_forever(
@@ -27,8 +35,10 @@ def listen_forever(
     stopping: Callable[[], bool],
     *,
     idle_check: float = 30.0,
+    rng: Rng | None = None,
 ) -> None:
-    delay = 0.1
+    rng = rng or random.Random()
+    attempt = 0  # failed connections since the last successful LISTEN
     while not stopping():
         conn = None
         try:
@@ -36,7 +46,7 @@ def listen_forever(
             conn.set_isolation_level(extensions.ISOLATION_LEVEL_AUTOCOMMIT)
             with conn.cursor() as cur:
                 cur.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
-            delay = 0.1
+            attempt = 0
             on_connected()
             while not stopping():
                 try:
@@ -53,9 +63,10 @@ def listen_forever(
         except Exception as exc:  # noqa: BLE001 - reconnect with backoff whatever went wrong
             if stopping():
                 return
+            attempt += 1
+            delay = RECONNECT.delay(attempt, rng)
             log.warning("listen connection lost", extra={"channel": channel, "error": repr(exc), "retry_in": delay})
             gevent.sleep(delay)
-            delay = min(delay * 2, 5.0)
         finally:
             if conn is not None:
                 try:
