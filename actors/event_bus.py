@@ -264,7 +264,8 @@ class EventBus(Actor):
                 entry.ref.tell(message)
             except MailboxFull:
                 self._drop(entry, "overflow")
-                actor_of(entry.ref).close_stream(f"too slow: more than {actor_of(entry.ref).mailbox_size} events waiting")
+                subscriber = actor_of(entry.ref)
+                subscriber.close_stream(f"too slow: more than {subscriber.mailbox_size} events waiting", too_slow=True)
             except Exception:  # noqa: BLE001 - it ended between lookups; its stream cleans up
                 self._drop(entry, "gone")
 

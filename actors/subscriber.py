@@ -26,7 +26,12 @@ from actors.event_bus import Deliver
 
 @dataclasses.dataclass(frozen=True)
 class Closing:
+    """The stream ends: ``reason`` is for people (sent to the client as is); ``too_slow`` says the
+    client was cut off because it fell ``SSE_BUFFER`` events behind (the streams tell it so and count
+    it as an overflow), as opposed to the server ending every stream (shutting down, stopped)."""
+
     reason: str
+    too_slow: bool = False
     bypasses_bound = True  # must reach a full mailbox
 
 
@@ -66,7 +71,7 @@ class Subscriber(Actor):
             self.closed_reason = "connection closed"
         self.finish_inline()
 
-    def close_stream(self, reason: str) -> None:
+    def close_stream(self, reason: str, too_slow: bool = False) -> None:
         if self.closed_reason is not None:
             return
         self.closed_reason = reason
@@ -76,7 +81,7 @@ class Subscriber(Actor):
             except queue.Empty:
                 break
         try:
-            self.actor_ref.tell(Closing(reason))
+            self.actor_ref.tell(Closing(reason, too_slow))
         except Exception:  # noqa: BLE001 - already ended
             return
         writer = self._greenlet

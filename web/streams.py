@@ -154,7 +154,7 @@ def events(query: EventsQuery, header: StreamHeaders) -> Any:
                     yield sse.comment("keepalive")
                     continue
                 if isinstance(item, Closing):
-                    reason = "overflow" if item.reason.startswith("too slow") else "closed"
+                    reason = "overflow" if item.too_slow else "closed"
                     yield sse.frame(None, "stream.closed", {"reason": item.reason, "last_event_id": sent})
                     return
                 if item.event.id <= sent:

@@ -543,7 +543,7 @@ class _Session:
         return True
 
     def _closing(self, item: Closing) -> None:
-        if item.reason.startswith("too slow"):
+        if item.too_slow:
             self.sock.send(
                 {"type": "error", "code": "too_slow", "message": item.reason, "id": None, "last_event_id": self.sent}
             )
