@@ -28,6 +28,8 @@ import gevent
 from prometheus_client import Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+from wsproto.connection import Connection, ConnectionType
+from wsproto.events import TextMessage
 
 from actors.base import Actor, MailboxFull, actor_of
 from db import events as events_db
@@ -58,10 +60,13 @@ class Deliver:
         return self._sse
 
     def ws(self) -> bytes:
-        """The WebSocket text frame's payload: ``{"type": "event", "event": {...}}`` in UTF-8."""
+        """The WebSocket text frame ``{"type": "event", "event": {...}}``, framed by wsproto. A server's
+        frames are unmasked and no extension is negotiated, so these bytes are the same on every
+        connection: framed once, written as they are by each (``web.ws``)."""
         if self._ws is None:
-            self._ws = json.dumps({"type": "event", "event": self.event.as_json()}, separators=(",", ":"),
-                                  ensure_ascii=False, default=str).encode()
+            text = json.dumps({"type": "event", "event": self.event.as_json()}, separators=(",", ":"),
+                              ensure_ascii=False, default=str)
+            self._ws = bytes(Connection(ConnectionType.SERVER).send(TextMessage(data=text)))
         return self._ws
 
 

@@ -8,16 +8,19 @@ commands from the client (ping, change the filter, queue a text message). The AP
 One connection is three greenlets: the request's own greenlet starts the other two and cleans up;
 the *reader* reads client frames and answers commands; the *pump* writes events from the subscriber's
 hand-off, the backlog first when resuming, and a ping whenever the stream is idle for
-``SSE_HEARTBEAT``. gevent-websocket is not safe for concurrent sends: every frame goes out through one
-lock (``_Socket.write``). Whichever of reader and pump ends first ends the connection — the client
-closed or broke the protocol, or the server cut the subscriber off (too slow, shutting down) — and the
-subscriber is unregistered at once.
+``SSE_HEARTBEAT``. Every frame goes out through one lock (``_Socket.write``). Whichever of reader and
+pump ends first ends the connection — the client closed or broke the protocol, or the server cut the
+subscriber off (too slow, shutting down) — and the subscriber is unregistered at once.
 
-Frames are read here, not by gevent-websocket: its reader allocates whatever length a frame header
-claims before looking at it, so a client could make the server buffer gigabytes. A message (all
-fragments together) over ``WS_MAX_FRAME`` bytes is refused from its header alone: an error frame
-``frame_too_large``, then close 1009. gevent-websocket's ``close()`` also drops the status code, so
-close frames are written here too.
+The protocol is wsproto's (sans-I/O): a ``wsproto.connection.Connection`` per connection parses what
+the client sends — unmasking, fragments, pings, the close handshake, UTF-8, every protocol error with
+its close code — and frames what the server sends; this module only moves bytes on gevent. The
+opening handshake is the server's handler's (gevent-websocket, ``web.server``), done before the app
+runs; wsproto takes over from the first frame, as its "post handshake connection" usage describes.
+wsproto buffers only what it is given and hands message data on as it arrives, so a frame header
+claiming gigabytes costs nothing; a message (all fragments together) over ``WS_MAX_FRAME`` bytes is
+refused from its header alone (``_MessageLimit``, wsproto's per-frame header hook): an error frame
+``frame_too_large``, then close 1009.
 
 The upgrade itself is done by the server's handler (gevent-websocket) *before* the app runs, so as
 served today a refused key gets an ``unauthorized`` error frame and close 1008 after the 101. The
@@ -34,16 +37,20 @@ import socket
 import struct
 import time
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import gevent
 import gevent.lock
 import gevent.queue
 from flask import Blueprint, Response, g, request
-from geventwebsocket.exceptions import ProtocolError, WebSocketError
-from geventwebsocket.websocket import Header
 from werkzeug.wrappers import Request
+from wsproto.connection import Connection, ConnectionState, ConnectionType
+from wsproto.events import BytesMessage, CloseConnection, Event, Ping, TextMessage
+from wsproto.extensions import Extension
+from wsproto.frame_protocol import CloseReason, Opcode
+from wsproto.utilities import LocalProtocolError
 
 from actors.event_bus import ChangeFilter
 from actors.subscriber import Closing
@@ -57,8 +64,6 @@ from web.streams import SUBSCRIBE_TIMEOUT, backlog, close_subscription, open_sub
 log = logging.getLogger(__name__)
 
 blueprint = Blueprint("ws", __name__)
-
-OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
@@ -74,8 +79,10 @@ SEND_TIMEOUT = 30.0
 CLOSE_WAIT = 2.0
 """Seconds the server waits for the client's close frame after sending its own."""
 DRAIN_MAX = 1 << 20
-"""Bytes of a refused frame read and dropped to reach the client's close frame; beyond this the
-connection is just closed."""
+"""Bytes read and dropped after the server's close frame to reach the client's (or the end of its
+stream); beyond this the connection is just closed."""
+READ_CHUNK = 65536
+"""Bytes taken from the socket at most per read: all that wsproto ever holds of a client's data."""
 PING_GRACE = 2
 """Heartbeats a WebSocket ping may go unanswered (no frame at all from the client) before the client
 counts as gone."""
@@ -85,18 +92,17 @@ _GATE_TENANT = "wabot.ws_tenant"
 
 
 class _Gone(Exception):
-    """The connection cannot take another frame (closed, broken, or the client stopped reading)."""
+    """The connection cannot take another frame (closing, broken, or the client stopped reading)."""
 
 
 class _Violation(Exception):
     """The client broke the protocol or a limit: an error frame, then close with ``close_code``."""
 
-    def __init__(self, close_code: int, code: str, message: str, in_sync: bool = True) -> None:
+    def __init__(self, close_code: int, code: str, message: str) -> None:
         super().__init__(message)
         self.close_code = close_code
         self.code = code
         self.message = message
-        self.in_sync = in_sync  # the next byte from the client starts a frame (or unread payload, below)
 
 
 # -- authentication -----------------------------------------------------------------------------------
@@ -187,71 +193,118 @@ def _install_gate(state: Any) -> None:
     state.app.websocket_gate = functools.partial(_gate, state.app, (state.url_prefix or "") + "/ws")
 
 
-# -- framing ------------------------------------------------------------------------------------------
+# -- the connection -----------------------------------------------------------------------------------
 
 
-def _unmask(data: bytes, mask: bytes) -> bytes:
-    n = len(data)
-    if not n:
-        return b""
-    key = (bytes(mask) * (n // 4 + 1))[:n]
-    return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+def _text(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
-def _json(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+class _MessageLimit(Extension):
+    """``WS_MAX_FRAME`` for one connection, checked from frame headers alone.
 
+    wsproto calls an extension's ``frame_inbound_header`` for every frame header it parses, before
+    any of the payload; a ``CloseReason`` returned there makes wsproto refuse the frame with that code.
+    This one counts what the current message's headers claim (its fragments together) and refuses
+    with 1009 past the limit. It is local, never offered or negotiated in a handshake: it uses no
+    reserved bit and leaves every payload as it is. Counting is by completed frames plus the current
+    header, so a header wsproto parses twice (it waits for the rest of an incomplete header) counts once.
+    """
 
-def _valid_close_code(code: int) -> bool:
-    return 1000 <= code <= 1003 or 1007 <= code <= 1011 or code == 1013 or 3000 <= code <= 4999
+    name = "wabot-message-limit"  # never on the wire
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.refused_at: int | None = None  # what the refused message claimed
+        self._done = 0  # bytes of the current message's completed fragments
+        self._claimed = 0  # the same plus the frame being read
+        self._control = False
+
+    def enabled(self) -> bool:
+        return True
+
+    def offer(self) -> bool:
+        return False
+
+    def frame_inbound_header(self, proto: Any, opcode: Opcode, rsv: Any, payload_length: int) -> Any:
+        self._control = opcode.iscontrol()
+        if not self._control:
+            self._claimed = (self._done if opcode is Opcode.CONTINUATION else 0) + payload_length
+            if self._claimed > self.limit:
+                self.refused_at = self._claimed
+                return CloseReason.MESSAGE_TOO_BIG
+        return super().frame_inbound_header(proto, opcode, rsv, payload_length)
+
+    def frame_inbound_complete(self, proto: Any, fin: bool) -> None:
+        if not self._control:
+            self._done = 0 if fin else self._claimed
 
 
 class _Socket:
-    """Frames on an upgraded connection: reading with the size limit, writing under one lock."""
+    """One upgraded connection: wsproto's protocol state, the socket's bytes on gevent, and one lock
+    for writing.
+
+    The socket is the one gevent's WSGI handler served the request on (gevent-websocket hands it to
+    the app as ``environ["wsgi.websocket"].handler``): ``rfile`` is buffered and may already hold the
+    client's first frames, so reads go through it."""
 
     def __init__(self, ws: Any, max_message: int) -> None:
         self.ws = ws
-        self.stream = ws.stream  # .read is the handler's rfile.read, .write the socket's sendall
-        self.max_message = max_message
+        self.rfile = ws.handler.rfile
+        self.raw = ws.handler.socket
+        self.limit = _MessageLimit(max_message)
+        self.conn = Connection(ConnectionType.SERVER, [self.limit])
         self.lock = gevent.lock.Semaphore()
-        self.close_sent = False
         self.broken = False  # a write failed or was cut off mid-frame: nothing more can follow
+        self.refused = False  # wsproto refused the client's bytes: it parses nothing after them
+        self.received = 0  # bytes read from the client
         self.last_heard = time.monotonic()
-        self.unread = 0  # payload bytes of the current frame not read (a refused frame)
 
     # writing
 
-    def write(self, *frames: tuple[int, bytes], timeout: float = SEND_TIMEOUT) -> None:
-        data = b"".join(bytes(Header.encode_header(True, op, b"", len(body), 0)) + body for op, body in frames)
+    def write(self, *events: Event, timeout: float = SEND_TIMEOUT) -> None:
         with self.lock:
-            if self.close_sent or self.broken:
-                raise _Gone("the connection is closing")
-            timer = gevent.Timeout(timeout)
-            timer.start()
-            done = False
+            if self.broken:
+                raise _Gone("the connection is broken")
             try:
-                self.stream.write(data)
-                done = True
-            except gevent.Timeout as exc:
-                if exc is not timer:
-                    raise
-                raise _Gone(f"the client took no frame for {timeout:g} s") from None
-            except OSError as exc:
-                raise _Gone(f"write failed: {exc}") from None
-            finally:
-                timer.close()
-                if not done:
-                    self.broken = True
-            if any(op == OP_CLOSE for op, _ in frames):
-                self.close_sent = True
+                data = b"".join([self.conn.send(event) for event in events])
+            except LocalProtocolError:  # a close frame went out (or came in): no more data frames
+                raise _Gone("the connection is closing") from None
+            self._sendall(data, timeout)
+
+    def write_frame(self, frame: bytes) -> None:
+        """A whole text frame framed by wsproto elsewhere (the bus frames each event once for every
+        connection): fine while the connection is open, as a server sends no fragments."""
+        with self.lock:
+            if self.broken or self.conn.state is not ConnectionState.OPEN:
+                raise _Gone("the connection is closing")
+            self._sendall(frame, SEND_TIMEOUT)
+
+    def _sendall(self, data: bytes, timeout: float) -> None:
+        timer = gevent.Timeout(timeout)
+        timer.start()
+        done = False
+        try:
+            self.raw.sendall(data)
+            done = True
+        except gevent.Timeout as exc:
+            if exc is not timer:
+                raise
+            raise _Gone(f"the client took no frame for {timeout:g} s") from None
+        except OSError as exc:
+            raise _Gone(f"write failed: {exc}") from None
+        finally:
+            timer.close()
+            if not done:
+                self.broken = True
 
     def send(self, message: dict) -> None:
-        self.write((OP_TEXT, _json(message)))
+        self.write(TextMessage(data=_text(message)))
 
     def close(self, code: int, reason: str = "") -> None:
-        """Send a close frame (once; never after a broken write); never raises."""
+        """Send a close frame (once: wsproto refuses a second; never after a broken write); never raises."""
         try:
-            self.write((OP_CLOSE, struct.pack("!H", code) + reason.encode()[:123]), timeout=CLOSE_WAIT)
+            self.write(CloseConnection(code=code, reason=reason), timeout=CLOSE_WAIT)
         except _Gone:
             pass
 
@@ -259,95 +312,61 @@ class _Socket:
         """Make the coming close a reset: the kernel then drops what the client never took instead of
         holding it, and the connection, until the client reads or TCP gives up."""
         try:
-            self.ws.handler.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except (AttributeError, OSError):
+            self.raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
             pass
 
     # reading
 
-    def _payload(self, header: Any) -> bytes:
-        if not header.length:
-            return b""
-        data = self.stream.read(header.length)
-        if len(data) != header.length:
-            raise WebSocketError("unexpected end of stream in a frame")
-        return _unmask(data, header.mask)
+    def events(self) -> Iterator[Event]:
+        """What the client sends, as wsproto's events, read as they are needed (the client waits in
+        TCP meanwhile); ends with the stream, or once both close frames have passed. A protocol error
+        comes as a ``CloseConnection`` that the client did not send (see ``from_client``).
 
-    def read_message(self) -> tuple[int, bytes]:
-        """The next text or binary message, or ``(OP_CLOSE, payload)``; pings are answered here.
-
-        Raises ``_Violation`` for a protocol error or an oversized message (before reading its
-        payload), ``WebSocketError``/``OSError`` when the client is gone."""
-        opcode: int | None = None
-        parts: list[bytes] = []
-        size = 0
+        Raises ``OSError`` when the connection breaks."""
         while True:
-            try:
-                header = Header.decode_header(self.stream)
-            except ProtocolError as exc:  # a fragmented or oversized control frame
-                raise _Violation(CLOSE_PROTOCOL_ERROR, "protocol_error", str(exc), in_sync=False) from None
+            yield from self.conn.events()
+            if self.conn.state is ConnectionState.CLOSED:
+                return
+            data = self.rfile.read1(READ_CHUNK)
+            if not data:
+                return
+            self.received += len(data)
             self.last_heard = time.monotonic()
-            op = header.opcode
-            if header.flags or not header.mask or op in (3, 4, 5, 6, 7) or op > OP_PONG:
-                self.unread = header.length
-                problem = (
-                    "reserved bits set (no extension was negotiated)" if header.flags
-                    else "client frames must be masked" if not header.mask
-                    else f"unknown opcode {op}"
-                )
-                raise _Violation(CLOSE_PROTOCOL_ERROR, "protocol_error", problem)
-            if op >= OP_CLOSE:
-                payload = self._payload(header)
-                if op == OP_PING:
-                    self.write((OP_PONG, payload))
-                elif op == OP_CLOSE:
-                    return OP_CLOSE, payload
-                continue
-            if op == OP_CONTINUATION:
-                if opcode is None:
-                    self.unread = header.length
-                    raise _Violation(CLOSE_PROTOCOL_ERROR, "protocol_error", "continuation frame without a message")
-            elif opcode is not None:
-                self.unread = header.length
-                raise _Violation(CLOSE_PROTOCOL_ERROR, "protocol_error", "a new message began before the last ended")
-            else:
-                opcode = op
-            size += header.length
-            if size > self.max_message:
-                self.unread = header.length
-                raise _Violation(
-                    CLOSE_TOO_BIG, "frame_too_large",
-                    f"messages are limited to {self.max_message} bytes (WS_MAX_FRAME); this one has {size} or more",
-                )
-            parts.append(self._payload(header))
-            if header.fin:
-                return opcode, b"".join(parts)
+            self.conn.receive_data(data)
+
+    def from_client(self, event: CloseConnection) -> bool:
+        """Whether a ``CloseConnection`` is the client's close frame; if not, wsproto refused what the
+        client sent (its code says why) and stops parsing there."""
+        if self.conn.state in (ConnectionState.REMOTE_CLOSING, ConnectionState.CLOSED):
+            return True
+        self.refused = True
+        return False
 
     def await_close(self) -> None:
         """After our close frame: read and drop what the client still sends until its close frame (or
         the end of the stream), at most ``CLOSE_WAIT`` seconds and ``DRAIN_MAX`` bytes, so closing the
-        socket does not reset a connection with unread data (which can cost the client our last frames)."""
+        socket does not reset a connection with unread data (which can cost the client our last frames).
+
+        After a protocol error wsproto parses no further, so the client's close frame cannot be told
+        apart: the server ends its side of the stream (its close frame is the last thing the client
+        gets) and drops what comes until the client closes too."""
         with gevent.Timeout(CLOSE_WAIT, False):
             try:
-                budget = DRAIN_MAX
-                while budget > 0:
-                    if self.unread:
-                        if self.unread > budget:
-                            return
-                        chunk = self.stream.read(min(self.unread, 65536))
+                if self.refused:
+                    self.raw.shutdown(socket.SHUT_WR)
+                    budget = DRAIN_MAX
+                    while budget > 0:
+                        chunk = self.rfile.read1(min(budget, READ_CHUNK))
                         if not chunk:
                             return
-                        self.unread -= len(chunk)
                         budget -= len(chunk)
-                        continue
-                    header = Header.decode_header(self.stream)
-                    if header.length > budget:
+                    return
+                until = self.received + DRAIN_MAX
+                for event in self.events():
+                    if isinstance(event, CloseConnection) or self.received > until:
                         return
-                    self.unread = header.length
-                    if header.opcode == OP_CLOSE:
-                        return
-                    budget -= header.length
-            except (WebSocketError, OSError):
+            except OSError:
                 return
 
 
@@ -456,7 +475,7 @@ class _Session:
             else:
                 self._stop_pump(pump)
                 if self.close_code is not None:
-                    self.sock.close(self.close_code, self.close_text)
+                    self.sock.close(self.close_code, self.close_text)  # answers the client's, if it closed
                     if self.reason != "client_closed":
                         self.sock.await_close()
         finally:
@@ -527,7 +546,7 @@ class _Session:
             if payload is None:
                 self.sock.send({"type": "event", "event": event.as_json()})
             else:
-                self.sock.write((OP_TEXT, payload))  # encoded once for every subscriber of this event
+                self.sock.write_frame(payload)  # framed once for every subscriber of this event
             self.delivered.inc()
 
     def _heartbeat(self) -> bool:
@@ -539,7 +558,7 @@ class _Session:
                 return False
         else:
             self.ping_sent_at = now
-        self.sock.write((OP_TEXT, b'{"type":"ping"}'), (OP_PING, b""))
+        self.sock.write(TextMessage(data='{"type":"ping"}'), Ping())
         return True
 
     def _closing(self, item: Closing) -> None:
@@ -555,24 +574,30 @@ class _Session:
     # -- frames from the client ----------------------------------------------------------------------
 
     def _read_loop(self) -> None:
+        parts: list[str] = []  # the text message being received, fragment by fragment
         try:
-            while True:
-                opcode, payload = self.sock.read_message()
-                if opcode == OP_CLOSE:
-                    self._client_close(payload)
+            for event in self.sock.events():
+                if isinstance(event, TextMessage):
+                    parts.append(event.data)
+                    if event.message_finished:
+                        text, parts = "".join(parts), []
+                        if self.sock.conn.state is ConnectionState.OPEN:  # none after a close frame
+                            self._command(text)
+                elif isinstance(event, BytesMessage):
+                    if event.message_finished and self.sock.conn.state is ConnectionState.OPEN:
+                        self._error("binary_not_supported", "commands are JSON text frames; binary frames are ignored")
+                elif isinstance(event, Ping):
+                    if self.sock.conn.state is ConnectionState.OPEN:
+                        self.sock.write(event.response())
+                elif isinstance(event, CloseConnection):
+                    if not self.sock.from_client(event):
+                        raise self._violation(event)
+                    code = CLOSE_NORMAL if event.code == CloseReason.NO_STATUS_RCVD else int(event.code)
+                    self.close_code, self.close_text, self.reason = code, "client closed", "client_closed"
                     return
-                if opcode == OP_BINARY:
-                    self._error("binary_not_supported", "commands are JSON text frames; binary frames are ignored")
-                    continue
-                try:
-                    text = payload.decode("utf-8")
-                except UnicodeDecodeError:
-                    raise _Violation(CLOSE_INVALID_DATA, "invalid_utf8", "a text frame must be valid UTF-8") from None
-                self._command(text)
+            self.reason = "client_gone"  # the end of the stream without a close frame
         except _Violation as exc:
             log.info("websocket protocol violation", extra={"code": exc.code, "error": exc.message})
-            if not exc.in_sync:
-                self.sock.unread = DRAIN_MAX + 1  # cannot find the next frame: do not wait for a close
             try:
                 self._error(exc.code, exc.message)
             except _Gone:
@@ -580,17 +605,20 @@ class _Session:
             self.close_code, self.close_text, self.reason = exc.close_code, exc.code, exc.code
         except _Gone:
             self.reason = "client_gone"
-        except (WebSocketError, OSError):
-            self.reason = "client_gone"  # the end of the stream without a close frame, or a reset
+        except OSError:
+            self.reason = "client_gone"  # a reset
 
-    def _client_close(self, payload: bytes) -> None:
-        code = CLOSE_NORMAL
-        if len(payload) >= 2:
-            received = struct.unpack("!H", payload[:2])[0]
-            code = received if _valid_close_code(received) else CLOSE_PROTOCOL_ERROR
-        elif payload:
-            code = CLOSE_PROTOCOL_ERROR
-        self.close_code, self.close_text, self.reason = code, "client closed", "client_closed"
+    def _violation(self, refusal: CloseConnection) -> _Violation:
+        """What wsproto refused (its close code says why), as the error frame and close code to send."""
+        if refusal.code == CloseReason.MESSAGE_TOO_BIG:  # only ever from _MessageLimit
+            limit = self.sock.limit
+            return _Violation(
+                CLOSE_TOO_BIG, "frame_too_large",
+                f"messages are limited to {limit.limit} bytes (WS_MAX_FRAME); this one has {limit.refused_at} or more",
+            )
+        if refusal.code == CloseReason.INVALID_FRAME_PAYLOAD_DATA:
+            return _Violation(CLOSE_INVALID_DATA, "invalid_utf8", f"text must be valid UTF-8 ({refusal.reason})")
+        return _Violation(CLOSE_PROTOCOL_ERROR, "protocol_error", refusal.reason or "protocol error")
 
     def _error(self, code: str, message: str, cid: Any = None, **extra: Any) -> None:
         frame = {"type": "error", "code": code, "message": message, "id": cid}
