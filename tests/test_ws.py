@@ -1,7 +1,10 @@
 """``GET /api/v1/ws`` over real TCP on 127.0.0.1 with a raw-socket WebSocket client (handshake,
 masking, fragments, bad frames on purpose): events live and resumed, heartbeats, commands (ping,
 filter, send to the outbox) and their errors on a connection that stays open, size limits, tenant
-isolation, authentication, and the clean-up of every way a connection can end."""
+isolation, authentication, and the clean-up of every way a connection can end.
+
+The client frames by hand on purpose: it is an implementation independent of the server's (wsproto),
+and it must be able to send what no library sends (unmasked frames, reserved bits, lying lengths)."""
 
 from __future__ import annotations
 
@@ -16,10 +19,11 @@ import time
 import uuid
 from urllib.parse import urlencode, urlsplit
 
-import gevent
 import pykka
 import pytest
 import requests
+from wsproto.connection import Connection, ConnectionType
+from wsproto.events import CloseConnection, Ping, TextMessage
 
 from actors.base import actor_of
 from actors.subscriber import Subscriber
@@ -27,6 +31,8 @@ from core import config
 from db import bots as bots_db
 from db import events as events_db
 from db import tenants
+from tests.waiting import wait_until
+from web.ws import CLOSE_WAIT, _MessageLimit
 
 TIMEOUT = 5
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -190,11 +196,13 @@ def entries(web, tenant_id):
     return [e for e in list(actor_of(web.bus).entries.values()) if e.tenant_id == tenant_id]
 
 
-def wait_until(condition, timeout=TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        gevent.sleep(0.02)
+def subscribers(web, tenant_id):
+    """The Subscriber actors of a tenant's connections (their actors, not only their bus entries)."""
+    return [actor_of(entry.ref) for entry in entries(web, tenant_id)]
+
+
+def alive(urn):
+    return urn in {ref.actor_urn for ref in pykka.ActorRegistry.get_by_class(Subscriber)}
 
 
 def connect(web, key, **params):
@@ -294,8 +302,12 @@ def test_another_tenants_events_never_arrive(web, tenant, make_tenant, pool):
     assert ws.event()["id"] == mine
     # Naming their bot in a filter does not reach across either.
     assert ws.command(op="filter", bot=[other_bot])["ok"] is True
-    web.publish(other_id, other_bot, "theirs.again", {})
-    assert ws.command(op="ping")["type"] == "pong"
+    theirs = web.publish(other_id, other_bot, "theirs.again", {})
+    wait_until(lambda: actor_of(web.bus).high >= theirs, TIMEOUT, "the bus to route their event")
+    # Back to everything: had theirs been routed to this connection, it would arrive before mine.
+    assert ws.command(op="filter")["ok"] is True
+    mine = web.publish(tenant_id, bot, "mine.again", {})
+    assert ws.event()["id"] == mine
     ws.close()
 
 
@@ -323,7 +335,7 @@ def test_a_client_that_answers_no_ping_is_dropped(web, tenant):
             opcode, payload = ws.frame()
             assert opcode in (TEXT, PING) or (opcode == CLOSE and close_code(payload) == 1001)
     assert time.monotonic() - started < 2
-    wait_until(lambda: not entries(web, tenant_id))
+    wait_until(lambda: not entries(web, tenant_id), TIMEOUT, "the subscriber to be unregistered")
 
 
 # -- commands -----------------------------------------------------------------------------------------
@@ -463,6 +475,45 @@ def test_malformed_frames_get_error_frames_and_the_connection_stays_open(web, te
     ws.close()
 
 
+def test_a_text_message_in_fragments_is_one_command(web, tenant):
+    _, key, _ = tenant
+    ws = connect(web, key)
+    ws.send_frame(TEXT, b'{"op": ', fin=False)
+    ws.send_frame(0x0, b'"ping", "id": ', fin=False)
+    ws.send_frame(0x0, b'"three parts"}')
+    assert ws.recv() == {"type": "pong", "id": "three parts"}
+    ws.close()
+
+
+def test_a_character_split_between_fragments_arrives_whole(web, tenant):
+    _, key, _ = tenant
+    ws = connect(web, key)
+    encoded = '{"op": "ping", "id": "é"}'.encode()
+    split = encoded.index(b"\xc3") + 1  # between the two bytes of "é"
+    ws.send_frame(TEXT, encoded[:split], fin=False)
+    ws.send_frame(0x0, encoded[split:])
+    assert ws.recv() == {"type": "pong", "id": "é"}
+    ws.close()
+
+
+def test_a_binary_message_in_fragments_gets_one_error(web, tenant):
+    _, key, _ = tenant
+    ws = connect(web, key)
+    ws.send_frame(BINARY, b"\x00\x01", fin=False)
+    ws.send_frame(0x0, b"\x02\x03")
+    assert ws.recv()["code"] == "binary_not_supported"
+    assert ws.command(op="ping", id="after") == {"type": "pong", "id": "after"}  # and no second error first
+    ws.close()
+
+
+def test_a_websocket_ping_gets_a_pong_with_its_payload(web, tenant):
+    _, key, _ = tenant
+    ws = connect(web, key)
+    ws.send_frame(PING, b"are you there")
+    assert ws.frame() == (PONG, b"are you there")
+    ws.close()
+
+
 # -- limits and protocol errors -----------------------------------------------------------------------
 
 
@@ -475,7 +526,7 @@ def test_an_oversized_frame_is_refused_with_frame_too_large_and_close_1009(web, 
     code, frames = ws.expect_close()
     assert code == 1009
     assert [f["code"] for f in frames] == ["frame_too_large"]
-    wait_until(lambda: not entries(web, tenant_id))
+    wait_until(lambda: not entries(web, tenant_id), TIMEOUT, "the subscriber to be unregistered")
 
 
 def test_a_frame_header_claiming_gigabytes_is_refused_before_any_payload_is_read(web, tenant):
@@ -503,6 +554,13 @@ def test_fragments_count_together_against_the_limit(web, tenant):
         (dict(opcode=TEXT, payload=b'{"op":"ping"}', rsv=0x40), 1002, "protocol_error"),
         (dict(opcode=0x0, payload=b"stray"), 1002, "protocol_error"),
         (dict(opcode=TEXT, payload=b"\xff\xfe not utf-8"), 1007, "invalid_utf8"),
+        (dict(opcode=0x3, payload=b"reserved opcode"), 1002, "protocol_error"),
+        (dict(opcode=PING, payload=b"in parts", fin=False), 1002, "protocol_error"),
+        (dict(opcode=PING, payload=b"x" * 126), 1002, "protocol_error"),
+        (dict(opcode=CLOSE, payload=b"\x03"), 1002, "protocol_error"),
+        (dict(opcode=CLOSE, payload=struct.pack("!H", 1005)), 1002, "protocol_error"),
+        (dict(opcode=CLOSE, payload=struct.pack("!H", 999)), 1002, "protocol_error"),
+        (dict(opcode=CLOSE, payload=struct.pack("!H", 1000) + b"\xff bye"), 1007, "invalid_utf8"),
     ],
 )
 def test_protocol_violations_get_an_error_frame_then_the_right_close_code(web, tenant, frame, code, error):
@@ -511,7 +569,88 @@ def test_protocol_violations_get_an_error_frame_then_the_right_close_code(web, t
     ws.send_frame(**frame)
     got, frames = ws.expect_close()
     assert got == code and [f["code"] for f in frames] == [error]
-    wait_until(lambda: not entries(web, tenant_id))
+    wait_until(lambda: not entries(web, tenant_id), TIMEOUT, "the subscriber to be unregistered")
+
+
+def test_a_new_message_before_the_last_one_ended_is_a_protocol_error(web, tenant):
+    _, key, _ = tenant
+    ws = connect(web, key)
+    ws.send_frame(TEXT, b'{"op": "pi', fin=False)
+    ws.send_frame(TEXT, b'{"op": "ping"}')
+    code, frames = ws.expect_close()
+    assert code == 1002 and [f["code"] for f in frames] == ["protocol_error"]
+
+
+def test_invalid_utf8_is_refused_in_its_fragment_before_the_message_ends(web, tenant):
+    _, key, _ = tenant
+    ws = connect(web, key)
+    ws.send_frame(TEXT, b'{"op": "\xff', fin=False)  # the rest never comes
+    code, frames = ws.expect_close()
+    assert code == 1007 and [f["code"] for f in frames] == ["invalid_utf8"]
+
+
+def test_after_a_protocol_error_the_server_ends_its_stream_without_waiting_for_the_client(web, tenant):
+    _, key, _ = tenant
+    ws = connect(web, key)
+    ws.send_frame(TEXT, b'{"op":"ping"}', mask=False)
+    started = time.monotonic()
+    opcode, payload = ws.frame()
+    while opcode != CLOSE:
+        opcode, payload = ws.frame()
+    assert close_code(payload) == 1002
+    # No close frame from the client: the server's end of the stream follows its close frame at once
+    # (a FIN, not a reset that could cost the client those frames), not after CLOSE_WAIT.
+    with pytest.raises(EOFError):
+        while True:
+            ws._fill()
+    assert time.monotonic() - started < CLOSE_WAIT
+    ws.close()
+
+
+def client_frames(*events):
+    """What a client sends for these wsproto events: masked frames, by wsproto's client side."""
+    client = Connection(ConnectionType.CLIENT)
+    return b"".join(client.send(event) for event in events)
+
+
+def server_events(data, limit, step=None):
+    """The events a server connection with the message limit makes of ``data``, fed ``step`` bytes at a time."""
+    server = Connection(ConnectionType.SERVER, [_MessageLimit(limit)])
+    step = step or len(data)
+    events = []
+    for start in range(0, len(data), step):
+        server.receive_data(data[start:start + step])
+        events.extend(server.events())
+    return events
+
+
+def refusals(events):
+    return [event.code for event in events if isinstance(event, CloseConnection)]
+
+
+def test_the_message_limit_counts_fragments_together_and_refuses_from_a_header():
+    data = client_frames(TextMessage(data="a" * 600, message_finished=False), TextMessage(data="b" * 600))
+    first = 2 + 2 + 4 + 600  # header, 16-bit length, mask key, payload
+    # The first fragment and the next one's header with its length (no mask key, no payload yet).
+    assert refusals(server_events(data[:first + 4], limit=1024)) == [1009]
+
+
+def test_the_message_limit_counts_a_header_that_arrives_byte_by_byte_once():
+    data = client_frames(TextMessage(data="a" * 600, message_finished=False), TextMessage(data="b" * 400))
+    events = server_events(data, limit=1024, step=1)  # wsproto parses an incomplete header again
+    assert refusals(events) == []
+    assert "".join(event.data for event in events) == "a" * 600 + "b" * 400
+
+
+def test_the_message_limit_starts_again_with_each_message():
+    data = client_frames(TextMessage(data="a" * 1000), TextMessage(data="b" * 1000))
+    events = server_events(data, limit=1024)
+    assert refusals(events) == [] and sum(event.message_finished for event in events) == 2
+
+
+def test_a_ping_between_fragments_does_not_reset_the_message_limit():
+    data = client_frames(TextMessage(data="a" * 600, message_finished=False), Ping(b"hb"), TextMessage(data="b" * 600))
+    assert refusals(server_events(data, limit=1024)) == [1009]
 
 
 # -- ends -----------------------------------------------------------------------------------------------
@@ -524,8 +663,26 @@ def test_a_client_close_is_answered_and_the_subscriber_goes_at_once(web, tenant)
     ws.send_frame(CLOSE, struct.pack("!H", 1000) + b"bye")
     opcode, payload = ws.frame()
     assert opcode == CLOSE and close_code(payload) == 1000
-    wait_until(lambda: not entries(web, tenant_id), timeout=1)
-    wait_until(lambda: urn not in {r.actor_urn for r in pykka.ActorRegistry.get_by_class(Subscriber)}, timeout=1)
+    wait_until(lambda: not entries(web, tenant_id), 1, "the subscriber to be unregistered")
+    wait_until(lambda: not alive(urn), 1, "the subscriber actor to end")
+
+
+def test_a_client_close_without_a_code_is_answered_with_1000(web, tenant):
+    _, key, _ = tenant
+    ws = connect(web, key)
+    ws.send_frame(CLOSE)
+    opcode, payload = ws.frame()
+    assert opcode == CLOSE and close_code(payload) == 1000
+    ws.close()
+
+
+def test_a_client_close_code_is_echoed(web, tenant):
+    _, key, _ = tenant
+    ws = connect(web, key)
+    ws.send_frame(CLOSE, struct.pack("!H", 4001) + b"app done")
+    opcode, payload = ws.frame()
+    assert opcode == CLOSE and close_code(payload) == 4001
+    ws.close()
 
 
 def test_a_dropped_tcp_connection_is_cleaned_up_at_once(web, tenant):
@@ -533,7 +690,7 @@ def test_a_dropped_tcp_connection_is_cleaned_up_at_once(web, tenant):
     ws = connect(web, key)
     ws.sock.shutdown(socket.SHUT_RDWR)
     ws.close()
-    wait_until(lambda: not entries(web, tenant_id), timeout=1)
+    wait_until(lambda: not entries(web, tenant_id), 1, "the subscriber to be unregistered")
 
 
 def test_a_subscriber_cut_off_as_too_slow_gets_too_slow_then_close_and_can_resume(web, tenant, pool):
@@ -557,6 +714,25 @@ def test_a_subscriber_cut_off_as_too_slow_gets_too_slow_then_close_and_can_resum
     again.close()
 
 
+def test_a_cut_off_is_too_slow_by_its_field_whatever_its_reason_says(web, tenant):
+    tenant_id, key, _ = tenant
+    ws = connect(web, key)
+    subscribers(web, tenant_id)[0].close_stream("the mailbox overflowed", too_slow=True)
+    code, frames = ws.expect_close()
+    assert code == 1008
+    assert [(f["type"], f["code"], f["message"]) for f in frames] == [("error", "too_slow", "the mailbox overflowed")]
+
+
+def test_a_closing_reason_that_merely_reads_too_slow_is_an_ordinary_close(web, tenant):
+    tenant_id, key, _ = tenant
+    ws = WS(web.url, key)
+    position = ws.ready()["last_event_id"]
+    subscribers(web, tenant_id)[0].close_stream("too slow: says the text, not the field")
+    code, frames = ws.expect_close()
+    assert code == 1001
+    assert frames == [{"type": "closed", "reason": "too slow: says the text, not the field", "last_event_id": position}]
+
+
 def test_a_client_that_stops_reading_is_cut_off_alone_and_its_connection_reset(web, tenant, make_tenant, pool):
     tenant_id, key, bot = tenant
     tune(web, sse_buffer=4)
@@ -564,21 +740,25 @@ def test_a_client_that_stops_reading_is_cut_off_alone_and_its_connection_reset(w
     bystander = connect(web, other_key)
     stalled = WS(web.url, key, rcvbuf=4096)
     stalled.ready()
-    actor_of(entries(web, tenant_id)[0].ref).grace = 0.2  # the writer is killed this long after the cut-off
-    # One event larger than the socket buffers can hold (4 MB at most here): the writer blocks for good.
+    subscriber = subscribers(web, tenant_id)[0]
+    urn = entries(web, tenant_id)[0].ref.actor_urn
+    subscriber.grace = 0.2  # the writer is killed this long after the cut-off
+    # One event larger than the socket buffers can hold (4 MB at most here): the writer blocks for good
+    # in the first, and the second waits in the mailbox.
     burst(pool, tenant_id, bot, 2, size=6 << 20)
-    gevent.sleep(0.2)
+    wait_until(lambda: subscriber.mailbox_depth == 1, TIMEOUT, "the writer to be stuck in the first big event")
     assert entries(web, tenant_id)
     # Bursts that fit a mailbox being emptied; together they overflow one whose writer is stuck.
     burst(pool, tenant_id, bot, 3)
-    gevent.sleep(0.1)
-    assert entries(web, tenant_id)
+    wait_until(lambda: subscriber.mailbox_depth == 4, TIMEOUT, "three more events queued behind the stuck one")
+    assert entries(web, tenant_id)  # a full mailbox, not an overflowing one
     burst(pool, tenant_id, bot, 3)
-    wait_until(lambda: not entries(web, tenant_id))
+    wait_until(lambda: not entries(web, tenant_id), TIMEOUT, "the subscriber to be unregistered")
     event_id = web.publish(other_id, None, "still.flowing", {})
     assert bystander.event()["id"] == event_id
-    # Once the grace is over, the stuck connection is reset, not left holding what the client never read.
-    gevent.sleep(0.5)
+    # Once the grace is over the writer is killed (its subscriber ends with it), and the stuck connection
+    # is reset, not left holding what the client never read.
+    wait_until(lambda: not alive(urn), TIMEOUT, "the stuck writer to be killed after the grace")
     with pytest.raises(ConnectionResetError):
         while True:
             stalled._fill()
