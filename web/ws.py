@@ -22,10 +22,11 @@ claiming gigabytes costs nothing; a message (all fragments together) over ``WS_M
 refused from its header alone (``_MessageLimit``, wsproto's per-frame header hook): an error frame
 ``frame_too_large``, then close 1009.
 
-The upgrade itself is done by the server's handler (gevent-websocket) *before* the app runs, so as
-served today a refused key gets an ``unauthorized`` error frame and close 1008 after the 101. The
-blueprint installs ``app.websocket_gate(environ)`` for the server: a handler that asks it before
-upgrading answers a refused request with the app's plain HTTP response (401 JSON) instead.
+The upgrade itself is done by the server's handler (gevent-websocket) *before* the app runs. The
+blueprint installs ``app.websocket_gate(environ)`` for the server: the handler asks it before
+upgrading (``web.server``), so a refused key gets the app's plain HTTP response (401 JSON) and no
+upgrade. Under a handler that does not ask, a refused key gets an ``unauthorized`` error frame and
+close 1008 after the 101.
 """
 
 from __future__ import annotations
