@@ -9,7 +9,9 @@ cuts the subscriber off (``close_stream``) — the stalled client costs the othe
 ``close_stream`` is called by the bus directly (the mailbox is full, so a plain message could not get
 in; also at shutdown): it drops what is queued and leaves a ``Closing`` notice that bypasses the bound,
 so the writer sends a last event saying why and ends the stream; if the client does not even take
-that within ``grace`` seconds, the connection's greenlet is killed.
+that within ``grace`` seconds, the connection's greenlet is killed (a timer that ``end`` cancels, so
+a writer that ended in time — its greenlet perhaps serving the connection's next request — is left
+alone).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class Subscriber(Actor):
         self.kind = kind
         self.grace = grace
         self.closed_reason: str | None = None
+        self._reaper: gevent.Greenlet | None = None  # kills a writer that does not end within grace
 
     def bind_writer(self) -> None:
         """The calling greenlet takes the messages and writes them (the one killed if it hangs)."""
@@ -69,6 +72,9 @@ class Subscriber(Actor):
         """The connection is gone: the actor ends with it."""
         if self.closed_reason is None:
             self.closed_reason = "connection closed"
+        if self._reaper is not None:  # the writer ended in time: nothing left to kill
+            self._reaper.kill(block=False)
+            self._reaper = None
         self.finish_inline()
 
     def close_stream(self, reason: str, too_slow: bool = False) -> None:
@@ -86,4 +92,4 @@ class Subscriber(Actor):
             return
         writer = self._greenlet
         if writer is not None:
-            gevent.spawn_later(self.grace, writer.kill, block=False)
+            self._reaper = gevent.spawn_later(self.grace, writer.kill, block=False)
