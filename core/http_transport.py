@@ -1,356 +1,236 @@
-"""A lean keep-alive HTTP/1.1 transport for httpx, under the ``openai`` client of ``core.ai``.
+"""Keep-alive HTTP/1.1 connections to one origin (the AI provider), on the standard library's
+``http.client``: it writes each request and parses each answer; this module only keeps connections
+and turns their failures into two kinds.
 
-The ``openai`` library builds the request and reads the answer; httpx hands the request to a
-transport. httpx's default one (httpcore + h11) is general and careful, and costs for it: on every
-request it walks every pooled connection and polls its socket, and parses each response through a
-general HTTP state machine. At hundreds of AI calls per second that was the largest CPU cost of the
-bots' process (bench/pipeline.py). This transport does only what a JSON API call needs:
+- One request, one answer. The head ``http.client`` writes and the body go in one write (it would
+  send them apart: a second system call, and a second segment for the server to wait on);
+  ``TCP_NODELAY`` is set.
+- Connections are reused most recently used first while the answer allowed it
+  (``sansio.ai_http.reusable``); at most ``max_idle`` are kept, none idle longer than
+  ``idle_timeout`` seconds.
+- A kept connection the server closed while it was idle is not polled for (under gevent a readiness
+  check goes through the hub: the largest cost of httpcore's pool): it is noticed when the request on
+  it gets no byte of an answer (``RemoteDisconnected``, a reset or a broken pipe), and the request
+  goes once more on a fresh connection, which the server never saw it on.
+- https with the standard ``ssl`` module's certificate and host name checks (``SSL_CERT_FILE`` or
+  ``SSL_CERT_DIR`` when set, else certifi's roots when installed, else the system's). Through an ``http://`` proxy when one is given: requests in
+  absolute form for http, a ``CONNECT`` tunnel for https.
+- The answer's body is read up to ``max_body`` bytes; a larger one is refused (``BodyTooLarge``)
+  and its connection closed.
+- Failures: ``TransportTimeout`` (a socket timeout, while connecting, sending or waiting) and
+  ``TransportError`` (anything else: refused, reset, TLS, a malformed answer). A ``BaseException``
+  arriving mid-exchange (a ``gevent.Timeout``, ``GreenletExit``) closes that connection and goes on.
 
-- one request, one response, HTTP/1.1, keep-alive connections per (scheme, host, port), most
-  recently used first; ``https`` through the standard ``ssl`` module with certificate checks;
-- bodies by ``Content-Length`` or chunked transfer encoding (content codings such as gzip are left to
-  httpx, which decodes them from the headers); no upgrades, no HTTP/2;
-- a pooled connection that the server closed while idle is noticed when the request fails before
-  any byte of the answer arrived, and the request goes once more on a fresh connection (the server
-  never saw it); idle connections older than ``idle_timeout`` are not reused;
-- socket timeouts become ``httpx.ConnectTimeout``/``ReadTimeout``/``WriteTimeout`` and socket
-  errors ``httpx.ConnectError``/``ReadError``/``WriteError``, which the ``openai`` client turns into
-  its timeout and connection errors as with httpx's own transport.
-
-Not for proxies: ``core.ai`` uses it only when no proxy is configured in the environment.
+Not thread-safe and needs no lock under gevent: nothing between taking a connection from the idle
+list and putting one back yields.
 """
 
 from __future__ import annotations
 
-import datetime
+import dataclasses
+import http.client
+import os
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from typing import Any
 
-import httpx
-
-_MAX_HEAD = 64 * 1024
-_DEFAULT_PORTS = {"http": 80, "https": 443}
+from sansio import ai_http
+from sansio.ai_http import Endpoint, Proxy
 
 
-class _StaleConnection(Exception):
-    """The connection was closed before any byte of the answer arrived."""
+class TransportError(Exception):
+    """No answer: the connection failed or the answer was not HTTP."""
 
 
-class _Connection:
-    __slots__ = ("sock", "buffer", "idle_since")
+class TransportTimeout(TransportError):
+    """A socket timeout while connecting, sending or waiting for the answer."""
 
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.buffer = b""
-        self.idle_since = 0.0
 
-    def close(self) -> None:
+class BodyTooLarge(TransportError):
+    """The answer's body is larger than the limit; it was not read."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Reply:
+    status: int
+    headers: http.client.HTTPMessage  # case-insensitive ``get``
+    body: bytes
+
+
+def default_ssl_context() -> ssl.SSLContext:
+    """Certificates and host names checked: against ``SSL_CERT_FILE``/``SSL_CERT_DIR`` when the
+    environment names them (OpenSSL reads them; a company's own CA, as httpx honoured them), else
+    certifi's roots when installed, else the system's."""
+    if os.environ.get("SSL_CERT_FILE") or os.environ.get("SSL_CERT_DIR"):
+        return ssl.create_default_context()
+    try:
+        import certifi
+    except ImportError:
+        return ssl.create_default_context()
+    return ssl.create_default_context(cafile=certifi.where())
+
+
+class _Connection(http.client.HTTPConnection):
+    """A connection that sends a request's head and body in one write: ``http.client`` sends them
+    separately (``send`` twice), which costs a system call and, without ``TCP_NODELAY`` on either
+    side, can hold the body back for a delayed ACK. ``send`` is the class's documented way out."""
+
+    _held: list[bytes] | None = None
+
+    def connect(self) -> None:
+        super().connect()
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def send(self, data: Any) -> None:
+        if self._held is not None and isinstance(data, bytes):
+            self._held.append(data)
+        else:
+            super().send(data)
+
+    def request_at_once(self, method: str, target: str, body: bytes | None, headers: dict[str, str]) -> None:
+        self._held = []
         try:
-            self.sock.close()
-        except OSError:
-            pass
-
-    # -- reading -----------------------------------------------------------------------------------
-
-    def _fill(self) -> bool:
-        data = self.sock.recv(65536)
-        if not data:
-            return False
-        self.buffer += data
-        return True
-
-    def read_until(self, marker: bytes, limit: int) -> bytes:
-        while True:
-            index = self.buffer.find(marker)
-            if index >= 0:
-                line, self.buffer = self.buffer[:index], self.buffer[index + len(marker):]
-                return line
-            if len(self.buffer) > limit:
-                raise httpx.RemoteProtocolError("response head too large")
-            if not self._fill():
-                raise httpx.RemoteProtocolError("connection closed mid-response")
-
-    def read_exactly(self, count: int) -> bytes:
-        while len(self.buffer) < count:
-            if not self._fill():
-                raise httpx.RemoteProtocolError("connection closed mid-body")
-        data, self.buffer = self.buffer[:count], self.buffer[count:]
-        return data
-
-    def read_to_close(self) -> bytes:
-        while self._fill():
-            pass
-        data, self.buffer = self.buffer, b""
-        return data
+            self.request(method, target, body=body, headers=headers)
+            data = b"".join(self._held)
+        finally:
+            self._held = None
+        super().send(data)
 
 
-class KeepAliveTransport(httpx.BaseTransport):
-    def __init__(self, *, max_idle: int = 16, idle_timeout: float = 30.0, verify: bool = True,
-                 clock: Any = time.monotonic) -> None:
+class _TlsConnection(_Connection, http.client.HTTPSConnection):
+    pass
+
+
+class _Stale(Exception):
+    """The connection ended before any byte of the answer."""
+
+
+# No byte of the answer, the connection gone: a FIN (RemoteDisconnected), an RST, a TLS connection
+# ended with or without its close_notify.
+_STALE_ERRORS = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError, ssl.SSLEOFError,
+                 ssl.SSLZeroReturnError)
+
+
+class ConnectionPool:
+    def __init__(self, origin: Endpoint, *, timeout: float, max_idle: int = 16, idle_timeout: float = 30.0,
+                 proxy: Proxy | None = None, ssl_context: ssl.SSLContext | None = None,
+                 max_body: int = ai_http.MAX_RESPONSE_BYTES, clock: Callable[[], float] = time.monotonic) -> None:
+        self.origin = origin
+        self._timeout = timeout
         self._max_idle = max_idle
         self._idle_timeout = idle_timeout
+        self._proxy = proxy
+        self._max_body = max_body
         self._clock = clock
-        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
-        self._ssl: ssl.SSLContext | None = None
-        self._verify = verify
+        self._ssl = (ssl_context or default_ssl_context()) if origin.scheme == "https" else None
+        self._idle: list[tuple[_Connection, float]] = []  # (connection, idle since)
+        # Through an http proxy, plain http requests name the whole URL; everything else the path.
+        self._absolute = proxy is not None and origin.scheme == "http"
+        self._proxy_headers = ({"Proxy-Authorization": proxy.authorization}
+                               if self._absolute and proxy is not None and proxy.authorization else {})
 
-    # -- httpx.BaseTransport -----------------------------------------------------------------------
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        url = request.url
-        scheme = url.scheme
-        if scheme not in _DEFAULT_PORTS:
-            raise httpx.UnsupportedProtocol(f"unsupported scheme {scheme!r}", request=request)
-        key = (scheme, url.host, url.port or _DEFAULT_PORTS[scheme])
-        timeouts = request.extensions.get("timeout", {})
-        message = self._serialise(request)
-        for attempt in range(2):
-            if attempt == 0:
-                conn, reused = self._checkout(key, request, timeouts)
-            else:  # the retry: on a fresh connection, as the other idle ones may be just as stale
-                conn, reused = self._connect(key, request, timeouts), False
-            try:
-                status, reason, headers, body, keep = self._exchange(conn, message, request, timeouts)
-            except _StaleConnection:
-                conn.close()
-                if reused and attempt == 0:
-                    continue  # closed by the server while idle: it never saw this request
-                raise httpx.RemoteProtocolError("server closed the connection without answering", request=request)
-            except BaseException:
-                conn.close()
-                raise
-            if keep:
-                self._checkin(key, conn)
-            else:
-                conn.close()
-            return _response(status, headers, body, request, reason)
-        raise AssertionError("unreachable")
+    def request(self, method: str, target: str, body: bytes | None, headers: dict[str, str]) -> Reply:
+        """One exchange; ``target`` is the path (and query) on the origin."""
+        if self._absolute:
+            target = self.origin.origin + target
+            headers = {**headers, **self._proxy_headers}
+        conn, reused = self._checkout()
+        try:
+            return self._exchange(conn, method, target, body, headers)
+        except _Stale:
+            if not reused:
+                raise TransportError("the server closed the connection without answering") from None
+        # Closed by the server while idle: it never saw the request. Once more, on a new connection
+        # (the other kept ones may be just as old).
+        try:
+            return self._exchange(self._connect(), method, target, body, headers)
+        except _Stale:
+            raise TransportError("the server closed the connection without answering") from None
 
     def close(self) -> None:
-        for conns in self._idle.values():
-            for conn in conns:
-                conn.close()
-        self._idle.clear()
+        idle, self._idle = self._idle, []
+        for conn, _ in idle:
+            conn.close()
+
+    @property
+    def idle(self) -> int:
+        """Connections kept for the next requests."""
+        return len(self._idle)
 
     # -- connections -------------------------------------------------------------------------------
 
-    def _checkout(self, key: tuple[str, str, int], request: httpx.Request,
-                  timeouts: dict) -> tuple[_Connection, bool]:
-        conns = self._idle.get(key)
+    def _checkout(self) -> tuple[_Connection, bool]:
         now = self._clock()
-        while conns:
-            conn = conns.pop()
-            if now - conn.idle_since < self._idle_timeout and not conn.buffer:
+        while self._idle:
+            conn, since = self._idle.pop()
+            if now - since < self._idle_timeout:
                 return conn, True
             conn.close()
-        return self._connect(key, request, timeouts), False
+        return self._connect(), False
 
-    def _checkin(self, key: tuple[str, str, int], conn: _Connection) -> None:
-        conns = self._idle.setdefault(key, [])
-        if len(conns) >= self._max_idle:
+    def _checkin(self, conn: _Connection) -> None:
+        if len(self._idle) >= self._max_idle:
             conn.close()
-            return
-        conn.idle_since = self._clock()
-        conns.append(conn)
+        else:
+            self._idle.append((conn, self._clock()))
 
-    def _connect(self, key: tuple[str, str, int], request: httpx.Request, timeouts: dict) -> _Connection:
-        scheme, host, port = key
+    def _connect(self) -> _Connection:
+        origin, proxy = self.origin, self._proxy
+        host, port = (proxy.host, proxy.port) if proxy is not None else (origin.host, origin.port)
+        conn: _Connection
+        if self._ssl is not None:
+            conn = _TlsConnection(host, port, timeout=self._timeout, context=self._ssl)
+            if proxy is not None:
+                tunnel = {"Proxy-Authorization": proxy.authorization} if proxy.authorization else None
+                conn.set_tunnel(origin.host, origin.port, headers=tunnel)
+        else:
+            conn = _Connection(host, port, timeout=self._timeout)
         try:
-            sock = socket.create_connection((host, port), timeout=timeouts.get("connect"))
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if scheme == "https":
-                sock = self._ssl_context().wrap_socket(sock, server_hostname=host)
-        except socket.timeout as exc:
-            raise httpx.ConnectTimeout(str(exc) or "connect timed out", request=request) from exc
-        except OSError as exc:
-            raise httpx.ConnectError(str(exc), request=request) from exc
-        return _Connection(sock)
-
-    def _ssl_context(self) -> ssl.SSLContext:
-        if self._ssl is None:
-            if self._verify:
-                try:
-                    import certifi
-
-                    self._ssl = ssl.create_default_context(cafile=certifi.where())
-                except ImportError:
-                    self._ssl = ssl.create_default_context()
-            else:
-                self._ssl = ssl._create_unverified_context()  # noqa: SLF001 - explicitly asked for
-        return self._ssl
+            conn.connect()
+        except TimeoutError as exc:
+            conn.close()
+            raise TransportTimeout(f"connecting to {origin.origin}: timed out") from exc
+        except (OSError, http.client.HTTPException, ValueError) as exc:  # refused, DNS, TLS, a proxy's no
+            conn.close()
+            raise TransportError(f"connecting to {origin.origin}: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     # -- one exchange ------------------------------------------------------------------------------
 
-    @staticmethod
-    def _serialise(request: httpx.Request) -> bytes:
-        body = request.read()
-        target = request.url.raw_path
-        lines = [request.method.encode() + b" " + target + b" HTTP/1.1"]
-        has_length = False
-        for name, value in request.headers.raw:
-            lowered = name.lower()
-            if lowered == b"content-length":
-                has_length = True
-            elif lowered == b"transfer-encoding":
-                continue  # the whole body is sent with a length
-            lines.append(name + b": " + value)
-        if not has_length and (body or request.method in ("POST", "PUT", "PATCH")):
-            lines.append(b"Content-Length: " + str(len(body)).encode())
-        return b"\r\n".join(lines) + b"\r\n\r\n" + body
-
-    def _exchange(self, conn: _Connection, message: bytes, request: httpx.Request,
-                  timeouts: dict) -> tuple[int, bytes, list[tuple[bytes, bytes]], bytes, bool]:
-        sock = conn.sock
-        phase = "write"
+    def _exchange(self, conn: _Connection, method: str, target: str, body: bytes | None,
+                  headers: dict[str, str]) -> Reply:
+        keep = False
         try:
-            sock.settimeout(timeouts.get("write"))
             try:
-                sock.sendall(message)
-            except (BrokenPipeError, ConnectionResetError) as exc:
-                raise _StaleConnection() from exc
-            phase = "read"
-            sock.settimeout(timeouts.get("read"))
-            try:
-                if not conn.buffer and not conn._fill():  # noqa: SLF001
-                    raise _StaleConnection()
-            except ConnectionResetError as exc:
-                raise _StaleConnection() from exc
-            status, reason, headers = self._read_head(conn)
-            while 100 <= status < 200:  # interim answers (100 Continue): the real one follows
-                status, reason, headers = self._read_head(conn)
-            body, keep = self._read_body(conn, request, status, headers)
-        except socket.timeout as exc:
-            if phase == "write":
-                raise httpx.WriteTimeout(str(exc) or "write timed out", request=request) from exc
-            raise httpx.ReadTimeout(str(exc) or "read timed out", request=request) from exc
-        except httpx.HTTPError as exc:
-            exc.request = request
-            raise
-        except OSError as exc:
-            error = httpx.WriteError if phase == "write" else httpx.ReadError
-            raise error(str(exc), request=request) from exc
-        # The body is whole now: a chunked framing header would describe bytes no longer there.
-        headers = [(n, v) for n, v in headers if n.lower() != b"transfer-encoding"]
-        return status, reason, headers, body, keep
+                conn.request_at_once(method, target, body, headers)
+                response = conn.getresponse()
+            except _STALE_ERRORS as exc:
+                raise _Stale() from exc
+            length = response.getheader("content-length")
+            chunked = "chunked" in (response.getheader("transfer-encoding") or "").lower()
+            if length is not None and length.strip().isdigit() and not chunked:
+                if int(length) > self._max_body:
+                    raise BodyTooLarge(f"the answer's body is {int(length)} bytes, more than {self._max_body}")
+                data = response.read()  # as long as it said; IncompleteRead when cut short
+            else:  # chunked, or until the server closes: read one byte past the limit to know
+                data = response.read(self._max_body + 1)
+                if len(data) > self._max_body:
+                    raise BodyTooLarge(f"the answer's body is more than {self._max_body} bytes")
+            framed = (length is not None or chunked or method == "HEAD" or response.status in (204, 304))
+            keep = response.isclosed() and ai_http.reusable(response.version, response.headers, framed)
+            return Reply(response.status, response.headers, data)
+        except TimeoutError as exc:
+            raise TransportTimeout(f"{self.origin.origin}: timed out") from exc
+        except (OSError, http.client.HTTPException) as exc:  # reset mid-answer, not HTTP, cut short
+            raise TransportError(f"{self.origin.origin}: {exc!r}") from exc
+        finally:
+            if keep:
+                self._checkin(conn)
+            else:
+                conn.close()
 
-    @staticmethod
-    def _read_head(conn: _Connection) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-        head = conn.read_until(b"\r\n\r\n", _MAX_HEAD)
-        status_line, _, rest = head.partition(b"\r\n")
-        parts = status_line.split(b" ", 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
-            raise httpx.RemoteProtocolError(f"not an HTTP/1.x answer: {status_line[:80]!r}")
-        try:
-            status = int(parts[1])
-        except ValueError:
-            raise httpx.RemoteProtocolError(f"bad status line: {status_line[:80]!r}") from None
-        headers = []
-        for line in rest.split(b"\r\n") if rest else []:
-            name, sep, value = line.partition(b":")
-            if not sep:
-                raise httpx.RemoteProtocolError(f"bad header line: {line[:80]!r}")
-            headers.append((name.strip(), value.strip()))
-        return status, parts[2] if len(parts) > 2 else b"", headers
-
-    @staticmethod
-    def _read_body(conn: _Connection, request: httpx.Request, status: int,
-                   headers: list[tuple[bytes, bytes]]) -> tuple[bytes, bool]:
-        values = {name.lower(): value for name, value in headers}
-        keep = values.get(b"connection", b"").lower() != b"close"
-        if request.method == "HEAD" or status in (204, 304):
-            return b"", keep
-        if values.get(b"transfer-encoding", b"").lower().endswith(b"chunked"):
-            chunks = []
-            while True:
-                size_line = conn.read_until(b"\r\n", 1024)
-                try:
-                    size = int(size_line.split(b";", 1)[0].strip(), 16)
-                except ValueError:
-                    raise httpx.RemoteProtocolError(f"bad chunk size: {size_line[:40]!r}") from None
-                if size == 0:
-                    while conn.read_until(b"\r\n", _MAX_HEAD):  # trailers, up to the empty line
-                        pass
-                    return b"".join(chunks), keep
-                chunks.append(conn.read_exactly(size))
-                conn.read_exactly(2)
-        length = values.get(b"content-length")
-        if length is not None:
-            try:
-                count = int(length)
-            except ValueError:
-                raise httpx.RemoteProtocolError(f"bad Content-Length: {length[:40]!r}") from None
-            return conn.read_exactly(count), keep
-        return conn.read_to_close(), False  # delimited by the end of the connection
-
-
-def _response(status: int, headers: list[tuple[bytes, bytes]], body: bytes, request: httpx.Request,
-              reason: bytes) -> httpx.Response:
-    """The response, already read. With a content coding (gzip, ...) httpx decodes the body as it
-    reads it; without one, reading only copied it through httpx's decoder chain, a third of the cost
-    of building the response: the body is then handed over as read. ``_content`` is how httpx itself
-    marks a response read (``Response.read``)."""
-    extensions = {"http_version": b"HTTP/1.1", "reason_phrase": reason}
-    if any(name.lower() == b"content-encoding" and value.strip().lower() not in (b"", b"identity")
-           for name, value in headers):
-        return httpx.Response(status, headers=headers, content=body, request=request, extensions=extensions)
-    if not any(name.lower() == b"content-length" for name, _ in headers):
-        headers = [*headers, (b"Content-Length", str(len(body)).encode())]  # as content= would add
-    response = httpx.Response(status, headers=headers, stream=httpx.ByteStream(body), request=request,
-                              extensions=extensions)
-    response._content = body  # noqa: SLF001
-    response.is_stream_consumed = True
-    response.is_closed = True
-    return response
-
-
-class DirectClient(httpx.Client):
-    """An httpx client whose ``send`` hands the request straight to its transport.
-
-    httpx's ``send`` runs the auth flow, the redirect loop, the cookie jar and event hooks around
-    every request; for the AI provider none of it does anything (the openai client sets its own
-    Authorization header, API calls are not redirected or given cookies, no hooks are installed),
-    yet it was a fifth of each call's CPU. The transport returns responses already read
-    (``KeepAliveTransport``), so ``stream`` changes nothing."""
-
-    def build_request(self, method: str, url: Any, *, content: Any = None, data: Any = None, files: Any = None,
-                      json: Any = None, params: Any = None, headers: Any = None, cookies: Any = None,
-                      timeout: Any = httpx.USE_CLIENT_DEFAULT, extensions: Any = None) -> httpx.Request:
-        """httpx merges the client's base URL, cookies, query parameters and headers into each
-        request, through its general machinery. A request as the openai client builds it (an absolute
-        URL, its own headers, a body of bytes, nothing else) needs only the client's default headers
-        under its own and the timeout: built here directly, the same request for a third of the CPU.
-        Anything else goes through httpx's own merge."""
-        if (data is not None or files is not None or json is not None or params or cookies or extensions
-                or self.params or self.cookies or not isinstance(url, httpx.URL) or not url.is_absolute_url
-                or not isinstance(content, bytes) or not isinstance(headers, httpx.Headers)):
-            return super().build_request(method, url, content=content, data=data, files=files, json=json,
-                                         params=params, headers=headers, cookies=cookies, timeout=timeout,
-                                         extensions=extensions)
-        own = headers.raw
-        names = {name.lower() for name, _ in own}
-        merged = [item for item in self.headers.raw if item[0].lower() not in names]
-        merged.extend(own)
-        return httpx.Request(method, url, content=content, headers=merged,
-                             extensions={"timeout": self._timeout_dict(timeout)})
-
-    def _timeout_dict(self, timeout: Any) -> dict:
-        # The same timeout object on every call (the client's or the openai client's): convert once.
-        if timeout is httpx.USE_CLIENT_DEFAULT:
-            timeout = self.timeout
-        cached = getattr(self, "_timeout_cache", None)
-        if cached is None or cached[0] is not timeout:
-            cached = self._timeout_cache = (timeout, httpx.Timeout(timeout).as_dict())
-        return cached[1]
-
-    def send(self, request: httpx.Request, *, stream: bool = False, auth: Any = None,
-             follow_redirects: Any = None) -> httpx.Response:
-        if self.is_closed:
-            raise RuntimeError("Cannot send a request, as the client has been closed.")
-        started = time.perf_counter()
-        response = self._transport.handle_request(request)
-        response.request = request
-        response.elapsed = datetime.timedelta(seconds=time.perf_counter() - started)
-        response.default_encoding = self._default_encoding
-        return response

@@ -1,19 +1,40 @@
-"""The AI responder's client (core.ai) through the real ``openai`` library against a scripted
-provider on 127.0.0.1 (tests/openai_server.py): what is sent, which failures are retried and how long
-it waits, and the per-provider circuit breaker. Also the pure parts: Retry-After, backoff, prompt."""
+"""The AI responder's client (core.ai) against a scripted provider on 127.0.0.1
+(tests/openai_server.py): what is sent, which failures are retried and how long it waits, the size
+cap, https, and the per-provider circuit breaker. Also the pure parts (sansio.ai_http): the endpoint,
+proxies from the environment, the request, what an answer means, Retry-After and backoff; and the
+prompt. The connections themselves are tests/test_http_transport.py's."""
 
+import base64
+import json
 import random
 import time
 from email.utils import formatdate
 
 import pytest
 
-from core import config
-from core.ai import AiClient, AiError, AiUnavailable, parse_retry_after, retry_delay
+from core import config, context
+from core.ai import AiClient, AiError, AiUnavailable
+from sansio.ai_http import (
+    MAX_RESPONSE_BYTES,
+    Answer,
+    Endpoint,
+    Failure,
+    Proxy,
+    backoff_policy,
+    bypasses,
+    endpoint,
+    interpret,
+    parse_retry_after,
+    proxy_for,
+    request_body,
+    request_headers,
+    retry_delay,
+    reusable,
+)
 from sansio.breaker import CLOSED, OPEN
 from sansio.prompt import build_messages
 from sansio.rules import AiConfig
-from tests.openai_server import OpenAiServer, raw, reply, status
+from tests.openai_server import OpenAiServer, certificates, completion, raw, reply, status
 
 HELLO = [{"role": "user", "content": "hi"}]
 
@@ -36,7 +57,8 @@ def server():
 def make_client(server):
     clients = []
 
-    def make(breakers=None, clock=time.monotonic, observe=None, retry_after_cap=30.0, **settings):
+    def make(breakers=None, clock=time.monotonic, observe=None, retry_after_cap=30.0, proxies=None, ssl_context=None,
+             **settings):
         values = dict(
             ai_base_url=server.base_url + "/v1",
             ai_api_key="test-key",
@@ -54,6 +76,8 @@ def make_client(server):
             observe=observe,
             backoff_base=0.01,  # retries without Retry-After stay quick
             retry_after_cap=retry_after_cap,
+            proxies={} if proxies is None else proxies,  # not the environment's
+            ssl_context=ssl_context,
         )
         clients.append(client)
         return client
@@ -89,18 +113,169 @@ def test_an_unreadable_retry_after_is_ignored(value):
     assert parse_retry_after({"retry-after": value}, now=0) is None
 
 
+def test_retry_after_headers_are_found_whatever_their_case():
+    class CaseBlind(dict):  # as http.client's message looks names up
+        def get(self, name, default=None):
+            return next((v for k, v in self.items() if k.lower() == name), default)
+
+    assert parse_retry_after(CaseBlind({"Retry-After": "7"}), now=0) == 7
+
+
 def test_retry_after_is_honoured_up_to_the_cap():
-    rng = random.Random(1)
-    assert retry_delay(1, 4.0, rng, base=0.5, cap=8, retry_after_cap=30) == 4.0
-    assert retry_delay(1, 120.0, rng, base=0.5, cap=8, retry_after_cap=30) == 30
+    rng, policy = random.Random(1), backoff_policy(0.5, 8)
+    assert retry_delay(1, 4.0, rng, policy, retry_after_cap=30) == 4.0
+    assert retry_delay(1, 120.0, rng, policy, retry_after_cap=30) == 30
 
 
-def test_without_retry_after_the_backoff_doubles_with_jitter_up_to_its_cap():
-    rng = random.Random(2)
-    for attempt, (lo, hi) in enumerate([(0.25, 0.5), (0.5, 1), (1, 2), (4, 8), (4, 8)], start=1):
-        attempt = attempt if attempt < 4 else attempt + 10
-        for _ in range(50):
-            assert lo <= retry_delay(attempt, None, rng, base=0.5, cap=8, retry_after_cap=30) <= hi
+def test_without_retry_after_the_backoff_doubles_with_equal_jitter_up_to_its_cap():
+    rng, policy = random.Random(2), backoff_policy(0.5, 8)
+    for attempt, (lo, hi) in [(1, (0.25, 0.5)), (2, (0.5, 1)), (3, (1, 2)), (5, (4, 8)), (15, (4, 8))]:
+        delays = [retry_delay(attempt, None, rng, policy, retry_after_cap=30) for _ in range(50)]
+        assert all(lo <= d <= hi for d in delays), (attempt, delays)
+
+
+def test_the_backoff_is_the_platforms_one_policy_with_equal_jitter():
+    policy = backoff_policy(0.5, 8)
+    assert (policy.base, policy.cap, policy.jitter, policy.max_attempts) == (0.5, 8, "equal", None)
+
+
+# -- the endpoint and proxies (pure) --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("base_url, expected", [
+    ("https://api.deepseek.com", Endpoint("https", "api.deepseek.com", 443, "/chat/completions")),
+    ("https://api.openai.com/v1/", Endpoint("https", "api.openai.com", 443, "/v1/chat/completions")),
+    ("http://127.0.0.1:8080/v1", Endpoint("http", "127.0.0.1", 8080, "/v1/chat/completions")),
+    ("http://[::1]:8080", Endpoint("http", "::1", 8080, "/chat/completions")),
+])
+def test_the_endpoint_is_the_base_url_with_chat_completions_under_it(base_url, expected):
+    assert endpoint(base_url) == expected
+
+
+@pytest.mark.parametrize("base_url", ["api.deepseek.com", "ftp://host/v1", "https://", "https://user:pw@host/v1"])
+def test_a_base_url_that_is_not_a_plain_http_url_is_refused(base_url):
+    with pytest.raises(ValueError):
+        endpoint(base_url)
+
+
+def test_the_origin_leaves_out_the_schemes_default_port():
+    assert endpoint("https://api.deepseek.com:443/v1").origin == "https://api.deepseek.com"
+    assert endpoint("http://[::1]:8080").origin == "http://[::1]:8080"
+
+
+HTTPS_TARGET = Endpoint("https", "api.example.com", 443, "/v1/chat/completions")
+
+
+def test_the_schemes_own_proxy_is_chosen_before_all_proxy():
+    proxies = {"https": "http://secure-proxy:3128", "http": "http://plain-proxy:3128", "all": "http://all:1"}
+    assert proxy_for(HTTPS_TARGET, proxies) == Proxy("secure-proxy", 3128, None)
+
+
+def test_all_proxy_serves_a_scheme_without_its_own():
+    assert proxy_for(HTTPS_TARGET, {"all": "proxy.internal:8080"}) == Proxy("proxy.internal", 8080, None)
+
+
+def test_without_proxies_requests_go_direct():
+    assert proxy_for(HTTPS_TARGET, {"http": "http://plain-proxy:3128"}) is None
+
+
+def test_a_proxys_user_info_becomes_its_basic_authorization():
+    proxy = proxy_for(HTTPS_TARGET, {"https": "http://us%40r:p%3Ass@proxy:3128"})
+    assert proxy.authorization == "Basic " + base64.b64encode(b"us@r:p:ss").decode()
+
+
+@pytest.mark.parametrize("url", ["socks5://proxy:1080", "https://proxy:3128"])
+def test_a_proxy_that_is_not_http_is_refused(url):
+    with pytest.raises(ValueError):
+        proxy_for(HTTPS_TARGET, {"https": url})
+
+
+@pytest.mark.parametrize("no_proxy", ["*", "api.example.com", "example.com", ".example.com", "other, example.com",
+                                      "api.example.com:443"])
+def test_no_proxy_naming_the_host_or_its_domain_bypasses_the_proxy(no_proxy):
+    assert proxy_for(HTTPS_TARGET, {"https": "http://proxy:3128", "no": no_proxy}) is None
+
+
+@pytest.mark.parametrize("no_proxy", ["", "ample.com", "api.example.com:8443", "other.com", "example.co"])
+def test_no_proxy_naming_other_hosts_keeps_the_proxy(no_proxy):
+    assert proxy_for(HTTPS_TARGET, {"https": "http://proxy:3128", "no": no_proxy}) == Proxy("proxy", 3128, None)
+
+
+@pytest.mark.parametrize("host, no_proxy, bypassed", [
+    ("10.1.2.3", "10.0.0.0/8", True), ("11.1.2.3", "10.0.0.0/8", False), ("127.0.0.1", "127.0.0.1", True),
+    ("::1", "::1", True), ("::1", "[::1]:8080", True), ("::1", "[::1]:9090", False),
+])
+def test_no_proxy_matches_ip_addresses_and_networks(host, no_proxy, bypassed):
+    assert bypasses(Endpoint("http", host, 8080, "/"), no_proxy) is bypassed
+
+
+# -- the request and what an answer means (pure) --------------------------------------------------------
+
+
+def test_the_request_body_is_model_messages_and_temperature_as_json():
+    body = request_body("m", [{"role": "user", "content": "hi ✓"}], 0.2)
+    assert json.loads(body) == {"model": "m", "messages": [{"role": "user", "content": "hi ✓"}], "temperature": 0.2}
+
+
+def test_a_temperature_of_none_is_left_out_of_the_body():
+    assert "temperature" not in json.loads(request_body("m", [], None))
+
+
+def test_the_request_headers_carry_the_key_and_ask_for_json():
+    headers = request_headers("sk-1")
+    assert headers["Authorization"] == "Bearer sk-1"
+    assert headers["Content-Type"] == headers["Accept"] == "application/json"
+    assert "X-Client-Request-Id" not in headers
+
+
+@pytest.mark.parametrize("request_id, sent", [("3f2a9c", True), ("a b", False), ("x\r\nEvil: 1", False),
+                                                ("x" * 129, False)])
+def test_only_a_plain_token_goes_as_the_client_request_id(request_id, sent):
+    assert ("X-Client-Request-Id" in request_headers("k", request_id)) is sent
+
+
+def test_a_2xx_chat_completion_is_its_first_choices_text_stripped():
+    body = json.dumps(completion("  hello there \n")).encode()
+    assert interpret(200, {}, body, 0, "p") == Answer("hello there")
+
+
+@pytest.mark.parametrize("status_code, kind", [(429, "rate_limited"), (408, "timeout"), (500, "server_error"),
+                                               (503, "server_error"), (401, "auth"), (403, "auth"),
+                                               (400, "client_error"), (404, "client_error"), (301, "client_error")])
+def test_each_status_has_its_outcome_kind(status_code, kind):
+    assert interpret(status_code, {}, b"", 0, "p").kind == kind
+
+
+def test_a_transient_failure_carries_the_providers_retry_after():
+    assert interpret(503, {"retry-after": "4"}, b"", 0, "p").retry_after == 4
+
+
+def test_a_client_error_says_the_providers_error_message():
+    body = json.dumps({"error": {"message": "Model Not Exist", "type": "invalid_request_error"}}).encode()
+    failure = interpret(400, {}, body, 0, "https://p")
+    assert failure == Failure("client_error", "https://p answered 400: Model Not Exist")
+
+
+def test_a_client_error_without_a_json_body_says_the_start_of_the_body():
+    assert interpret(404, {}, b"<html>nothing here</html>" + b"x" * 500, 0, "p").message.endswith(
+        ": <html>nothing here</html>" + "x" * 175)
+
+
+@pytest.mark.parametrize("body", [b'{"choices": [{"message": ', b"\xff\xfe", b"[]", b'{"choices": []}',
+                                  b'{"choices": ["text"]}', b'{"choices": [{"message": {"content": 7}}]}',
+                                  b'{"choices": [{"message": {"content": "  "}}]}'])
+def test_a_2xx_that_is_not_a_chat_completion_with_text_is_malformed(body):
+    assert interpret(200, {}, body, 0, "p").kind == "malformed"
+
+
+@pytest.mark.parametrize("version, connection, framed, expected", [
+    (11, None, True, True), (11, "keep-alive", True, True), (11, "close", True, False),
+    (11, "Keep-Alive, Close", True, False), (11, None, False, False), (10, "keep-alive", True, False),
+])
+def test_a_connection_is_reused_only_after_a_framed_http_1_1_answer_without_close(version, connection, framed,
+                                                                                  expected):
+    headers = {} if connection is None else {"connection": connection}
+    assert reusable(version, headers, framed) is expected
 
 
 # -- prompt (pure) ------------------------------------------------------------------------------------
@@ -170,16 +345,51 @@ def test_requests_carry_no_client_telemetry_headers(server, make_client):
     assert headers["accept"] == "application/json" and headers["authorization"] == "Bearer test-key"
 
 
-def test_without_the_request_template_the_public_post_sends_the_same_request(server, make_client):
-    server.script(reply("one"), reply("two"))
+def test_a_request_carries_the_works_correlation_id(server, make_client):
+    server.script(reply("ok"))
+    with context.bound(correlation_id="c0ffee42"):
+        make_client().reply(HELLO)
+    assert server.calls[0].headers["x-client-request-id"] == "c0ffee42"
+
+
+def test_without_a_correlation_id_no_request_id_is_sent(server, make_client):
+    server.script(reply("ok"))
+    make_client().reply(HELLO)
+    assert "x-client-request-id" not in server.calls[0].headers
+
+
+def test_calls_in_a_row_share_one_kept_alive_connection(server, make_client):
+    server.script(reply("one"), reply("two"), reply("three"))
     client = make_client()
-    assert client.reply(HELLO) == "one"
-    client._template = None  # as with a client version that lacks the type  # noqa: SLF001
-    assert client.reply(HELLO) == "two"
-    first, second = server.calls
-    assert (first.path, first.body) == (second.path, second.body)
-    assert {k: v for k, v in first.headers.items() if k != "x-stainless-retry-count"} == \
-        {k: v for k, v in second.headers.items() if k != "x-stainless-retry-count"}
+    assert [client.reply(HELLO) for _ in range(3)] == ["one", "two", "three"]
+    assert len({call.peer for call in server.calls}) == 1
+
+
+def test_a_chunked_answer_is_read_whole(server, make_client):
+    server.script(raw(json.dumps(completion("x" * 200_000)).encode(), chunked=True))
+    assert make_client().reply(HELLO) == "x" * 200_000
+
+
+def test_an_answer_larger_than_the_cap_is_malformed_and_not_retried(server, make_client):
+    padding = " " * MAX_RESPONSE_BYTES  # valid JSON, one byte too many once the completion is around it
+    server.script(raw(json.dumps(completion("hi")).encode()[:-1] + padding.encode() + b"}"), reply("never asked"))
+    with pytest.raises(AiError) as info:
+        make_client(ai_max_retries=2).reply(HELLO)
+    assert info.value.kind == "malformed" and "larger than" in str(info.value)
+    assert len(server.calls) == 1
+
+
+def test_a_chunked_answer_larger_than_the_cap_is_malformed(server, make_client):
+    server.script(raw(b"[" + b" " * MAX_RESPONSE_BYTES + b"]", chunked=True))
+    with pytest.raises(AiError) as info:
+        make_client().reply(HELLO)
+    assert info.value.kind == "malformed" and "larger than" in str(info.value)
+
+
+def test_an_answer_at_the_cap_is_read(server, make_client):
+    body = json.dumps(completion("hi")).encode()
+    server.script(raw(body[:-1] + b" " * (MAX_RESPONSE_BYTES - len(body)) + b"}"))
+    assert make_client().reply(HELLO) == "hi"
 
 
 def test_a_base_url_without_v1_is_called_like_deepseek(server, make_client):
@@ -270,6 +480,23 @@ def test_a_client_error_is_not_retried(server, make_client, code, kind):
     assert len(server.calls) == 1
 
 
+def test_a_base_url_that_is_not_http_is_refused_when_the_client_is_made(make_client):
+    with pytest.raises(ValueError, match="AI_BASE_URL"):
+        make_client(ai_base_url="api.deepseek.com")
+
+
+def test_a_socks_proxy_in_the_environment_is_refused_when_the_client_is_made(make_client):
+    with pytest.raises(ValueError, match="http:// proxies only"):
+        make_client(proxies={"all": "socks5://127.0.0.1:1080"})
+
+
+def test_no_proxy_naming_the_provider_sends_directly(server, make_client):
+    server.script(reply("direct"))
+    # The proxy would refuse: nothing listens there.
+    client = make_client(proxies={"http": "http://127.0.0.1:9", "no": "127.0.0.1"}, ai_max_retries=0)
+    assert client.reply(HELLO) == "direct"
+
+
 def test_without_an_api_key_ai_is_off_and_nothing_is_sent(server, make_client):
     client = make_client(ai_api_key=None)
     assert not client.enabled
@@ -277,6 +504,38 @@ def test_without_an_api_key_ai_is_off_and_nothing_is_sent(server, make_client):
         client.reply(HELLO)
     assert info.value.kind == "not_configured"
     assert server.calls == []
+
+
+# -- https --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tls(tmp_path):
+    return certificates(tmp_path)
+
+
+def test_an_https_provider_with_a_trusted_certificate_answers(tls, make_client):
+    with OpenAiServer(tls=tls) as secure:
+        secure.script(reply("secure"))
+        assert make_client(ai_base_url=secure.base_url + "/v1", ssl_context=tls.client_context()).reply(HELLO) == "secure"
+
+
+def test_an_https_provider_whose_certificate_is_not_trusted_is_a_connection_error(tls, make_client):
+    with OpenAiServer(tls=tls) as secure:
+        with pytest.raises(AiUnavailable) as info:
+            make_client(ai_base_url=secure.base_url + "/v1", ai_max_retries=0).reply(HELLO)  # the usual roots
+        assert info.value.kind == "connection" and "CERTIFICATE_VERIFY_FAILED" in str(info.value)
+        assert secure.calls == []
+
+
+def test_an_https_provider_with_another_hosts_certificate_is_a_connection_error(tmp_path, make_client):
+    tls = certificates(tmp_path, names=("elsewhere.example",))
+    with OpenAiServer(tls=tls) as secure:
+        with pytest.raises(AiUnavailable) as info:
+            make_client(ai_base_url=secure.base_url + "/v1", ssl_context=tls.client_context(),
+                        ai_max_retries=0).reply(HELLO)
+        assert info.value.kind == "connection"
+        assert secure.calls == []
 
 
 # -- the circuit breaker ------------------------------------------------------------------------------

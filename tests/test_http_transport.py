@@ -1,28 +1,33 @@
-"""``core.http_transport.KeepAliveTransport`` against real servers on 127.0.0.1.
+"""``core.http_transport.ConnectionPool`` against real servers on 127.0.0.1.
 
 Each test runs a gevent ``StreamServer`` whose handler speaks raw HTTP bytes, so the test controls the
-framing exactly and sees every connection and request the transport makes. The transport is used
-as in ``core.ai``: under ``httpx.Client`` and, for the error mapping, under ``openai.OpenAI``.
+framing exactly and sees every connection and request the pool makes: keep-alive and its limits,
+connections the server ends, the size cap, timeouts and errors, https and proxies. The pool is used
+as ``core.ai`` uses it; the last tests go through ``AiClient`` itself.
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
-import gzip
 import json
 import socket
 import struct
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import gevent
 import gevent.event
 import gevent.pool
-import httpx
-import openai
 import pytest
 from gevent.server import StreamServer
 
-from core.http_transport import DirectClient, KeepAliveTransport
+from core import config
+from core.ai import AiClient, AiUnavailable
+from core.http_transport import BodyTooLarge, ConnectionPool, TransportError, TransportTimeout, _Connection
+from sansio.ai_http import MAX_RESPONSE_BYTES, Proxy, endpoint
+from tests.openai_server import Certificates, certificates, completion
+from tests.waiting import wait_until
 
 # -- a raw HTTP server -------------------------------------------------------------------------------
 
@@ -44,7 +49,7 @@ class Received:
 class Peer:
     """One accepted connection, as a handler sees it."""
 
-    def __init__(self, server: "RawServer", sock: socket.socket, index: int) -> None:
+    def __init__(self, server: RawServer, sock: socket.socket, index: int) -> None:
         self.server = server
         self.sock = sock
         self.index = index
@@ -58,17 +63,23 @@ class Peer:
         self.buffer += data
         return True
 
-    def read_request(self) -> Received | None:
-        """The next request on this connection; None when the client closed it between requests."""
+    def read_head(self) -> list[str] | None:
+        """The next request's head lines; None when the client closed the connection between requests."""
         while b"\r\n\r\n" not in self.buffer:
             if not self._fill():
                 assert not self.buffer, f"client closed mid-request: {self.buffer[:80]!r}"
-                self.server.note(closed_by_client=self.index)
+                self.server.closed_by_client.add(self.index)
                 return None
         head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
-        lines = head.decode("latin-1").split("\r\n")
+        return head.decode("latin-1").split("\r\n")
+
+    def read_request(self) -> Received | None:
+        """The next request on this connection; None when the client closed it between requests."""
+        lines = self.read_head()
+        if lines is None:
+            return None
         method, target, version = lines[0].split(" ")
-        assert version == "HTTP/1.1"
+        assert version == "HTTP/1.1" or method == "CONNECT", lines[0]  # Python before 3.12 tunnels with 1.0
         raw_headers = []
         for line in lines[1:]:
             name, sep, value = line.partition(":")
@@ -79,7 +90,7 @@ class Peer:
         while len(self.buffer) < length:
             assert self._fill(), "client closed mid-body"
         received.body, self.buffer = self.buffer[:length], self.buffer[length:]
-        self.server.note(request=received)
+        self.server.requests.append(received)
         return received
 
     def send(self, data: bytes) -> None:
@@ -95,58 +106,49 @@ Handler = Callable[[Peer], None]
 
 
 class RawServer:
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler, tls: Certificates | None = None) -> None:
         self.handler = handler
         self.connections = 0  # accepted so far
         self.requests: list[Received] = []
         self.closed: set[int] = set()  # connections whose handler has finished (and socket closed)
         self.closed_by_client: set[int] = set()  # connections the client closed between requests
-        self._changed = gevent.event.Event()
+        self.scheme = "https" if tls is not None else "http"
         self._pool = gevent.pool.Pool()
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         listener.bind(("127.0.0.1", 0))
         listener.listen(64)
-        self._server = StreamServer(listener, self._handle, spawn=self._pool)
+        extra = {"ssl_context": tls.server_context()} if tls is not None else {}
+        self._server = StreamServer(listener, self._handle, spawn=self._pool, **extra)
         self._server.start()
 
     @property
+    def port(self) -> int:
+        return self._server.server_port
+
+    @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     @property
     def host(self) -> str:
-        return f"127.0.0.1:{self._server.server_port}"
+        return f"127.0.0.1:{self.port}"
 
     def stop(self) -> None:
         self._server.stop(timeout=0)
 
-    def note(self, request: Received | None = None, closed_by_client: int | None = None) -> None:
-        if request is not None:
-            self.requests.append(request)
-        if closed_by_client is not None:
-            self.closed_by_client.add(closed_by_client)
-        self._changed.set()
-
-    def wait_until(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-        with gevent.Timeout(timeout, AssertionError(f"condition not met within {timeout}s")):
-            while not predicate():
-                # No yield between the check and clear(): a change cannot slip in unseen.
-                self._changed.clear()
-                self._changed.wait()
-
     def _handle(self, sock: socket.socket, address: Any) -> None:
         peer = Peer(self, sock, self.connections)
         self.connections += 1
-        self._changed.set()
         try:
             self.handler(peer)
+        except (OSError, AssertionError):
+            pass  # the client went away (TLS refused, reset): the test sees it from the client's side
         finally:
             if peer.reset_on_close:  # an RST instead of a FIN
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             sock.close()
             self.closed.add(peer.index)
-            self._changed.set()
 
 
 def keep_alive(respond: Callable[[Peer, Received], None]) -> Handler:
@@ -166,26 +168,35 @@ def echo_path(peer: Peer, request: Received) -> None:
 @pytest.fixture
 def serve():
     servers: list[RawServer] = []
-    clients: list[httpx.Client] = []
 
-    def start(handler: Handler) -> RawServer:
-        server = RawServer(handler)
+    def start(handler: Handler, tls: Certificates | None = None) -> RawServer:
+        server = RawServer(handler, tls)
         servers.append(server)
         return server
 
-    start.clients = clients  # type: ignore[attr-defined]
     yield start
-    for client in clients:
-        client.close()
     for server in servers:
         server.stop()
 
 
-def make_client(serve: Any, server_url: str, transport: KeepAliveTransport | None = None,
-                timeout: httpx.Timeout | float = 5.0) -> httpx.Client:
-    client = httpx.Client(transport=transport or KeepAliveTransport(), base_url=server_url, timeout=timeout)
-    serve.clients.append(client)
-    return client
+@pytest.fixture
+def pools():
+    made: list[ConnectionPool] = []
+
+    def make(url: str, **options: Any) -> ConnectionPool:
+        pool = ConnectionPool(endpoint(url), **{"timeout": 5.0, **options})
+        made.append(pool)
+        return pool
+
+    yield make
+    for pool in made:
+        pool.close()
+
+
+def get(pool: ConnectionPool, target: str) -> bytes:
+    reply = pool.request("GET", target, None, {})
+    assert reply.status == 200, reply
+    return reply.body
 
 
 def refused_address() -> tuple[socket.socket, str]:
@@ -198,21 +209,17 @@ def refused_address() -> tuple[socket.socket, str]:
 # -- bodies and keep-alive ---------------------------------------------------------------------------
 
 
-def test_a_content_length_body_is_returned_whole_and_the_connection_is_reused(serve):
+def test_a_content_length_body_is_returned_whole_and_the_connection_is_reused(serve, pools):
     big = bytes(range(256)) * 1024  # 256 KiB: several reads on the client side
     server = serve(keep_alive(lambda peer, request: peer.answer(big if request.target == "/big" else b"small")))
-    client = make_client(serve, server.url)
+    pool = pools(server.url)
 
-    first = client.get("/big")
-    second = client.get("/small")
-
-    assert first.status_code == 200 and first.content == big
-    assert second.content == b"small"
-    assert server.connections == 1
+    assert get(pool, "/big") == big
+    assert get(pool, "/small") == b"small"
     assert [r.connection for r in server.requests] == [0, 0]
 
 
-def test_a_chunked_body_with_extensions_and_trailers_is_returned_whole_without_transfer_encoding(serve):
+def test_a_chunked_body_with_extensions_and_trailers_is_returned_whole(serve, pools):
     chunked = (
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/plain\r\n\r\n"
         b"5;name=value\r\nhello\r\n"
@@ -221,18 +228,11 @@ def test_a_chunked_body_with_extensions_and_trailers_is_returned_whole_without_t
         b"0\r\nX-Checksum: abc\r\nX-Other: 1\r\n\r\n"
     )
     server = serve(keep_alive(lambda peer, request: peer.send(chunked)))
-    client = make_client(serve, server.url)
 
-    response = client.get("/")
-
-    assert response.content == b"hello, " + b"x" * 26
-    assert "transfer-encoding" not in response.headers
-    assert response.headers["content-type"] == "text/plain"
-    assert response.headers["content-length"] == str(len(response.content))  # the body's length now
-    assert response.is_closed and response.is_stream_consumed and response.read() == response.content
+    assert get(pools(server.url), "/") == b"hello, " + b"x" * 26
 
 
-def test_after_a_chunked_body_with_trailers_the_connection_is_reused_for_the_next_request(serve):
+def test_after_a_chunked_body_with_trailers_the_connection_is_reused_for_the_next_request(serve, pools):
     def respond(peer: Peer, request: Received) -> None:
         if request.target == "/chunked":
             peer.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -241,26 +241,14 @@ def test_after_a_chunked_body_with_trailers_the_connection_is_reused_for_the_nex
             peer.answer(b"next")
 
     server = serve(keep_alive(respond))
-    client = make_client(serve, server.url)
+    pool = pools(server.url)
 
-    assert client.get("/chunked").content == b"abc"
-    assert client.get("/next").content == b"next"
+    assert get(pool, "/chunked") == b"abc"
+    assert get(pool, "/next") == b"next"
     assert [r.connection for r in server.requests] == [0, 0]
 
 
-def test_a_gzip_encoded_body_is_decoded_by_httpx(serve):
-    document = {"items": list(range(500))}
-    compressed = gzip.compress(json.dumps(document).encode())
-    server = serve(keep_alive(lambda peer, request: peer.answer(
-        compressed, headers=("Content-Encoding: gzip", "Content-Type: application/json"))))
-    client = make_client(serve, server.url)
-
-    response = client.get("/")
-
-    assert response.json() == document
-
-
-def test_a_204_answer_has_no_body_and_the_connection_is_reused(serve):
+def test_a_204_answer_has_no_body_and_the_connection_is_reused(serve, pools):
     def respond(peer: Peer, request: Received) -> None:
         if request.target == "/empty":
             peer.send(b"HTTP/1.1 204 No Content\r\n\r\n")
@@ -268,30 +256,41 @@ def test_a_204_answer_has_no_body_and_the_connection_is_reused(serve):
             peer.answer(b"after")
 
     server = serve(keep_alive(respond))
-    client = make_client(serve, server.url)
+    pool = pools(server.url)
 
-    empty = client.get("/empty")
-    after = client.get("/after")
-
-    assert empty.status_code == 204 and empty.content == b""
-    assert after.content == b"after"
+    empty = pool.request("GET", "/empty", None, {})
+    assert (empty.status, empty.body) == (204, b"")
+    assert get(pool, "/after") == b"after"
     assert [r.connection for r in server.requests] == [0, 0]
 
 
-def test_an_interim_100_continue_is_skipped_and_the_final_answer_returned(serve):
+def test_an_interim_100_continue_is_skipped_and_the_final_answer_returned(serve, pools):
     server = serve(keep_alive(lambda peer, request: peer.send(
         b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 4\r\n\r\ndone")))
-    client = make_client(serve, server.url)
 
-    response = client.post("/", content=b"payload")
+    reply = pools(server.url).request("POST", "/", b"payload", {})
 
-    assert response.status_code == 201 and response.content == b"done"
+    assert (reply.status, reply.body) == (201, b"done")
+
+
+def test_connections_kept_are_at_most_max_idle(serve, pools):
+    def respond(peer: Peer, request: Received) -> None:
+        wait_until(lambda: len(server.requests) >= 3, what="three requests in flight")  # three connections
+        peer.answer(b"ok")
+
+    server = serve(keep_alive(respond))
+    pool = pools(server.url, max_idle=2)
+    calls = [gevent.spawn(get, pool, f"/{n}") for n in range(3)]
+    gevent.joinall(calls, raise_error=True)
+
+    assert pool.idle == 2
+    wait_until(lambda: len(server.closed_by_client) == 1, what="the third connection closed by the client")
 
 
 # -- connections the server ends -----------------------------------------------------------------------
 
 
-def test_after_a_connection_close_answer_the_client_closes_it_and_the_next_request_opens_a_new_one(serve):
+def test_after_a_connection_close_answer_the_client_closes_it_and_the_next_request_opens_a_new_one(serve, pools):
     def handler(peer: Peer) -> None:
         request = peer.read_request()
         peer.answer(request.target.encode(), headers=("Connection: close",))
@@ -299,16 +298,15 @@ def test_after_a_connection_close_answer_the_client_closes_it_and_the_next_reque
         assert peer.read_request() is None
 
     server = serve(handler)
-    client = make_client(serve, server.url)
+    pool = pools(server.url)
 
-    assert client.get("/one").content == b"/one"
-    server.wait_until(lambda: 0 in server.closed_by_client)
-    assert client.get("/two").content == b"/two"
-
+    assert get(pool, "/one") == b"/one"
+    wait_until(lambda: 0 in server.closed_by_client, what="the client to close the connection")
+    assert get(pool, "/two") == b"/two"
     assert [r.connection for r in server.requests] == [0, 1]
 
 
-def test_a_body_delimited_by_the_end_of_the_connection_is_returned_whole_and_not_reused(serve):
+def test_a_body_delimited_by_the_end_of_the_connection_is_returned_whole_and_not_reused(serve, pools):
     body = b"until the end " * 10000
 
     def handler(peer: Peer) -> None:
@@ -318,32 +316,31 @@ def test_a_body_delimited_by_the_end_of_the_connection_is_returned_whole_and_not
         assert peer.read_request() is None
 
     server = serve(handler)
-    client = make_client(serve, server.url)
+    pool = pools(server.url)
 
-    assert client.get("/one").content == body
-    server.wait_until(lambda: 0 in server.closed_by_client)
-    assert client.get("/two").content == body
-
+    assert get(pool, "/one") == body
+    wait_until(lambda: 0 in server.closed_by_client, what="the client to close the connection")
+    assert get(pool, "/two") == body
     assert [r.connection for r in server.requests] == [0, 1]
 
 
-def test_a_pooled_connection_the_server_closed_while_idle_is_replaced_and_the_request_arrives_once(serve):
+def test_a_pooled_connection_the_server_closed_while_idle_is_replaced_and_the_request_arrives_once(serve, pools):
     def handler(peer: Peer) -> None:  # one answer per connection, then close as an idle timeout would
         request = peer.read_request()
         if request is not None:
             peer.answer(request.target.encode())
 
     server = serve(handler)
-    client = make_client(serve, server.url)
+    pool = pools(server.url)
 
-    assert client.get("/first").content == b"/first"
-    server.wait_until(lambda: 0 in server.closed)
+    assert get(pool, "/first") == b"/first"
+    wait_until(lambda: 0 in server.closed, what="the server to close the connection")
 
-    assert client.get("/second").content == b"/second"
+    assert get(pool, "/second") == b"/second"
     assert [(r.connection, r.target) for r in server.requests] == [(0, "/first"), (1, "/second")]
 
 
-def test_a_pooled_connection_the_server_reset_while_idle_is_replaced_and_the_request_arrives_once(serve):
+def test_a_pooled_connection_the_server_reset_while_idle_is_replaced_and_the_request_arrives_once(serve, pools):
     answered = gevent.event.Event()
 
     def handler(peer: Peer) -> None:
@@ -354,70 +351,105 @@ def test_a_pooled_connection_the_server_reset_while_idle_is_replaced_and_the_req
             peer.reset_on_close = True
 
     server = serve(handler)
-    client = make_client(serve, server.url)
+    pool = pools(server.url)
 
-    assert client.get("/first").content == b"/first"
+    assert get(pool, "/first") == b"/first"
     answered.set()
-    server.wait_until(lambda: 0 in server.closed)
+    wait_until(lambda: 0 in server.closed, what="the server to reset the connection")
 
-    assert client.get("/second").content == b"/second"
+    assert get(pool, "/second") == b"/second"
     assert [(r.connection, r.target) for r in server.requests] == [(0, "/first"), (1, "/second")]
 
 
-def test_when_every_pooled_connection_was_closed_while_idle_the_retry_goes_on_a_fresh_connection(serve):
+def test_when_every_pooled_connection_was_closed_while_idle_the_retry_goes_on_a_fresh_connection(serve, pools):
     # A server's keep-alive timeout closes all of a client's idle connections at about the same time.
     def handler(peer: Peer) -> None:
         request = peer.read_request()
         if request is None:
             return
         if request.target.startswith("/together"):  # hold both answers: two connections get pooled
-            server.wait_until(lambda: len(server.requests) >= 2)
+            wait_until(lambda: len(server.requests) >= 2, what="both requests")
         peer.answer(request.target.encode())
 
     server = serve(handler)
-    client = make_client(serve, server.url)
-    together = [gevent.spawn(client.get, f"/together/{i}") for i in range(2)]
+    pool = pools(server.url)
+    together = [gevent.spawn(get, pool, f"/together/{i}") for i in range(2)]
     gevent.joinall(together, raise_error=True)
-    assert sorted(g.value.content for g in together) == [b"/together/0", b"/together/1"]
-    server.wait_until(lambda: server.closed == {0, 1})
+    assert sorted(g.value for g in together) == [b"/together/0", b"/together/1"]
+    wait_until(lambda: server.closed == {0, 1}, what="the server to close both connections")
 
-    assert client.get("/after").content == b"/after"
+    assert get(pool, "/after") == b"/after"
     assert [(r.connection, r.target) for r in server.requests][2:] == [(2, "/after")]
 
 
-def test_a_fresh_connection_closed_without_an_answer_gives_remote_protocol_error_without_retrying(serve):
+def test_a_fresh_connection_closed_without_an_answer_is_a_transport_error_without_retrying(serve, pools):
     server = serve(lambda peer: peer.read_request())  # reads the request, closes without answering
-    client = make_client(serve, server.url)
 
-    with pytest.raises(httpx.RemoteProtocolError):
-        client.get("/unanswered")
+    with pytest.raises(TransportError, match="without answering"):
+        get(pools(server.url), "/unanswered")
 
     assert server.connections == 1
     assert [r.target for r in server.requests] == ["/unanswered"]
 
 
-def test_a_retry_on_a_fresh_connection_that_also_goes_unanswered_gives_remote_protocol_error(serve):
+def test_a_retry_on_a_fresh_connection_that_also_goes_unanswered_is_a_transport_error(serve, pools):
     def handler(peer: Peer) -> None:
         request = peer.read_request()
         if request is not None and request.target == "/first":
             peer.answer(b"first")  # then close while idle; every later connection goes unanswered
 
     server = serve(handler)
-    client = make_client(serve, server.url)
-    assert client.get("/first").content == b"first"
-    server.wait_until(lambda: 0 in server.closed)
+    pool = pools(server.url)
+    assert get(pool, "/first") == b"first"
+    wait_until(lambda: 0 in server.closed, what="the server to close the connection")
 
-    with pytest.raises(httpx.RemoteProtocolError):
-        client.get("/second")
+    with pytest.raises(TransportError, match="without answering"):
+        get(pool, "/second")
 
     assert server.connections == 2
     assert [(r.connection, r.target) for r in server.requests] == [(0, "/first"), (1, "/second")]
 
 
+# -- the size cap --------------------------------------------------------------------------------------
+
+
+def test_a_body_whose_content_length_is_over_the_cap_is_refused_and_its_connection_closed(serve, pools):
+    def handler(peer: Peer) -> None:
+        peer.read_request()
+        peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (MAX_RESPONSE_BYTES + 1))
+        assert peer.read_request() is None  # nothing of the body was sent, or needed: the client hangs up
+
+    server = serve(handler)
+    pool = pools(server.url)
+
+    with pytest.raises(BodyTooLarge):
+        get(pool, "/")
+    wait_until(lambda: 0 in server.closed_by_client, what="the client to close the connection")
+    assert pool.idle == 0
+
+
+def test_a_chunked_body_over_the_cap_is_refused(serve, pools):
+    chunk = b"x" * 65536
+    server = serve(keep_alive(lambda peer, request: peer.send(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"10000\r\n" + chunk + b"\r\n" * 1 + (b"10000\r\n" + chunk + b"\r\n") * 16 + b"0\r\n\r\n")))
+    pool = pools(server.url, max_body=16 * 65536)
+
+    with pytest.raises(BodyTooLarge):
+        get(pool, "/")
+    assert pool.idle == 0
+
+
+def test_a_body_of_exactly_the_cap_is_returned(serve, pools):
+    server = serve(keep_alive(lambda peer, request: peer.answer(b"y" * 1000)))
+
+    assert get(pools(server.url, max_body=1000), "/") == b"y" * 1000
+
+
 # -- errors ------------------------------------------------------------------------------------------
 
 
-def test_an_answer_slower_than_the_read_timeout_gives_read_timeout(serve):
+def test_an_answer_slower_than_the_timeout_is_a_transport_timeout(serve, pools):
     release = gevent.event.Event()
 
     def handler(peer: Peer) -> None:
@@ -425,65 +457,82 @@ def test_an_answer_slower_than_the_read_timeout_gives_read_timeout(serve):
         release.wait()
 
     server = serve(handler)
-    client = make_client(serve, server.url, timeout=httpx.Timeout(5.0, read=0.2))
     try:
-        with pytest.raises(httpx.ReadTimeout):
-            client.get("/slow")
+        with pytest.raises(TransportTimeout):
+            get(pools(server.url, timeout=0.2), "/slow")
     finally:
         release.set()
 
 
-def test_a_refused_connection_gives_connect_error(serve):
+def test_a_refused_connection_is_a_transport_error_not_a_timeout(pools):
     sock, url = refused_address()
-    client = make_client(serve, url)
     try:
-        with pytest.raises(httpx.ConnectError):
-            client.get("/")
+        with pytest.raises(TransportError) as caught:
+            get(pools(url), "/")
     finally:
         sock.close()
+    assert not isinstance(caught.value, TransportTimeout)
+    assert isinstance(caught.value.__cause__, ConnectionRefusedError)
 
 
 @pytest.mark.parametrize("status_line", [b"HTTP/1.1 OK", b"HTTP/1.1 2xx OK", b"SSH-2.0-OpenSSH_9.6", b"HTTP/2 200"])
-def test_a_malformed_status_line_gives_remote_protocol_error(serve, status_line):
+def test_a_malformed_status_line_is_a_transport_error(serve, pools, status_line):
     server = serve(keep_alive(lambda peer, request: peer.send(status_line + b"\r\nContent-Length: 0\r\n\r\n")))
-    client = make_client(serve, server.url)
 
-    with pytest.raises(httpx.RemoteProtocolError):
-        client.get("/")
+    with pytest.raises(TransportError):
+        get(pools(server.url), "/")
 
 
-def test_a_body_cut_short_of_its_content_length_gives_remote_protocol_error(serve):
+def test_a_body_cut_short_of_its_content_length_is_a_transport_error(serve, pools):
     server = serve(lambda peer: (peer.read_request(), peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort")))
-    client = make_client(serve, server.url)
 
-    with pytest.raises(httpx.RemoteProtocolError):
-        client.get("/")
+    with pytest.raises(TransportError):
+        get(pools(server.url), "/")
+
+
+def test_a_request_abandoned_by_a_gevent_timeout_leaves_no_connection_for_the_next_request(serve, pools):
+    release = gevent.event.Event()
+
+    def respond(peer: Peer, request: Received) -> None:
+        if request.target == "/slow":
+            release.wait()
+        peer.answer(request.target.encode())
+
+    server = serve(keep_alive(respond))
+    pool = pools(server.url)
+    with pytest.raises(gevent.Timeout), gevent.Timeout(0.1):
+        get(pool, "/slow")
+    release.set()
+
+    assert get(pool, "/next") == b"/next"
+    assert [(r.connection, r.target) for r in server.requests] == [(0, "/slow"), (1, "/next")]
+    wait_until(lambda: 0 in server.closed, what="the abandoned connection to be closed")
 
 
 # -- idle timeout --------------------------------------------------------------------------------------
 
 
-def test_an_idle_connection_older_than_idle_timeout_is_closed_and_not_reused(serve):
+def test_an_idle_connection_older_than_idle_timeout_is_closed_and_not_reused(serve, pools):
     now = [1000.0]
     server = serve(keep_alive(echo_path))
-    client = make_client(serve, server.url, KeepAliveTransport(idle_timeout=10.0, clock=lambda: now[0]))
+    pool = pools(server.url, idle_timeout=10.0, clock=lambda: now[0])
 
-    assert client.get("/one").content == b"/one"
+    assert get(pool, "/one") == b"/one"
     now[0] += 10.0
-    assert client.get("/two").content == b"/two"
+    assert get(pool, "/two") == b"/two"
 
     assert [r.connection for r in server.requests] == [0, 1]
-    server.wait_until(lambda: 0 in server.closed_by_client)
+    wait_until(lambda: 0 in server.closed_by_client, what="the client to close the old connection")
 
 
-def test_an_idle_connection_younger_than_idle_timeout_is_reused(serve):
+def test_an_idle_connection_younger_than_idle_timeout_is_reused(serve, pools):
     now = [1000.0]
     server = serve(keep_alive(echo_path))
-    client = make_client(serve, server.url, KeepAliveTransport(idle_timeout=10.0, clock=lambda: now[0]))
+    pool = pools(server.url, idle_timeout=10.0, clock=lambda: now[0])
 
-    assert client.get("/one").content == b"/one"
+    assert get(pool, "/one") == b"/one"
     now[0] += 9.9
-    assert client.get("/two").content == b"/two"
+    assert get(pool, "/two") == b"/two"
 
     assert [r.connection for r in server.requests] == [0, 0]
 
@@ -491,12 +540,12 @@ def test_an_idle_connection_younger_than_idle_timeout_is_reused(serve):
 # -- requests ------------------------------------------------------------------------------------------
 
 
-def test_a_post_body_and_its_headers_arrive_intact(serve):
+def test_a_post_body_and_its_headers_arrive_intact(serve, pools):
     body = bytes(range(256)) * 4096  # 1 MiB
     server = serve(keep_alive(echo_path))
-    client = make_client(serve, server.url)
 
-    client.post("/upload?kind=raw&n=1", content=body, headers={"X-Custom": "value", "Content-Type": "application/x"})
+    pools(server.url).request("POST", "/upload?kind=raw&n=1", body,
+                              {"X-Custom": "value", "Content-Type": "application/x"})
 
     [request] = server.requests
     assert request.method == "POST"
@@ -509,128 +558,209 @@ def test_a_post_body_and_its_headers_arrive_intact(serve):
     assert request.header("Transfer-Encoding") is None
 
 
-def test_a_streamed_post_body_is_sent_whole_with_a_content_length(serve):
+def test_a_request_goes_to_the_socket_in_one_write():
+    class Recorder:
+        def __init__(self) -> None:
+            self.writes: list[bytes] = []
+
+        def sendall(self, data: bytes) -> None:
+            self.writes.append(bytes(data))
+
+    conn = _Connection("127.0.0.1", 9)
+    conn.sock = Recorder()  # what http.client writes to
+    conn.request_at_once("POST", "/v1/chat/completions", b'{"a":1}', {"Content-Type": "application/json"})
+
+    [write] = conn.sock.writes
+    assert write.startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
+    assert b"\r\nContent-Length: 7\r\n" in write and write.endswith(b"\r\n\r\n{\"a\":1}")
+
+
+def test_requests_ask_for_no_content_coding(serve, pools):
     server = serve(keep_alive(echo_path))
-    client = make_client(serve, server.url)
-
-    client.post("/stream", content=iter([b"part one, ", b"part two"]))
-
-    [request] = server.requests
-    assert request.body == b"part one, part two"
-    assert request.header("Content-Length") == str(len(request.body))
-    assert request.header("Transfer-Encoding") is None
+    get(pools(server.url), "/")
+    assert server.requests[0].header("Accept-Encoding") == "identity"
 
 
-def test_a_post_without_a_body_sends_content_length_zero(serve):
-    server = serve(keep_alive(echo_path))
-    client = make_client(serve, server.url)
-
-    client.post("/empty")
-
-    [request] = server.requests
-    assert request.header("Content-Length") == "0" and request.body == b""
+# -- https ---------------------------------------------------------------------------------------------
 
 
-# -- through the openai client -------------------------------------------------------------------------
+@pytest.fixture
+def tls(tmp_path) -> Certificates:
+    return certificates(tmp_path)
 
 
-def openai_client(serve: Any, base_url: str, timeout: httpx.Timeout | float = 5.0) -> openai.OpenAI:
-    # As core.ai builds it: the direct client over the keep-alive transport.
-    http_client = DirectClient(transport=KeepAliveTransport(), timeout=timeout)
-    serve.clients.append(http_client)
-    return openai.OpenAI(base_url=base_url, api_key="test-key", http_client=http_client, max_retries=0,
-                         timeout=timeout)
+def test_https_with_a_trusted_certificate_answers_on_one_kept_alive_connection(serve, pools, tls):
+    server = serve(keep_alive(echo_path), tls=tls)
+    pool = pools(server.url, ssl_context=tls.client_context())
+
+    assert get(pool, "/one") == b"/one"
+    assert get(pool, "/two") == b"/two"
+    assert [r.connection for r in server.requests] == [0, 0]
+
+
+def test_an_https_connection_the_server_closed_while_idle_is_replaced_and_the_request_arrives_once(serve, pools,
+                                                                                                    tls):
+    def handler(peer: Peer) -> None:
+        request = peer.read_request()
+        if request is not None:
+            peer.answer(request.target.encode())
+
+    server = serve(handler, tls=tls)
+    pool = pools(server.url, ssl_context=tls.client_context())
+
+    assert get(pool, "/first") == b"/first"
+    wait_until(lambda: 0 in server.closed, what="the server to close the connection")
+
+    assert get(pool, "/second") == b"/second"
+    assert [(r.connection, r.target) for r in server.requests] == [(0, "/first"), (1, "/second")]
+
+
+def test_https_with_a_certificate_the_default_roots_do_not_trust_is_a_transport_error(serve, pools, tls):
+    server = serve(keep_alive(echo_path), tls=tls)
+
+    with pytest.raises(TransportError, match="CERTIFICATE_VERIFY_FAILED"):
+        get(pools(server.url), "/")
+    assert server.requests == []
+
+
+def test_https_trusts_the_ca_that_ssl_cert_file_names(serve, pools, tls, tmp_path, monkeypatch):
+    ca_file = tmp_path / "company-ca.pem"
+    ca_file.write_bytes(tls.ca)
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+    server = serve(keep_alive(echo_path), tls=tls)
+
+    assert get(pools(server.url), "/") == b"/"  # no context given: the default one
+
+
+def test_https_with_a_certificate_for_another_host_is_a_transport_error(serve, pools, tmp_path):
+    tls = certificates(tmp_path, names=("elsewhere.example",))
+    server = serve(keep_alive(echo_path), tls=tls)
+
+    with pytest.raises(TransportError, match="CERTIFICATE_VERIFY_FAILED"):
+        get(pools(server.url, ssl_context=tls.client_context()), "/")
+    assert server.requests == []
+
+
+# -- proxies -------------------------------------------------------------------------------------------
+
+
+def test_through_an_http_proxy_a_plain_request_names_the_whole_url_and_carries_its_authorization(serve, pools):
+    proxy = serve(keep_alive(lambda peer, request: peer.answer(b"via proxy")))
+
+    pool = pools("http://provider.example:8080/v1", proxy=Proxy("127.0.0.1", proxy.port, "Basic dTpw"))
+    assert get(pool, "/v1/chat/completions") == b"via proxy"
+    assert get(pool, "/v1/chat/completions") == b"via proxy"
+
+    first, second = proxy.requests
+    assert first.target == "http://provider.example:8080/v1/chat/completions"
+    assert first.header("Host") == "provider.example:8080"
+    assert first.header("Proxy-Authorization") == "Basic dTpw"
+    assert second.connection == 0
+
+
+def tunnel(target_port: int, seen: list[list[str]]) -> Handler:
+    """A CONNECT proxy: records the CONNECT head, then relays bytes both ways to 127.0.0.1:target_port."""
+
+    def relay(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def handler(peer: Peer) -> None:
+        head = peer.read_head()
+        if head is None:
+            return
+        seen.append(head)
+        upstream = socket.create_connection(("127.0.0.1", target_port))
+        peer.send(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        if peer.buffer:
+            upstream.sendall(peer.buffer)
+        relays = [gevent.spawn(relay, peer.sock, upstream), gevent.spawn(relay, upstream, peer.sock)]
+        try:
+            gevent.joinall(relays)
+        finally:
+            gevent.killall(relays)
+            upstream.close()
+
+    return handler
+
+
+def test_through_an_http_proxy_https_goes_in_a_connect_tunnel_with_the_certificate_checked(serve, pools, tls):
+    server = serve(keep_alive(echo_path), tls=tls)
+    heads: list[list[str]] = []
+    proxy = serve(tunnel(server.port, heads))
+    authorization = "Basic " + base64.b64encode(b"u:p").decode()
+
+    pool = pools(f"https://localhost:{server.port}", ssl_context=tls.client_context(),
+                 proxy=Proxy("127.0.0.1", proxy.port, authorization))
+    assert get(pool, "/secret") == b"/secret"
+    assert get(pool, "/again") == b"/again"
+
+    [head] = heads  # one tunnel, kept alive
+    assert head[0].startswith(f"CONNECT localhost:{server.port} HTTP/1.")
+    assert f"Proxy-Authorization: {authorization}" in head[1:]
+    assert [(r.connection, r.target, r.header("Host")) for r in server.requests] == [
+        (0, "/secret", f"localhost:{server.port}"), (0, "/again", f"localhost:{server.port}")]
+
+
+def test_a_proxy_that_refuses_the_tunnel_is_a_transport_error(serve, pools, tls):
+    proxy = serve(keep_alive(lambda peer, request: peer.answer(b"no", status="407 Proxy Authentication Required")))
+
+    with pytest.raises(TransportError, match="407"):
+        get(pools("https://provider.example", ssl_context=tls.client_context(),
+                  proxy=Proxy("127.0.0.1", proxy.port, None)), "/")
+
+
+# -- through AiClient ----------------------------------------------------------------------------------
 
 
 def completion_answer(peer: Peer, request: Received) -> None:
     asked = json.loads(request.body)["messages"][-1]["content"]
-    body = json.dumps({
-        "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "m",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": f"re: {asked}"},
-                     "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-    }).encode()
-    peer.answer(body, headers=("Content-Type: application/json",))
+    peer.answer(json.dumps(completion(f"re: {asked}")).encode(), headers=("Content-Type: application/json",))
 
 
-def test_openai_chat_completions_go_through_the_transport_on_one_kept_alive_connection(serve):
+def ai_client(base_url: str, **options: Any) -> AiClient:
+    settings = config.load({}, ai_base_url=base_url, ai_api_key="test-key", ai_model="m", ai_timeout=2.0,
+                           ai_max_retries=0)
+    return AiClient(settings, **{"proxies": {}, **options})
+
+
+def test_ai_replies_go_on_one_kept_alive_connection(serve):
     server = serve(keep_alive(completion_answer))
-    client = openai_client(serve, server.url + "/v1")
-
-    first = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
-    second = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "again"}])
-
-    assert first.choices[0].message.content == "re: hi"
-    assert second.choices[0].message.content == "re: again"
-    assert [(r.connection, r.method, r.target) for r in server.requests] == [
-        (0, "POST", "/v1/chat/completions"), (0, "POST", "/v1/chat/completions")]
-    assert server.requests[0].header("Authorization") == "Bearer test-key"
-    assert server.requests[0].header("Content-Length") == str(len(server.requests[0].body))
-
-
-def test_openai_sees_an_answer_slower_than_the_read_timeout_as_api_timeout_error(serve):
-    release = gevent.event.Event()
-
-    def handler(peer: Peer) -> None:
-        peer.read_request()
-        release.wait()
-
-    server = serve(handler)
-    client = openai_client(serve, server.url + "/v1", timeout=httpx.Timeout(5.0, read=0.2))
+    client = ai_client(server.url + "/v1")
     try:
-        with pytest.raises(openai.APITimeoutError):
-            client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
-    finally:
-        release.set()
-    assert server.connections == 1  # max_retries=0 and no retry of ours
-
-
-def test_openai_sees_a_refused_connection_as_api_connection_error(serve):
-    sock, url = refused_address()
-    client = openai_client(serve, url + "/v1")
-    try:
-        with pytest.raises(openai.APIConnectionError) as caught:
-            client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
-    finally:
-        sock.close()
-    assert not isinstance(caught.value, openai.APITimeoutError)
-    assert isinstance(caught.value.__cause__, httpx.ConnectError)
-
-
-def test_the_direct_client_gives_a_read_response_with_its_elapsed_time_and_refuses_once_closed(serve):
-    server = serve(keep_alive(echo_path))
-    client = DirectClient(transport=KeepAliveTransport(), base_url=server.url, timeout=5.0)
-    response = client.get("/direct")
-    assert response.content == b"/direct"
-    assert response.elapsed.total_seconds() >= 0
-    assert response.request.url.path == "/direct"
-    client.close()
-    with pytest.raises(RuntimeError, match="closed"):
-        client.get("/again")
-
-
-def test_the_direct_client_builds_an_api_request_exactly_as_httpx_would():
-    headers = httpx.Headers({"Authorization": "Bearer k", "Accept": "application/json", "User-Agent": "ours/1"})
-    url = httpx.URL("http://127.0.0.1:9/v1/chat/completions")
-    timeout = httpx.Timeout(7.0, connect=2.0)
-    ours = DirectClient(transport=KeepAliveTransport(), timeout=5.0)
-    plain = httpx.Client(transport=KeepAliveTransport(), timeout=5.0)  # httpx's own build_request
-    try:
-        for kwargs in ({"timeout": timeout}, {}):  # the caller's timeout, then the client's own
-            built = ours.build_request("POST", url, content=b'{"a":1}', headers=headers, **kwargs)
-            expected = plain.build_request("POST", url, content=b'{"a":1}', headers=headers, **kwargs)
-            assert (built.method, built.url, built.headers.raw, built.read(), built.extensions) == \
-                (expected.method, expected.url, expected.headers.raw, expected.read(), expected.extensions)
-    finally:
-        ours.close()
-        plain.close()
-
-
-def test_the_direct_client_leaves_other_requests_to_httpxs_own_merge(serve):
-    server = serve(keep_alive(echo_path))
-    client = DirectClient(transport=KeepAliveTransport(), base_url=server.url, params={"v": "1"}, timeout=5.0)
-    try:
-        built = client.build_request("GET", "/relative", params={"q": "x"})
-        assert built.url == httpx.URL(server.url + "/relative?v=1&q=x")
+        assert client.reply([{"role": "user", "content": "hi"}]) == "re: hi"
+        assert client.reply([{"role": "user", "content": "again"}]) == "re: again"
     finally:
         client.close()
+    assert [(r.connection, r.method, r.target) for r in server.requests] == [
+        (0, "POST", "/v1/chat/completions"), (0, "POST", "/v1/chat/completions")]
+
+
+def test_ai_replies_use_the_proxy_the_environment_names(serve):
+    proxy = serve(keep_alive(completion_answer))
+    client = ai_client("http://provider.example/v1", proxies={"http": f"http://127.0.0.1:{proxy.port}"})
+    try:
+        assert client.reply([{"role": "user", "content": "hi"}]) == "re: hi"
+    finally:
+        client.close()
+    assert proxy.requests[0].target == "http://provider.example/v1/chat/completions"
+
+
+def test_an_ai_provider_that_closes_a_fresh_connection_unanswered_is_a_connection_error(serve):
+    server = serve(lambda peer: peer.read_request())
+    client = ai_client(server.url)
+    try:
+        with pytest.raises(AiUnavailable) as info:
+            client.reply([{"role": "user", "content": "hi"}])
+    finally:
+        client.close()
+    assert info.value.kind == "connection"
