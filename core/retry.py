@@ -75,7 +75,7 @@ def call(
             raise first_failure.pop()
         return fn()
 
-    stop = tenacity.stop_after_attempt(attempts)
+    stop: tenacity.stop.stop_base = tenacity.stop_after_attempt(attempts)
     if deadline is not None:
         stop = stop | tenacity.stop_after_delay(deadline)
     retrying = tenacity.Retrying(
