@@ -7,38 +7,29 @@ import contextlib
 import uuid
 from typing import Any, Callable
 
-import gevent
-import gevent.event
-
 from actors.supervision import Supervision
 from core import config
 from core.metrics import Metrics
 from db import bots as bots_db
 from db import tenants
+from tests.waiting import wait_until
 
 
 class EventLog:
-    """Collects published events; ``wait_for`` blocks until one matches (or the timeout)."""
+    """Collects published events; ``wait_for`` waits until a condition holds (or the timeout), and its
+    failure shows the last events."""
 
     def __init__(self) -> None:
         self.events: list[tuple[str, str | None, str, dict]] = []
-        self._changed = gevent.event.Event()
 
     def publish(self, tenant_id: str, bot_id: str | None, event_type: str, payload: dict) -> None:
         self.events.append((tenant_id, bot_id, event_type, dict(payload)))
-        self._changed.set()
 
     def states(self, bot_id: str) -> list[str]:
         return [p["state"] for _, b, t, p in self.events if b == bot_id and t == "bot.state"]
 
     def wait_for(self, predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-        with gevent.Timeout(timeout, AssertionError(f"timed out waiting for {what}; events: {self.events[-12:]}")):
-            while True:
-                result = predicate()
-                if result:
-                    return result
-                self._changed.clear()
-                self._changed.wait(0.25)  # also re-check conditions that are not events (rows)
+        return wait_until(predicate, timeout, what, detail=lambda: f"events: {self.events[-12:]}")
 
     def wait_state(self, bot_id: str, state: str, timeout: float = 10.0, after: int = 0) -> None:
         self.wait_for(lambda: state in self.states(bot_id)[after:], timeout, f"{bot_id} to reach {state}")

@@ -19,7 +19,8 @@ from typing import Any, Callable, Iterable
 from urllib.parse import urlencode, urlsplit
 
 import gevent
-import gevent.event
+
+from tests.waiting import wait_until
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,7 +200,6 @@ class SSEClient:
         self.body = bytearray()  # the decoded body as received, for tests of the raw framing
         self.ended = False  # the server finished the response (last chunk, or EOF)
         self.error: BaseException | None = None
-        self._changed = gevent.event.Event()
         self._parser = SSEParser()
         self._reader: gevent.Greenlet | None = None
         self._closed = False
@@ -266,7 +266,6 @@ class SSEClient:
                 self.retries.append(item)
         if done:
             self.ended = True
-        self._changed.set()
 
     def start_reading(self) -> None:
         if self._reader is None and not self.ended:
@@ -284,8 +283,9 @@ class SSEClient:
             if not self._closed:
                 self.error = exc
                 self.ended = True
-        finally:
-            self._changed.set()
+        except Exception as exc:  # noqa: BLE001 - a framing error (an AssertionError): the test must see it
+            self.error = exc
+            self.ended = True
 
     def stall(self) -> None:
         """Stop reading the socket (what arrives stays in the kernel's buffers)."""
@@ -296,20 +296,10 @@ class SSEClient:
     # -- waiting ---------------------------------------------------------------------------------
 
     def wait_for(self, predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            result = predicate()
-            if result:
-                return result
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(
-                    f"timed out after {timeout}s waiting for {what}; ended={self.ended} error={self.error!r}; "
-                    f"last items: {self.items[-6:]}"
-                )
-            self._changed.clear()
-            if not predicate():
-                self._changed.wait(min(left, 0.5))
+        return wait_until(
+            predicate, timeout, what,
+            detail=lambda: f"ended={self.ended} error={self.error!r}; last items: {self.items[-6:]}",
+        )
 
     def wait_events(self, count: int, timeout: float = 10.0, kind: str | None = None) -> list[Event]:
         """Wait until ``count`` events (of type ``kind`` if given) arrived; returns them all."""

@@ -30,6 +30,8 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
+from tests.waiting import wait_until
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 BENCHMARKS = sorted(p.name for p in BENCH.glob("*.py") if not p.name.startswith("_"))
@@ -70,9 +72,11 @@ def _reap(pids: dict[int, str]) -> None:
                 os.kill(pid, sig)
             except OSError:
                 pass
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and any(os.path.exists(f"/proc/{pid}") for pid in pids):
-            time.sleep(0.1)
+        try:
+            wait_until(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in pids), 5, "the processes to end",
+                       interval=0.1)
+        except AssertionError:
+            pass  # still there: the next signal is stronger, and after SIGKILL cleaning up did what it could
 
 
 @pytest.mark.slow
@@ -107,12 +111,11 @@ def test_benchmark_smoke_run(script):
         assert not timed_out, f"{script} --smoke did not finish within {TIMEOUT} s{report}"
         assert proc.returncode == 0, f"{script} --smoke exited with {proc.returncode}{report}"
 
-        left = held or _leftovers(marker, tmp_dir)
-        deadline = time.monotonic() + 5  # processes that are exiting right now
-        while left and not held and time.monotonic() < deadline:
-            time.sleep(0.2)
-            left = _leftovers(marker, tmp_dir)
-        assert not left, f"{script} --smoke left processes running: {left}{report}"
+        assert not held, f"{script} --smoke left processes running: {held}{report}"
+        wait_until(  # processes that are exiting right now get a few seconds
+            lambda: not _leftovers(marker, tmp_dir), 5, f"the processes {script} --smoke started to exit",
+            interval=0.2, detail=lambda: f"{script} --smoke left processes running: {_leftovers(marker, tmp_dir)}{report}",
+        )
         # pgserver keeps its cross-process lock file in the user's runtime directory, which platformdirs puts
         # in TMPDIR (runtime-<uid>) without a usable XDG_RUNTIME_DIR: shared by every pgserver user, not ours.
         kept = sorted(name for name in os.listdir(tmp_dir) if name != f"runtime-{os.getuid()}")

@@ -9,6 +9,7 @@ import pytest
 import requests
 
 import web.bots as web_bots
+from tests.waiting import wait_until
 
 QR_PAYLOAD = "2@AbCdEfGhIjKlMnOp,QrStUvWxYz0123456789+/=,aGVsbG8gd29ybGQ=,ZmFrZS1rZXk="
 INJECTIONS = ["'; DROP TABLE bots; --", "x' OR '1'='1", "1); DELETE FROM tenants; --", "\\'; SELECT pg_sleep(5); --"]
@@ -247,20 +248,16 @@ def test_the_qr_code_a_stopped_session_left_on_the_row_is_not_served(alice, pool
 def _answer_pair_request(pool, tenant_id, bot_id, **answer):
     """A fake supervisor: wait for a pending request, then answer it (pair_done = pair_seq)."""
 
-    def run():
-        for _ in range(100):
-            count = pool.execute(
-                tenant_id,
-                "UPDATE bots SET pair_done = pair_seq, pair_code = %s, pair_error = %s"
-                " WHERE id = %s AND pair_seq > pair_done AND pair_phone = %s",
-                (answer.get("code"), answer.get("error"), bot_id, answer["phone"]),
-            )
-            if count:
-                return True
-            gevent.sleep(0.05)
-        return False
+    def answered():
+        return pool.execute(
+            tenant_id,
+            "UPDATE bots SET pair_done = pair_seq, pair_code = %s, pair_error = %s"
+            " WHERE id = %s AND pair_seq > pair_done AND pair_phone = %s",
+            (answer.get("code"), answer.get("error"), bot_id, answer["phone"]),
+        )
 
-    return gevent.spawn(run)
+    # True once answered; raises (so ``.get()`` does too) if no request came within 5 s.
+    return gevent.spawn(lambda: bool(wait_until(answered, 5, "a pending pair request", interval=0.05)))
 
 
 def test_a_pair_code_without_a_supervisor_times_out_with_504(alice, pool, monkeypatch):

@@ -93,6 +93,7 @@ def test_admission_at_dial_time_never_lets_a_second_hold_more_than_the_rate():
         if limiter.admit(now) == 0:
             admitted.append(now)
         now += 0.013
+    assert len(admitted) >= 45  # it does admit, at about the rate (an empty list would pass the check below)
     for start in admitted:
         assert sum(1 for t in admitted if start <= t < start + 1) <= 5
 

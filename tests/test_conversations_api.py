@@ -5,13 +5,13 @@ what the API records (and that it notifies ``bot_commands``), never a delivery."
 import datetime
 import uuid
 
-import gevent
 import psycopg2
 import pytest
 import requests
 
 from core import config
 from db import conversations, pipeline_store
+from tests.waiting import wait_until
 from transports.events import MessageReceived
 
 INJECTIONS = ["'; DROP TABLE messages; --", "x' OR '1'='1", "1); DELETE FROM tenants; --", "\\'; SELECT pg_sleep(5); --"]
@@ -24,24 +24,24 @@ T0 = 1_700_000_000.0  # fixed WhatsApp timestamps for inbound messages: a known 
 
 @pytest.fixture
 def notices(pg):
-    """What arrives on ``bot_commands``: ``notices(bot_id)`` waits (briefly) for one naming the bot."""
+    """What arrives on ``bot_commands``: ``notices(bot_id)`` waits (briefly) for one naming the bot and
+    fails the test if none comes."""
     conn = psycopg2.connect(pg.app_url)
     conn.autocommit = True
     conn.cursor().execute("LISTEN bot_commands")
     seen = []
 
-    def wait_for(bot_id, timeout=3.0):
-        deadline = gevent.get_hub().loop.now() + timeout
-        while True:
+    def wait_for(bot_id, timeout=3.0, what="a notice on bot_commands"):
+        def arrived():
             conn.poll()
             seen.extend(n.payload for n in conn.notifies)
             conn.notifies.clear()
             if bot_id in seen:
                 seen.remove(bot_id)
                 return True
-            if gevent.get_hub().loop.now() > deadline:
-                return False
-            gevent.sleep(0.02)
+            return False
+
+        wait_until(arrived, timeout, f"{what} (naming {bot_id})", interval=0.02)
 
     def drain():
         conn.poll()
@@ -139,7 +139,7 @@ def test_a_text_message_is_queued_pending_with_its_outgoing_row_contact_and_the_
     assert _message_row(pool, alice, outbox_id, "kind, body, status, correlation_id") == (
         "text", "Hi there", "pending", "req-send-1")
     assert pool.query(alice.tenant_id, "SELECT jid FROM contacts WHERE bot_id = %s", (bot_id,)) == [(JID,)]
-    assert notices(bot_id), "the pipeline is woken"
+    notices(bot_id, what="the pipeline to be woken")
 
 
 def test_a_jid_and_every_spelling_of_the_number_reach_the_same_contact_and_4096_characters_fit(alice, pool):
@@ -330,7 +330,7 @@ def test_pausing_records_when_and_which_api_key_and_resuming_hands_the_conversat
     assert contact["id"] == stored.contact_id and contact["paused"] is True
     assert contact["paused_by"] == f"api-key:{alice.key[:10]} (default)"
     assert contact["paused_at"] is not None
-    assert notices(bot_id)
+    notices(bot_id)
     row = pool.query(alice.tenant_id, "SELECT paused, paused_at, paused_by FROM contacts WHERE id = %s",
                      (stored.contact_id,))[0]
     assert row[0] is True and row[1].isoformat() == contact["paused_at"] and row[2] == contact["paused_by"]
@@ -345,7 +345,7 @@ def test_pausing_records_when_and_which_api_key_and_resuming_hands_the_conversat
     assert (resumed.json()["paused"], resumed.json()["paused_at"], resumed.json()["paused_by"]) == (False, None, None)
     assert pool.query(alice.tenant_id, "SELECT paused, paused_at, paused_by FROM contacts WHERE id = %s",
                       (stored.contact_id,)) == [(False, None, None)]
-    assert notices(bot_id)
+    notices(bot_id)
 
 
 # -- rules and AI settings -----------------------------------------------------------------------------
@@ -363,7 +363,7 @@ def test_rules_round_trip_in_order_with_defaults_filled_and_the_pipeline_is_noti
     assert response.status_code == 200, response.text
     expected = [dict(rules[0], enabled=True), rules[1]]
     assert response.json() == {"rules": expected}
-    assert notices(bot_id)
+    notices(bot_id)
     assert alice.get(f"/bots/{bot_id}/rules").json() == {"rules": expected}
     assert pool.query(alice.tenant_id, "SELECT rules FROM bots WHERE id = %s", (bot_id,)) == [(expected,)]
 
@@ -412,7 +412,7 @@ def test_ai_settings_read_with_defaults_round_trip_and_say_whether_a_provider_is
     expected = {"enabled": True, "system_prompt": "Be brief.", "temperature": 0.0, "history": 10, "model": None,
                 "fallback_reply": None}
     assert response.json() == {"ai": expected, "provider_configured": False}
-    assert notices(bot_id)
+    notices(bot_id)
     assert pool.query(alice.tenant_id, "SELECT ai FROM bots WHERE id = %s", (bot_id,)) == [(expected,)]
 
     web.settings = config.replace(web.settings, ai_api_key="sk-test")
@@ -500,7 +500,7 @@ def test_retrying_a_dead_message_queues_it_again_from_scratch_and_wakes_the_pipe
         pool, alice, outbox_id, "state, attempts, last_error, next_attempt_at <= now(), wa_message_id")
     assert (state, attempts, last_error, due, same_id) == ("pending", 0, None, True, wa_id)
     assert _message_row(pool, alice, outbox_id, "status")[0] == "pending"
-    assert notices(bot_id)
+    notices(bot_id)
     assert [r["id"] for r in alice.get("/outbox", params={"state": "pending"}).json()["outbox"]] == [outbox_id]
 
 

@@ -5,13 +5,9 @@ import gevent.event
 import pytest
 import requests
 
+from tests.waiting import wait_until
+
 pytestmark = pytest.mark.slow
-
-
-def _wait_for(predicate, timeout, interval=0.05):
-    with gevent.Timeout(timeout, AssertionError(f"condition not met within {timeout}s")):
-        while not predicate():
-            gevent.sleep(interval)
 
 
 def test_the_pool_recovers_after_a_server_restart_and_readyz_follows(pg, web):
@@ -29,28 +25,30 @@ def test_the_pool_recovers_after_a_server_restart_and_readyz_follows(pg, web):
                     results["ok_after_restart"] += 1
             except Exception:  # noqa: BLE001 - failures are expected during the outage
                 results["failed"] += 1
-                gevent.sleep(0.01)
+                gevent.sleep(0.01)  # paces a failing worker's load (not a wait for anything)
 
     workers = [gevent.spawn(load) for _ in range(12)]
     try:
-        _wait_for(lambda: results["ok"] > 200, 10)
+        wait_until(lambda: results["ok"] > 200, 10, "200 queries before the outage", interval=0.05)
         assert requests.get(web.url + "/readyz", timeout=5).status_code == 200
 
         pg.stop_server()
-        _wait_for(lambda: results["failed"] > 0, 10)
+        wait_until(lambda: results["failed"] > 0, 10, "a failed query in the outage", interval=0.05)
         down = requests.get(web.url + "/readyz", timeout=10)
         assert down.status_code == 503
         assert down.json()["status"] == "unavailable" and down.json()["reason"]
 
         pg.start_server()
         restarted.set()
-        _wait_for(lambda: requests.get(web.url + "/readyz", timeout=10).status_code == 200, 30, 0.2)
+        wait_until(lambda: requests.get(web.url + "/readyz", timeout=10).status_code == 200, 30, "readyz to say ready",
+                   interval=0.2)
         before = results["ok_after_restart"]
-        _wait_for(lambda: results["ok_after_restart"] > before + 200, 15)
+        wait_until(lambda: results["ok_after_restart"] > before + 200, 15, "200 queries after the restart",
+                   interval=0.05)
     finally:
         stop.set()
         gevent.joinall(workers, timeout=30)
     stats = pool.stats()
     assert stats["replaced_total"] >= pool.config.size
     assert stats["in_use"] == 0
-    _wait_for(lambda: pool.stats()["idle"] == pool.config.size, 15)
+    wait_until(lambda: pool.stats()["idle"] == pool.config.size, 15, "every connection idle again", interval=0.05)

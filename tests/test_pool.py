@@ -10,6 +10,7 @@ import pytest
 
 from actors.pool import PoolClosed, PoolExhausted
 from sansio.retry_rules import is_transient
+from tests.waiting import wait_until
 
 
 def test_a_borrower_gets_a_clear_error_naming_pool_size_and_waiters_when_none_is_free(make_pool):
@@ -21,7 +22,7 @@ def test_a_borrower_gets_a_clear_error_naming_pool_size_and_waiters_when_none_is
             release.wait()
 
     holders = [gevent.spawn(hold) for _ in range(2)]
-    gevent.sleep(0)
+    wait_until(lambda: pool.stats()["in_use"] == 2, what="both connections borrowed")
     with pytest.raises(PoolExhausted) as caught:
         with pool.unit(None):
             pass
@@ -42,10 +43,9 @@ def test_a_waiting_borrower_gets_the_next_returned_connection(make_pool):
             release.wait()
 
     holder = gevent.spawn(hold)
-    gevent.sleep(0)
+    wait_until(lambda: pool.stats()["in_use"] == 1, what="the connection borrowed")
     waiter = gevent.spawn(pool.query, None, "SELECT 42")
-    gevent.sleep(0)
-    assert pool.stats()["waiting"] == 1
+    wait_until(lambda: pool.stats()["waiting"] == 1, what="one borrower waiting")
     release.set()
     assert waiter.get(timeout=5) == [(42,)]
     holder.join(5)
@@ -87,7 +87,8 @@ def test_ten_thousand_borrow_cycles_with_random_failures_and_kills_lose_and_leak
         total += n
         batch.append(gevent.spawn(worker, n))
         if len(batch) == 16:
-            # Kill a few workers mid-flight: some while waiting for a connection, some mid-query.
+            # Kill a few workers mid-flight: some while waiting for a connection, some mid-query (a
+            # random moment is the point here, not a wait for anything).
             gevent.sleep(rng.random() * 0.005)
             for victim in rng.sample(batch, 3):
                 if not victim.dead:
@@ -98,13 +99,8 @@ def test_ten_thousand_borrow_cycles_with_random_failures_and_kills_lose_and_leak
     gevent.joinall(batch, timeout=60)
     assert outcomes["ok"] > 5_000
     # Every connection comes back: after replacements settle the pool holds exactly its size.
-    deadline = gevent.Timeout(10)
-    with deadline:
-        while True:
-            stats = pool.stats()
-            if stats["idle"] == 6 and stats["connecting"] == 0:
-                break
-            gevent.sleep(0.02)
+    stats = wait_until(lambda: (s := pool.stats())["idle"] == 6 and s["connecting"] == 0 and s,
+                       what="every connection idle again", interval=0.02)
     assert stats["in_use"] == 0 and stats["waiting"] == 0
     live = pool.query(None, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'wabot' AND usename = current_user")
     assert live[0][0] >= 6
@@ -139,7 +135,7 @@ def test_a_borrower_holding_a_connection_too_long_is_logged_with_its_stack(make_
 def test_connections_are_recycled_after_their_lifetime(make_pool):
     pool = make_pool(size=2, max_lifetime=0.05)
     first = {pool.query(None, "SELECT pg_backend_pid()")[0][0]}
-    gevent.sleep(0.1)
+    gevent.sleep(0.1)  # real time past the lifetime is what this test is about
     later = {pool.query(None, "SELECT pg_backend_pid()")[0][0] for _ in range(4)}
     assert first.isdisjoint(later)
     assert pool.stats()["replaced_total"] >= 2
@@ -147,9 +143,7 @@ def test_connections_are_recycled_after_their_lifetime(make_pool):
 
 def test_lifetimes_are_jittered_so_connections_do_not_recycle_together(make_pool):
     pool = make_pool(size=8, max_lifetime=1000)
-    with gevent.Timeout(10):
-        while pool.stats()["idle"] < 8:
-            gevent.sleep(0.01)
+    wait_until(lambda: pool.stats()["idle"] == 8, what="all eight connections open")
     expiries = {round(c.expires_at, 6) for c in pool._shared.idle}  # noqa: SLF001
     assert len(expiries) == 8
 

@@ -24,6 +24,7 @@ from db import bots as bots_db
 from sansio import session_machine as sm
 from simulator.server import Simulator
 from tests.sessions_harness import EventLog, new_bot, new_tenant, session_settings, supervision
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -98,12 +99,13 @@ def _live_greenlets():
 def _os_threads():
     """Threads of this process but the resolver pool's (read twice, so a worker that is just
     exiting or starting cannot skew the count)."""
-    while True:
-        first = len(os.listdir("/proc/self/task")) - _resolver_threads()
-        gevent.sleep(0.05)
-        second = len(os.listdir("/proc/self/task")) - _resolver_threads()
-        if first == second:
-            return second
+    readings: list[int] = []
+
+    def settled() -> int | None:
+        readings.append(len(os.listdir("/proc/self/task")) - _resolver_threads())
+        return readings[-1] if readings[-2:] == [readings[-1]] * 2 else None  # at least 1: this thread
+
+    return wait_until(settled, what="the same thread count twice in a row", interval=0.05)
 
 
 def _open_sockets():

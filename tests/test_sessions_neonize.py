@@ -38,13 +38,13 @@ def test_a_hanging_neonize_dial_never_blocks_the_hub_and_stopping_the_bot_return
             bot = new_bot(pool, tenant, proxy=f"socks5://127.0.0.1:{proxy.port}")
             events.wait_state(bot, "starting", timeout=10)
             assert proxy.accepted.wait(10), "the dial never reached the proxy"
-            assert ticker.wait_ticks(20)
+            ticker.wait_ticks(20)
             started = time.monotonic()
             bots_db.set_desired(pool, tenant, bot, "stopped")
             events.wait_state(bot, "stopped", timeout=5)
             events.wait_for(lambda: sup.session_ref(bot) is None, timeout=5, what="the session to end")
             assert time.monotonic() - started < 3
-            assert ticker.wait_ticks(10)
+            ticker.wait_ticks(10)
             assert ticker.max_gap < 0.5, f"the hub froze for {ticker.max_gap:.2f}s"
     finally:
         proxy.close()  # lets the abandoned Go dial finish instead of lingering for a minute

@@ -24,6 +24,7 @@ import requests
 from core import config
 from simulator import Simulator, protocol
 from simulator.server import SimulatorError
+from tests.waiting import wait_until
 from transports.base import TransportError
 from transports.events import (
     Connected,
@@ -66,20 +67,24 @@ class Events:
                 assert getattr(event, name) == value, f"{event!r}: {name} is not {value!r}"
             return event
 
-    def quiet_for(self, seconds: float) -> None:
-        """Assert that nothing arrives for ``seconds`` (only for asserting an absence)."""
-        try:
-            event = self.queue.get(timeout=seconds)
-        except gevent.queue.Empty:
-            return
-        raise AssertionError(f"unexpected event {event!r}")
+    def after(self, event) -> list:
+        """What arrived after ``event`` (one this sink received)."""
+        index = next(i for i, seen in enumerate(self.seen) if seen is event)
+        return self.seen[index + 1:]
 
 
-def eventually(predicate, timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        gevent.sleep(0.01)
+def receipts_of(events: Events, message_id: str) -> list[str]:
+    return [e.status for e in events.seen if isinstance(e, Receipt) and message_id in e.message_ids]
+
+
+def settle(transport, events: Events, marker: str = "MARK") -> list[Receipt]:
+    """Send one more message and wait for its read receipt; the receipts it got. The simulator gives
+    every message the same receipt delays from when it is sent, so once the marker is read any
+    receipt of an earlier message, however wrong, has arrived too: absences are checked after this."""
+    transport.send_text("15551230000", "marker", marker)
+    wait_until(lambda: "read" in receipts_of(events, marker), 3, "the marker's read receipt")
+    chat = "15551230000@s.whatsapp.net"
+    return [Receipt((marker,), chat, "delivered"), Receipt((marker,), chat, "read")]
 
 
 @pytest.fixture
@@ -238,7 +243,7 @@ def test_an_inbound_message_reaches_the_sink_and_the_ack_clears_it(sim, make):
     # Held by the network until the bot says it is stored.
     assert sim.bot_state("bot-1")["pending_inbound"] == 1
     transport.ack([message.message_id])
-    eventually(lambda: sim.bot_state("bot-1")["pending_inbound"] == 0)
+    wait_until(lambda: sim.bot_state("bot-1")["pending_inbound"] == 0, 3, "the ack to clear the message")
 
 
 def test_messages_sent_while_the_bot_was_away_arrive_after_its_next_login(sim, make):
@@ -270,7 +275,7 @@ def test_an_inbound_message_the_bot_did_not_ack_is_delivered_again(sim, make):
     sock, reader = login()
     assert reader.read()["id"] == "M1"
     sock.sendall(protocol.encode({"t": "ack", "ids": ["M1"]}))
-    eventually(lambda: sim.bot_state("bot-1")["pending_inbound"] == 0)
+    wait_until(lambda: sim.bot_state("bot-1")["pending_inbound"] == 0, 3, "the ack to clear the message")
     sock.close()
 
 
@@ -283,9 +288,10 @@ def test_send_text_is_idempotent_by_message_id_and_delivery_then_read_receipts_a
     assert outbox[0]["to"] == "15551230000@s.whatsapp.net" and outbox[0]["text"] == "hi there"
     delivered = events.expect(Receipt, status="delivered")
     assert delivered.message_ids == ("OUT-1",) and delivered.chat == "15551230000@s.whatsapp.net"
-    events.expect(Receipt, status="read")
+    read = events.expect(Receipt, status="read")
     assert sim.outbox("bot-1", to="15551230000")[0]["status"] == "read"
-    events.quiet_for(0.2)  # one message, so one pair of receipts
+    marker = settle(transport, events)
+    assert events.after(read) == marker  # one message, so one pair of receipts
 
 
 def test_was_received_tells_whether_the_network_holds_a_message_id(sim, make):
@@ -301,7 +307,7 @@ def test_receipts_that_fall_due_while_the_bot_is_away_arrive_after_its_next_logi
     transport, events = pair(sim, make)
     transport.send_text("15551230000", "hi", "OUT-3")
     transport.close()
-    eventually(lambda: sim.outbox("bot-1")[0]["status"] == "delivered")
+    wait_until(lambda: sim.outbox("bot-1")[0]["status"] == "delivered", 3, "the delivered receipt to fall due")
     transport.connect()
     events.expect(Connected)
     assert events.expect(Receipt).message_ids == ("OUT-3",)
@@ -349,10 +355,12 @@ def test_a_message_the_owner_sends_from_the_phone_reaches_the_customer_and_is_to
     transport.close()
     transport.connect()
     events.expect(Connected)
-    assert events.expect(MessageReceived).message_id == message_id
+    again = events.expect(MessageReceived)
+    assert again.message_id == message_id
     transport.ack([message_id])
-    eventually(lambda: sim.bot_state("bot-1")["pending_inbound"] == 0)
-    events.quiet_for(0.2)  # no receipts for the phone's own message
+    wait_until(lambda: sim.bot_state("bot-1")["pending_inbound"] == 0, 3, "the ack to clear the message")
+    marker = settle(transport, events)
+    assert events.after(again) == marker  # no receipts for the phone's own message
 
 
 def test_an_inbound_message_is_not_from_me_and_a_phone_send_needs_a_paired_bot(sim, make):
@@ -506,10 +514,13 @@ def test_a_bot_hung_by_fault_injection_times_out_on_its_next_login_too(sim, make
 
 def test_logout_unlinks_the_device_on_the_network_without_reporting_events(sim, make):
     transport, events = pair(sim, make)
+    reported = len(events.seen)
     transport.logout()
     assert not transport.is_paired
     assert not sim.bot_state("bot-1")["paired"]
-    events.quiet_for(0.2)
+    # Only the connection's reader reports events: once it is gone, nothing more can come.
+    wait_until(lambda: transport_greenlets() == [], 3, "the reader to end")
+    assert events.seen[reported:] == []
 
 
 def test_logout_on_a_transport_that_never_connected_still_unlinks_the_device(sim, make):
@@ -548,8 +559,10 @@ def test_a_server_speaking_nonsense_ends_in_one_network_disconnect(tmp_path, ans
     try:
         transport.connect()
         events.expect(Connected)
-        events.expect(Disconnected, kind=DisconnectKind.NETWORK)
-        events.quiet_for(0.1)
+        ended = events.expect(Disconnected, kind=DisconnectKind.NETWORK)
+        # Only the connection's reader reports events: once it is gone, nothing more can come.
+        wait_until(lambda: transport_greenlets() == [], 3, "the reader to end")
+        assert events.after(ended) == []
     finally:
         transport.close()
         server.stop(timeout=0.1)
@@ -569,7 +582,10 @@ def test_close_leaves_no_greenlet_behind_and_no_sink_call_after_it(sim, make):
     gc.collect()
     assert transport_greenlets() == []
     sim.inbound("bot-1", "15551230000", "after close")
-    gevent.sleep(0.3)  # receipts were due after 0.05 s and 0.1 s: long enough for any stray call
+    # The network has done all it would tell the bot: the receipts fell due (kept for its next login)
+    # and both messages wait for it. A stray call would have come with them.
+    wait_until(lambda: sim.outbox("bot-1")[0]["status"] == "read", 3, "OUT-4's receipts to fall due")
+    assert sim.bot_state("bot-1")["pending_inbound"] == 2
     assert len(events.seen) == calls_at_close
 
 
@@ -577,7 +593,7 @@ def test_close_returns_promptly_in_the_middle_of_a_dial(sim, make):
     sim.hang()
     transport, events = make(connect_timeout=5)
     transport.connect()
-    gevent.sleep(0.05)  # let the reader reach its wait for the hello answer
+    wait_until(lambda: sim.health()["connections"] == 1, 3, "the dial to reach the hanging network")
     started = time.monotonic()
     transport.close()
     assert time.monotonic() - started < 0.5
@@ -659,15 +675,13 @@ def test_serve_runs_as_its_own_process_until_sigterm(tmp_path):
     env = {**os.environ, "WA_SIMULATOR_ADDR": f"127.0.0.1:{port}", "DATA_DIR": str(tmp_path), "LOG_LEVEL": "warning"}
     proc = subprocess.Popen([sys.executable, "-m", "simulator.main"], cwd=ROOT, env=env)
     try:
-        deadline = time.monotonic() + 10
-        while True:
+        def up() -> bool:
             try:
-                if requests.get(f"http://127.0.0.1:{port + 1}/healthz", timeout=1).ok:
-                    break
+                return requests.get(f"http://127.0.0.1:{port + 1}/healthz", timeout=1).ok
             except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, "simulator process did not come up"
-            gevent.sleep(0.05)
+                return False
+
+        wait_until(up, 10, "the simulator process to come up", interval=0.05)
         with stdlib_socket.create_connection(("127.0.0.1", port), timeout=3) as sock:
             sock.sendall(protocol.encode({"t": "hello", "bot": "bot-9", "cred": None}))
             assert protocol.FrameReader(sock).read()["t"] == "qr"

@@ -9,7 +9,6 @@ import logging
 import time
 import uuid
 
-import gevent
 import pykka
 import pytest
 import requests
@@ -22,6 +21,7 @@ from db import bots as bots_db
 from db import events as events_db
 from db import tenants
 from tests.sse_client import SSEClient
+from tests.waiting import wait_until
 
 TIMEOUT = 5
 
@@ -93,17 +93,6 @@ def metric(web, name: str, **labels: str) -> float | None:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return sample.value
     return None
-
-
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        gevent.sleep(interval)
 
 
 # -- the response ------------------------------------------------------------------------------------
@@ -386,13 +375,11 @@ def test_after_a_database_restart_the_stream_catches_up_with_every_event_once_in
         after = []
         unheard = 0
         for n in range(5):
-            deadline = time.monotonic() + 20
-            while True:  # the pool replaces its broken connections on its own; until then, retry
-                event_id = web.publish(tenant_id, bot, "bot.state", {"n": 5 + n})
-                if event_id is not None:
-                    break
-                assert time.monotonic() < deadline, "could not publish after the restart"
-                gevent.sleep(0.05)
+            # The pool replaces its broken connections on its own; until then, publishing fails.
+            event_id = wait_until(
+                lambda n=n: web.publish(tenant_id, bot, "bot.state", {"n": 5 + n}), 20, "a publish after the restart",
+                interval=0.05,
+            )
             after.append(event_id)
             unheard += listening_connections(pg) == 0
         # The restart ended every earlier backend: a listening connection now can only be this bus's.

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 from typing import Any, Callable, NamedTuple
 
 import gevent
@@ -31,6 +30,7 @@ from actors.supervisor import (
 )
 from actors.timers import ManualTimers
 from core import sentry
+from tests.waiting import wait_until
 
 WAIT = 2.0
 SEED = 1234
@@ -108,19 +108,17 @@ class Events:
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, str]] = []
-        self._changed = threading.Condition()
 
     def __call__(self, kind: str, child: str) -> None:
-        with self._changed:
-            self.seen.append((kind, child))
-            self._changed.notify_all()
+        self.seen.append((kind, child))
 
     def count(self, kind: str, child: str) -> int:
         return self.seen.count((kind, child))
 
-    def wait_for(self, kind: str, child: str, count: int = 1, timeout: float = WAIT) -> bool:
-        with self._changed:
-            return self._changed.wait_for(lambda: self.count(kind, child) >= count, timeout)
+    def wait_for(self, kind: str, child: str, count: int = 1, timeout: float = WAIT) -> None:
+        """Wait until ``count`` (kind, child) events were recorded; fails the test otherwise."""
+        wait_until(lambda: self.count(kind, child) >= count, timeout, f"{count} {kind!r} event(s) of {child!r}",
+                   detail=lambda: f"seen: {self.seen}")
 
 
 class Harness:
@@ -182,7 +180,7 @@ def end_child(h: Harness, name: str, how: str) -> pykka.ActorRef:
     old = h.ref(name)
     exits = h.events.count("exit", name)
     old.tell(EXIT if how == "normal" else Crash(ValueError(f"{name} broke")))
-    assert h.events.wait_for("exit", name, exits + 1)
+    h.events.wait_for("exit", name, exits + 1)
     h.barrier()
     return old
 
@@ -304,7 +302,7 @@ def test_a_base_exception_in_one_childs_handler_restarts_that_child_alone_and_an
     died = watch_death(b)
     b.tell(Crash(error))
     assert died.get(timeout=WAIT) is error
-    assert h.events.wait_for("started", "b", 2)
+    h.events.wait_for("started", "b", 2)
     assert h.ref("b") is not b
     assert h.ref("a") is a
     assert bystander.ask(PING, timeout=WAIT) == "pong"
@@ -337,7 +335,7 @@ def test_an_exception_in_a_childs_on_start_after_a_restart_is_a_death_signal_too
     h.barrier()
     old = h.ref("a")
     old.tell(Crash(ValueError("first crash")))
-    assert h.events.wait_for("started", "a", 2)
+    h.events.wait_for("started", "a", 2)
     assert h.events.count("start_failed", "a") == 1
     assert h.barrier() == [("a", True, 2)]
     assert h.ref("a") is not old
@@ -450,7 +448,7 @@ def test_a_parent_supervisor_restarts_a_child_supervisor_that_gave_up(h):
     children_of(first_inner).ref_of("worker").tell(Crash(RuntimeError("bad")))
 
     assert isinstance(inner_died.get(timeout=WAIT), RestartIntensityExceeded)
-    assert h.events.wait_for("started", "inner", 2)
+    h.events.wait_for("started", "inner", 2)
     second_inner = h.ref("inner")
     assert second_inner is not first_inner
     assert children_of(second_inner).ref_of("worker").ask(PING, timeout=WAIT) == "pong"
@@ -562,7 +560,7 @@ def test_a_restart_waits_for_its_backoff_on_the_clock(h, rng):
     h.timers.advance(delay - 0.01)
     assert h.barrier() == [("a", False, 1)]
     h.timers.advance(0.01)
-    assert h.events.wait_for("started", "a", 2)
+    h.events.wait_for("started", "a", 2)
     assert h.ref("a").ask(PING, timeout=WAIT) == "pong"
 
 
@@ -629,7 +627,7 @@ def test_the_real_gevent_timers_drive_delayed_restarts_and_shutdown_kills():
     children = children_of(sup)
     old = children.ref_of("a")
     old.tell(Crash(ValueError("x")))
-    assert events.wait_for("started", "a", 2)
+    events.wait_for("started", "a", 2)
     assert children.ref_of("a") not in (None, old)
     children.ref_of("a").tell(BLOCK)
     assert blocked.wait(WAIT)
@@ -658,7 +656,7 @@ def test_the_lookup_by_name_never_returns_a_dead_ref_after_a_restart(h):
     # Runs in the dying child's greenlet, before the supervisor has even read its exit
     actor_of(old).watch(lambda ref, reason: seen_in_death.append(children.ref_of("a")))
     old.tell(Crash(ValueError("x")))
-    assert h.events.wait_for("started", "a", 2)
+    h.events.wait_for("started", "a", 2)
     assert seen_in_death == [None]
     new = children.ref_of("a")
     assert new is not None and new is not old and new.is_alive()
@@ -672,7 +670,7 @@ def test_the_lookup_returns_none_while_a_child_waits_for_its_restart_and_the_new
     old = end_child(h, "a", "abnormal")
     assert children.ref_of("a") is None
     h.timers.advance(1.0)
-    assert h.events.wait_for("started", "a", 2)
+    h.events.wait_for("started", "a", 2)
     assert children.ref_of("a") not in (None, old)
 
 
@@ -701,7 +699,7 @@ def test_under_seeded_random_crashes_the_lookup_only_ever_gives_live_refs_and_re
             current = children.ref_of(other)
             assert current is None or current.is_alive()
         expected[name] += 1
-        assert h.events.wait_for("exit", name, exits + 1)
+        h.events.wait_for("exit", name, exits + 1)
         if rng.random() < 0.3:
             h.timers.advance(rng.choice([0.0, 0.5, 2.0]))
         assert h.barrier() == [(n, True, expected[n]) for n in names]

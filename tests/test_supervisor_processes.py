@@ -1,18 +1,19 @@
 """Two supervisor processes (``python run.py supervisor``) on one database: every bot runs exactly
 once, and when one process dies the other takes its bots over within WA_LEASE_TTL."""
 
+import datetime
 import os
 import signal
 import subprocess
 import sys
 import time
 
-import gevent
 import pytest
 
 from db import bots as bots_db
 from simulator.server import Simulator
 from tests.sessions_harness import EventLog, new_bot, new_tenant, session_settings, supervision
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -20,14 +21,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LEASE_TTL = 3.0
 
 
-def _wait(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        gevent.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+def _lease_end(row) -> datetime.datetime:
+    return datetime.datetime.fromisoformat(row["lease_expires_at"])
 
 
 def _supervisor_process(pg, data_dir, sim_address, log_path):
@@ -69,10 +64,11 @@ def test_two_supervisor_processes_run_every_bot_once_and_take_over_a_dead_ones_b
             _supervisor_process(pg, str(tmp_path), sim.address, tmp_path / f"sup{i}.log") for i in range(2)
         ]
         try:
-            _wait(
+            wait_until(
                 lambda: all(r["state"] == "connected" and r["supervisor"] for r in rows().values()),
                 30,
                 "every bot connected under a supervisor process",
+                interval=0.1,
             )
             # The first process may have claimed everything before the second joined; it hands the
             # excess back within a few lease rounds.
@@ -81,10 +77,17 @@ def test_two_supervisor_processes_run_every_bot_once_and_take_over_a_dead_ones_b
                 owners = {r["supervisor"] for r in current}
                 return owners if len(owners) == 2 and all(r["state"] == "connected" for r in current) else None
 
-            owners = _wait(balanced, 30, "both processes to hold bots")
+            owners = wait_until(balanced, 30, "both processes to hold bots", interval=0.1)
             # Exactly once: a second driver of one number would be seen by the network as a
-            # replacement and end the first; over several lease rounds nothing is replaced.
-            gevent.sleep(LEASE_TTL)  # let several lease rounds pass; the check is that nothing happens
+            # replacement and end the first; over several lease rounds nothing is replaced. Leases
+            # are renewed every sixth of the TTL: once every lease ends a TTL later than it did, a
+            # TTL of rounds has passed (about six).
+            first_ends = {b: _lease_end(r) for b, r in rows().items()}
+            wait_until(
+                lambda: all(_lease_end(r) >= first_ends[b] + datetime.timedelta(seconds=LEASE_TTL)
+                            for b, r in rows().items() if r["lease_expires_at"]),
+                LEASE_TTL + 10, "a TTL's worth of lease rounds", interval=0.1,
+            )
             snapshot = rows()
             assert all(r["state"] == "connected" for r in snapshot.values())
             assert all(sim.bot_state(b)["connected"] for b in bot_ids)
@@ -98,18 +101,20 @@ def test_two_supervisor_processes_run_every_bot_once_and_take_over_a_dead_ones_b
             victim.send_signal(signal.SIGKILL)
             victim.wait(10)
             killed_at = time.monotonic()
-            _wait(
+            wait_until(
                 lambda: all(r["supervisor"] == survivor_owner for r in rows().values()),
                 LEASE_TTL + 2,
                 "the survivor to hold every bot",
+                interval=0.1,
             )
             taken_over_after = time.monotonic() - killed_at
             assert taken_over_after <= LEASE_TTL + 0.5, taken_over_after
-            _wait(
+            wait_until(
                 lambda: all(r["state"] == "connected" for r in rows().values())
                 and all(sim.bot_state(b)["connected"] for b in bot_ids),
                 15,
                 "the taken-over bots to reconnect without a new pairing",
+                interval=0.1,
             )
             assert not any(sim.bot_state(b)["qr"] for b in victims_bots)
         finally:

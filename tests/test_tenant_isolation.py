@@ -8,6 +8,8 @@ import psycopg2
 import pytest
 
 from db import tenants
+from tests.dbadmin import superuser_sql
+from tests.waiting import wait_until
 
 
 def _add_bot(pool, tenant_id, name):
@@ -80,7 +82,7 @@ def test_the_setting_does_not_survive_an_exception_inside_the_unit_of_work(solo,
     assert _bot_names(solo, b) == {"beta-bot"}
 
 
-def test_the_setting_does_not_survive_a_killed_borrowing_greenlet(solo, two_tenants):
+def test_the_setting_does_not_survive_a_killed_borrowing_greenlet(solo, two_tenants, pg):
     a, b = two_tenants
     started = gevent.event.Event()
 
@@ -92,7 +94,11 @@ def test_the_setting_does_not_survive_a_killed_borrowing_greenlet(solo, two_tena
 
     holder = gevent.spawn(hold)
     assert started.wait(5)
-    gevent.sleep(0.05)  # let the pg_sleep reach the server before the kill
+    wait_until(
+        lambda: superuser_sql(pg, "SELECT count(*) FROM pg_stat_activity"
+                                  " WHERE state = 'active' AND query LIKE 'SELECT pg_sleep(30)%%'") == [(1,)],
+        what="the pg_sleep to run on the server before the kill", interval=0.02,
+    )
     holder.kill(block=True, timeout=5)
     assert holder.dead
     assert _setting_between_borrowings(solo)[1] == ""

@@ -17,10 +17,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 
 import pytest
 import requests
+
+from tests import waiting
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 RUN = str(ROOT / "run.py")
@@ -38,14 +39,8 @@ def free_port() -> int:
 
 
 def wait_until(predicate, timeout=20.0, what="the condition", interval=0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{what} did not happen within {timeout:g} s")
-        time.sleep(interval)
+    """``tests.waiting.wait_until`` at a browser's pace: a real page and two processes take longer."""
+    return waiting.wait_until(predicate, timeout, what, interval)
 
 
 class Platform:
@@ -77,7 +72,8 @@ class Platform:
         return process
 
     def _listening(self):
-        assert self.app.poll() is None, "the platform exited: " + self.log("platform")[-2000:]
+        if self.app.poll() is not None:  # not an AssertionError: that would mean "not yet" to wait_until
+            raise RuntimeError("the platform exited: " + self.log("platform")[-2000:])
         match = LISTENING.search(self.log("platform"))
         return match.group(1) if match else None
 
