@@ -43,14 +43,10 @@ make_psycopg2_green()
 import argparse  # noqa: E402
 import cProfile  # noqa: E402
 import dataclasses  # noqa: E402
-import datetime  # noqa: E402
 import io  # noqa: E402
 import logging  # noqa: E402
-import platform  # noqa: E402
 import pstats  # noqa: E402
-import shutil  # noqa: E402
 import statistics  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 from typing import Any, Callable  # noqa: E402
 
@@ -59,8 +55,8 @@ import gevent.queue  # noqa: E402
 import psycopg2  # noqa: E402
 from psycopg2 import extensions  # noqa: E402
 
-from actors.pool import Pool, PoolConfig  # noqa: E402
-from db import embedded, migrate, tenants  # noqa: E402
+from bench._harness import CLK_TCK, Bench, Database, Verdict, about, children, proc_cpu, proc_stat  # noqa: E402
+from db import tenants  # noqa: E402
 
 SQL = "SELECT id FROM bots WHERE id = %s"
 BOTS = 5
@@ -182,7 +178,7 @@ VARIANTS = {"a": held, "b": set_reset, "c": connect_each, "d": pool_query}
 
 
 class Env:
-    def __init__(self, app_url: str, pool: Pool, pool_size: int, tenant: str, bot_id: str) -> None:
+    def __init__(self, app_url: str, pool: Any, pool_size: int, tenant: str, bot_id: str) -> None:
         self.app_url = app_url
         self.pool = pool
         self.pool_size = pool_size
@@ -198,31 +194,16 @@ class Measure:
     server_us: float | None  # the server's CPU per query (embedded server only)
 
 
-_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
 def server_cpu_seconds(postmaster_pid: int | None) -> float | None:
     """CPU used so far by the postmaster, its live children and its reaped children, from /proc."""
     if postmaster_pid is None:
         return None
-    ticks = 0
     try:
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry.name}/stat", "rb") as f:
-                    fields = f.read().rsplit(b")", 1)[1].split()
-            except OSError:
-                continue  # exited meanwhile
-            pid, ppid = int(entry.name), int(fields[1])
-            if pid == postmaster_pid:
-                ticks += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
-            elif ppid == postmaster_pid:
-                ticks += int(fields[11]) + int(fields[12])
+        fields = proc_stat(postmaster_pid)
     except OSError:
         return None
-    return ticks / _TICK
+    seconds = sum(int(x) for x in fields[11:15]) / CLK_TCK  # utime stime cutime cstime
+    return seconds + sum(proc_cpu(pid) for pid in children(postmaster_pid))  # a child gone meanwhile: 0
 
 
 def run_variant(env: Env, key: str, concurrency: int, warmup: float, seconds: float) -> Measure:
@@ -295,18 +276,9 @@ def profile_pool(env: Env, concurrency: int, seconds: float) -> str:
     return out.getvalue()
 
 
-def setup(data_dir: str, pool_size: int) -> tuple[Any, Env]:
-    app_url = os.environ.get("DATABASE_URL")
-    owner_url = os.environ.get("DATABASE_OWNER_URL")
-    server = None
-    if not app_url:
-        server = embedded.start(data_dir)
-        app_url, owner_url = server.app_url, server.owner_url
-    if owner_url:
-        migrate.apply(owner_url, embedded.APP_ROLE)
-    pool = Pool(PoolConfig(dsn=app_url, size=pool_size))
-    if not pool.wait_ready(10):
-        raise SystemExit(f"pool did not open a connection: {pool.stats()['last_connect_error']}")
+def setup(bench: Bench, pool_size: int) -> tuple[Database, Env]:
+    db = bench.database()
+    pool = bench.pool(db.app_url, pool_size)
     # Let every connection open, so the first timed runs do not wait on connects.
     deadline = time.monotonic() + 10
     while pool.stats()["idle"] < pool_size and time.monotonic() < deadline:
@@ -315,15 +287,12 @@ def setup(data_dir: str, pool_size: int) -> tuple[Any, Env]:
     for n in range(BOTS):
         pool.execute(tenant, "INSERT INTO bots (name) VALUES (%s)", (f"bench-bot-{n}",))
     bot_id = str(pool.query(tenant, "SELECT id FROM bots ORDER BY created_at, id LIMIT 1")[0][0])
-    env = Env(app_url, pool, pool_size, tenant, bot_id)
-    if server is not None:
-        try:
-            pid_file = os.path.join(str(server.server.pgdata), "postmaster.pid")
-            with open(pid_file) as f:
-                env.postmaster_pid = int(f.readline())
-        except (OSError, ValueError, AttributeError):
-            env.postmaster_pid = None
-    return server, env
+    env = Env(db.app_url, pool, pool_size, tenant, bot_id)
+    try:
+        env.postmaster_pid = db.postmaster_pid()
+    except (OSError, ValueError, AttributeError):
+        env.postmaster_pid = None
+    return db, env
 
 
 def _median(runs: list[Measure]) -> Measure:
@@ -336,7 +305,7 @@ def _median(runs: list[Measure]) -> Measure:
 
 
 def report(results: dict[tuple[str, int], Measure], trips: dict[str, float], concurrencies: list[int],
-           judge: bool = True) -> str:
+           verdict: Verdict) -> str:
     top = max(concurrencies)
     cpu_title = f"CPU us/query at conc {top}"
     lines = [f"{'':<48}{'queries per second':>{12 * len(concurrencies)}}{'':>10}{cpu_title:>24}"]
@@ -356,8 +325,7 @@ def report(results: dict[tuple[str, int], Measure], trips: dict[str, float], con
     for label, other, target in TARGETS:
         ratios = "".join(f"{results['d', c].qps / results[other, c].qps:>12.2f}" for c in concurrencies)
         ratio_top = results["d", top].qps / results[other, top].qps
-        verdict = ("PASS" if ratio_top >= target else "MISS") if judge else "(not judged: smoke run)"
-        lines.append(f"{label:<48}{ratios}   target at conc {top}: >= {target:g}  {verdict}")
+        lines.append(f"{label:<48}{ratios}   target at conc {top}: >= {target:g}  {verdict(ratio_top >= target)}")
     return "\n".join(lines)
 
 
@@ -380,46 +348,41 @@ def main(argv: list[str] | None = None) -> int:
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     logging.basicConfig(level=logging.WARNING)
 
-    data_dir = tempfile.mkdtemp(prefix="bench-db-pool-")
-    server = env = None
-    try:
-        server, env = setup(data_dir, args.pool_size)
+    with Bench("bench-db-pool-") as bench:
+        db, env = setup(bench, args.pool_size)
         print(
-            f"{datetime.date.today()}  python {platform.python_version()}  cpus {os.cpu_count()}  "
-            f"{'DATABASE_URL' if server is None else 'embedded PostgreSQL'}  pool size {args.pool_size}  "
+            f"{about(db)}  pool size {args.pool_size}  "
             f"{args.seconds:g}s per run after {args.warmup:g}s warm-up, "
             f"{args.rounds} round{'s' if args.rounds != 1 else ''} (median)"
         )
         print(f"statement: {SQL}  (row-level security, tenant {env.tenant})\n")
-        runs: dict[tuple[str, int], list[Measure]] = {}
-        for round_no in range(1, args.rounds + 1):
-            for concurrency in concurrencies:
-                for key in VARIANTS:
-                    m = run_variant(env, key, concurrency, args.warmup, args.seconds)
-                    runs.setdefault((key, concurrency), []).append(m)
-                    server_cpu = "" if m.server_us is None else f", server {m.server_us:,.0f}"
-                    print(
-                        f"  round {round_no}  {key} conc {concurrency:>3}: {m.qps:>10,.0f} q/s"
-                        f"  (CPU us/query: client {m.client_us:,.0f}{server_cpu})",
-                        flush=True,
-                    )
-        results = {k: _median(v) for k, v in runs.items()}
+        results = {k: _median(v) for k, v in measure_all(env, concurrencies, args).items()}
         trips = {key: round_trips(env, key, 20 if args.smoke else 200) for key in VARIANTS}
         print()
-        print(report(results, trips, concurrencies, judge=not args.smoke))
+        print(report(results, trips, concurrencies, Verdict(not args.smoke, "(not judged: smoke run)")))
         print("\ntrips/q: psycopg2 wait-callback calls per query (statements sent and answered; a connect counts 1)")
         print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (other work skews q/s)")
         if args.profile:
             print()
             print(profile_pool(env, max(concurrencies), args.seconds))
-    finally:
-        if env is not None:
-            env.pool.stop()  # an actor: left running, it would keep the interpreter from exiting
-        if server is not None:
-            server.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
     return 0
 
+
+def measure_all(env: Env, concurrencies: list[int], args: argparse.Namespace) -> dict[tuple[str, int], list[Measure]]:
+    """Every variant at every concurrency, ``--rounds`` times, interleaved; each run printed as it ends."""
+    runs: dict[tuple[str, int], list[Measure]] = {}
+    for round_no in range(1, args.rounds + 1):
+        for concurrency in concurrencies:
+            for key in VARIANTS:
+                m = run_variant(env, key, concurrency, args.warmup, args.seconds)
+                runs.setdefault((key, concurrency), []).append(m)
+                server_cpu = "" if m.server_us is None else f", server {m.server_us:,.0f}"
+                print(
+                    f"  round {round_no}  {key} conc {concurrency:>3}: {m.qps:>10,.0f} q/s"
+                    f"  (CPU us/query: client {m.client_us:,.0f}{server_cpu})",
+                    flush=True,
+                )
+    return runs
 
 if __name__ == "__main__":
     sys.exit(main())
