@@ -33,11 +33,9 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import resource  # noqa: E402
-import shutil  # noqa: E402
 import socket  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -46,6 +44,10 @@ import gevent.pool  # noqa: E402
 import gevent.socket  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from bench._harness import Bench, Child, Verdict, git_tree  # noqa: E402
+
 BASELINE = "4eb5d2f"  # "sansio/backoff: one policy for every retry loop", the openai client over our transport
 TARGET = 1.2
 MESSAGES = [{"role": "system", "content": "You are the shop's assistant. Answer briefly."}] + [
@@ -101,7 +103,7 @@ def serve() -> None:
 
 def client(tree: str, url: str, calls: int, concurrency: int, warmup: int) -> None:
     """Build the tree's AiClient; on each line of stdin run one round and print its figures."""
-    sys.path.insert(0, tree)
+    sys.path[:] = [tree] + [p for p in sys.path if os.path.abspath(p) != ROOT]  # the tree's code, no other
     from core import config, heap
     from core.ai import AiClient
 
@@ -132,67 +134,49 @@ def client(tree: str, url: str, calls: int, concurrency: int, warmup: int) -> No
 # -- the run ----------------------------------------------------------------------------------------
 
 
-class Child:
+class Talker(Child):
     """A child process of this script speaking JSON lines."""
 
     def __init__(self, name: str, *args: str) -> None:
-        self.name = name
-        self.process = subprocess.Popen([sys.executable, os.path.abspath(__file__), *args], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        super().__init__(name, [sys.executable, os.path.abspath(__file__), *args], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True, cwd=ROOT)
 
     def line(self) -> str:
-        text = self.process.stdout.readline()
+        text = self.proc.stdout.readline()
         if not text:
-            raise RuntimeError(f"{self.name} ended (exit code {self.process.wait()})")
+            raise RuntimeError(f"{self.name} ended (exit code {self.proc.wait()})")
         return text
 
     def ask(self) -> dict[str, Any]:
-        self.process.stdin.write("run\n")
-        self.process.stdin.flush()
+        self.proc.stdin.write("run\n")
+        self.proc.stdin.flush()
         return json.loads(self.line())
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 20.0, sig: int | None = None) -> int:
+        """Closing its stdin ends it."""
         try:
-            self.process.stdin.close()
+            self.proc.stdin.close()
         except OSError:
             pass
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.process.stdout.close()
+        code = super().stop(timeout, sig)
+        self.proc.stdout.close()
+        return code
 
 
-def baseline_tree(rev: str, work: str) -> str:
-    tree = os.path.join(work, "baseline")
-    os.makedirs(tree)
-    archive = subprocess.run(["git", "-C", ROOT, "archive", rev], capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", tree], input=archive, check=True)
-    return tree
-
-
-def run(args: argparse.Namespace, work: str) -> None:
-    children: list[Child] = []
-    try:
-        server = Child("AI server", "--serve")
-        children.append(server)
-        url = f"http://127.0.0.1:{int(server.line())}/v1"
-        common = ["--url", url, "--calls", str(args.calls), "--concurrency", str(args.concurrency),
-                  "--warmup", str(args.warmup)]
-        clients = [Child("before", "--client", baseline_tree(args.baseline, work), *common),
-                   Child("after", "--client", ROOT, *common)]
-        children.extend(clients)
-        for each in clients:
-            each.line()  # ready
-        results: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
-        for round_ in range(args.rounds):
-            for each in clients if round_ % 2 == 0 else clients[::-1]:
-                results[each.name].append(each.ask())
-        report(results, args)
-    finally:
-        for each in reversed(children):
-            each.stop()
+def run(args: argparse.Namespace, bench: Bench) -> None:
+    server = bench.stops(Talker("AI server", "--serve"))
+    url = f"http://127.0.0.1:{int(server.line())}/v1"
+    common = ["--url", url, "--calls", str(args.calls), "--concurrency", str(args.concurrency),
+              "--warmup", str(args.warmup)]
+    clients = [bench.stops(Talker("before", "--client", git_tree(args.baseline, bench.path("baseline")), *common)),
+               bench.stops(Talker("after", "--client", ROOT, *common))]
+    for each in clients:
+        each.line()  # ready
+    results: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
+    for round_ in range(args.rounds):
+        for each in clients if round_ % 2 == 0 else clients[::-1]:
+            results[each.name].append(each.ask())
+    report(results, args)
 
 
 def report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -> None:
@@ -205,8 +189,7 @@ def report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -
         rounds = " ".join(f"{r['cpu_us']:.0f}" for r in runs)
         print(f"{name:<8} {rounds:<32} {median[name]:8.0f} {statistics.median(r['per_s'] for r in runs):8.0f}")
     ratio = median["after"] / median["before"]
-    verdict = "(not judged)" if args.smoke else ("PASS" if ratio <= TARGET else "MISS")
-    print(f"CPU per call after / before: {ratio:.2f}x  {verdict}  target <= {TARGET}x")
+    print(f"CPU per call after / before: {ratio:.2f}x  {Verdict(not args.smoke)(ratio <= TARGET)}  target <= {TARGET}x")
 
 
 def main() -> int:
@@ -229,14 +212,11 @@ def main() -> int:
         return 0
     if args.smoke:
         args.calls, args.rounds, args.concurrency, args.warmup = 100, 1, 4, 20
-    work = tempfile.mkdtemp(prefix="wabot-bench-ai-")
-    try:
-        run(args, work)
-        if args.smoke:
-            print("\nsmoke run: both clients answered every call; the figures are not judged")
-        return 0
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    with Bench("wabot-bench-ai-") as bench:
+        run(args, bench)
+    if args.smoke:
+        print("\nsmoke run: both clients answered every call; the figures are not judged")
+    return 0
 
 
 if __name__ == "__main__":

@@ -25,13 +25,8 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from typing import Any
 
@@ -40,77 +35,20 @@ sys.path.insert(0, ROOT)
 
 import requests  # noqa: E402
 
-from db import embedded, migrate  # noqa: E402
+from bench._harness import Bench, Child, Verdict, cli_tenant, free_port, git_tree, percentile, proc_cpu  # noqa: E402
 
 BASELINE = "750b6d2"  # "Dashboard: a conversation opens scrolled to its latest message", before the models
 TARGET = 1.1
-CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * q / 100.0
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICK
-
-
-class Web:
+class Web(Child):
     """``python run.py web`` of one code tree against the shared database."""
 
     def __init__(self, name: str, tree: str, env: dict[str, str], work: str) -> None:
-        self.name, self.port = name, free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(os.path.join(work, f"{name}.log"), "w")
-        self.process = subprocess.Popen([sys.executable, os.path.join(tree, "run.py"), "web"], cwd=tree,
-                                        env={**env, "PORT": str(self.port)}, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while not _answers(self.url + "/readyz"):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{name} web process did not start (see {self.log.name})")
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.log.close()
-
-
-def _answers(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=1).status_code == 200
-    except requests.RequestException:
-        return False
-
-
-def baseline_tree(rev: str, work: str) -> str:
-    tree = os.path.join(work, "baseline")
-    os.makedirs(tree)
-    archive = subprocess.run(["git", "-C", ROOT, "archive", rev], capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", tree], input=archive, check=True)
-    return tree
-
-
-def tenant(pg: Any, env: dict[str, str]) -> str:
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "run.py"), "create-tenant", "API bench"], cwd=ROOT,
-                         env=env, capture_output=True, text=True, timeout=60, check=True).stdout
-    return re.search(r"API key \(shown once, store it now\): (\S+)", out).group(1)
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        super().__init__(name, [sys.executable, os.path.join(tree, "run.py"), "web"], cwd=tree,
+                         env={**env, "PORT": str(port)}, log=os.path.join(work, f"{name}.log"))
 
 
 RULES = {"rules": [{"match": "keyword" if n % 2 else "regex", "pattern": f"topic {n}" if n % 2 else rf"order\s+#?{n}\b",
@@ -128,17 +66,17 @@ def measure(web: Web, key: str, method: str, path: str, body: Any, count: int) -
     http.headers["Authorization"] = f"Bearer {key}"
     for _ in range(20):  # warm
         http.request(method, web.url + path, json=body, timeout=10)
-    server, started, cpu = [], time.perf_counter(), cpu_seconds(web.process.pid)
+    server, started, cpu = [], time.perf_counter(), proc_cpu(web.pid)
     for _ in range(count):
         response = http.request(method, web.url + path, json=body, timeout=10)
         if response.status_code >= 300:
             raise RuntimeError(f"{web.name}: {method} {path} -> {response.status_code} {response.text[:200]}")
         server.append(float(re.search(r"app;dur=([\d.]+)", response.headers["Server-Timing"]).group(1)))
     elapsed = time.perf_counter() - started
-    return {"server": server, "rps": count / elapsed, "cpu_ms": (cpu_seconds(web.process.pid) - cpu) * 1000 / count}
+    return {"server": server, "rps": count / elapsed, "cpu_ms": (proc_cpu(web.pid) - cpu) * 1000 / count}
 
 
-def report(results: dict[str, dict[str, list[dict[str, Any]]]], smoke: bool) -> None:
+def report(results: dict[str, dict[str, list[dict[str, Any]]]], verdict: Verdict) -> None:
     print(f"\n{'route':<14} {'code':<9} {'p50 ms':>7} {'p99 ms':>7} {'req/s':>7} {'CPU ms/req':>11}   after / before")
     for route, by_code in results.items():
         cpu = {}
@@ -149,34 +87,29 @@ def report(results: dict[str, dict[str, list[dict[str, Any]]]], smoke: bool) -> 
             print(f"{route:<14} {code:<9} {percentile(server, 50):7.2f} {percentile(server, 99):7.2f} {rps:7.0f}"
                   f" {cpu[code]:11.3f}")
         ratio = cpu["after"] / cpu["before"]
-        verdict = "(not judged)" if smoke else ("PASS" if ratio <= TARGET else "MISS")
-        print(f"{'':<14} CPU per request after / before: {ratio:.2f}x  {verdict}  target <= {TARGET}x")
+        print(f"{'':<14} CPU per request after / before: {ratio:.2f}x  {verdict(ratio <= TARGET)}  target <= {TARGET}x")
 
 
-def run(args: argparse.Namespace, work: str) -> None:
-    pg = embedded.start(os.path.join(work, "db"))
-    webs: list[Web] = []
-    try:
-        migrate.apply(pg.owner_url, embedded.APP_ROLE)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "PORT"))}
-        env.update(DATABASE_URL=pg.app_url, DATA_DIR=os.path.join(work, "data"), LOG_LEVEL="warning",
-                   PYTHONUNBUFFERED="1", HTTP_MAX_BODY="1048576")
-        key = tenant(pg, {**env, "DATABASE_OWNER_URL": pg.owner_url})
-        webs = [Web("before", baseline_tree(args.baseline, work), env, work), Web("after", ROOT, env, work)]
-        bot = requests.post(webs[1].url + "/api/v1/bots", json={"name": "bench"}, timeout=10,
-                            headers={"Authorization": f"Bearer {key}"}).json()["id"]
-        results: dict[str, dict[str, list[dict[str, Any]]]] = {}
-        for round_ in range(args.rounds):
-            for route, (method, path, body) in requests_for(bot).items():
-                for web in (webs if round_ % 2 == 0 else webs[::-1]):
-                    results.setdefault(route, {}).setdefault(web.name, []).append(
-                        measure(web, key, method, path, body, args.requests))
-        report({route: dict(sorted(by.items(), key=lambda kv: kv[0] != "before")) for route, by in results.items()},
-               args.smoke)
-    finally:
-        for web in webs:
-            web.stop()
-        pg.stop()
+def run(args: argparse.Namespace, bench: Bench) -> None:
+    db = bench.database(from_env=False)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "PORT"))}
+    env.update(DATABASE_URL=db.app_url, DATA_DIR=bench.path("data"), LOG_LEVEL="warning",
+               PYTHONUNBUFFERED="1", HTTP_MAX_BODY="1048576")
+    _tenant, key, _out = cli_tenant({**env, "DATABASE_OWNER_URL": db.owner_url}, "API bench")
+    webs = [bench.stops(Web("before", git_tree(args.baseline, bench.path("baseline")), env, bench.work)),
+            bench.stops(Web("after", ROOT, env, bench.work))]
+    for web in webs:
+        web.wait_answering(web.url + "/readyz", 60)
+    bot = requests.post(webs[1].url + "/api/v1/bots", json={"name": "bench"}, timeout=10,
+                        headers={"Authorization": f"Bearer {key}"}).json()["id"]
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for round_ in range(args.rounds):
+        for route, (method, path, body) in requests_for(bot).items():
+            for web in (webs if round_ % 2 == 0 else webs[::-1]):
+                results.setdefault(route, {}).setdefault(web.name, []).append(
+                    measure(web, key, method, path, body, args.requests))
+    report({route: dict(sorted(by.items(), key=lambda kv: kv[0] != "before")) for route, by in results.items()},
+           Verdict(not args.smoke))
 
 
 def main() -> int:
@@ -188,15 +121,11 @@ def main() -> int:
     args = parser.parse_args()
     if args.smoke:
         args.requests, args.rounds = 50, 1
-    work = tempfile.mkdtemp(prefix="wabot-bench-api-")
-    os.chmod(work, 0o755)  # the embedded PostgreSQL runs as another user
-    try:
-        run(args, work)
-        if args.smoke:
-            print("\nsmoke run: both processes served every route; the figures are not judged")
-        return 0
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    with Bench("wabot-bench-api-") as bench:
+        run(args, bench)
+    if args.smoke:
+        print("\nsmoke run: both processes served every route; the figures are not judged")
+    return 0
 
 
 if __name__ == "__main__":
