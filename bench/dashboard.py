@@ -40,12 +40,8 @@ import json
 import os
 import random
 import re
-import shutil
 import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -58,9 +54,18 @@ sys.path.insert(0, ROOT)
 import psycopg2  # noqa: E402
 import requests  # noqa: E402
 
-from db import embedded, migrate  # noqa: E402
+from bench._harness import (  # noqa: E402
+    RUN,
+    Bench,
+    Child,
+    Verdict,
+    cli_tenant,
+    free_port,
+    percentile,
+    print_log_tails,
+    wait_until,
+)
 
-RUN = os.path.join(ROOT, "run.py")
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -71,71 +76,39 @@ TARGET_FIRST_LOAD_KB = 150.0
 TARGET_PAINT_P99_MS = 500.0
 
 
-def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile (0..100) with linear interpolation, as numpy's default."""
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    k = (len(ordered) - 1) * q / 100.0
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what}: not within {timeout:g} s")
-        time.sleep(0.05)
-
-
 # -- the deployment --------------------------------------------------------------------------------
 
 
 class Deployment:
-    """The embedded PostgreSQL (ours), the platform and the simulator (subprocesses)."""
+    """The embedded PostgreSQL (ours), the platform and the simulator (subprocesses), each stopped by
+    the run's teardown."""
 
-    def __init__(self, work: str) -> None:
-        self.work = work
-        self.pg = embedded.start(os.path.join(work, "db"))
-        migrate.apply(self.pg.owner_url, embedded.APP_ROLE)
+    def __init__(self, bench: Bench) -> None:
+        self.work = bench.work
+        self.db = bench.database(from_env=False)
         sim_port = free_port()
         self.control = f"http://127.0.0.1:{sim_port + 1}"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("WA_", "DATABASE_", "AI_", "PORT"))}
-        self.env = {**env, "DATA_DIR": os.path.join(work, "data"), "DATABASE_URL": self.pg.app_url,
-                    "DATABASE_OWNER_URL": self.pg.owner_url, "WA_TRANSPORT": "simulator", "BOT_SEND_RATE": "0",
+        self.env = {**env, "DATA_DIR": os.path.join(self.work, "data"), "DATABASE_URL": self.db.app_url,
+                    "DATABASE_OWNER_URL": self.db.owner_url, "WA_TRANSPORT": "simulator", "BOT_SEND_RATE": "0",
                     "WA_SIMULATOR_ADDR": f"127.0.0.1:{sim_port}", "PORT": str(free_port()), "LOG_LEVEL": "warning",
                     "PYTHONUNBUFFERED": "1"}
         self.url = f"http://127.0.0.1:{self.env['PORT']}"
         self.env["PUBLIC_URL"] = self.url
-        self.processes: list[subprocess.Popen] = []
-        self._start("simulator", "simulator")
-        wait_until(lambda: _answers(self.control + "/healthz"), 30, "the simulator answering")
-        self._start("platform")
-        wait_until(lambda: _answers(self.url + "/readyz"), 60, "the platform answering")
+        self._start(bench, "simulator", "simulator").wait_answering(self.control + "/healthz", 30)
+        self._start(bench, "platform").wait_answering(self.url + "/readyz", 60)
 
-    def _start(self, name: str, *args: str) -> None:
-        log = open(os.path.join(self.work, f"{name}.log"), "w")
-        process = subprocess.Popen([sys.executable, RUN, *args], env=self.env, cwd=self.work, stdout=log,
-                                   stderr=subprocess.STDOUT)
-        process.name, process.log = name, log
-        self.processes.append(process)
+    def _start(self, bench: Bench, name: str, *args: str) -> Child:
+        child = Child(name, [sys.executable, RUN, *args], env=self.env, cwd=self.work,
+                      log=os.path.join(self.work, f"{name}.log"))
 
-    def cli(self, *args: str) -> str:
-        done = subprocess.run([sys.executable, RUN, *args], env=self.env, cwd=self.work, capture_output=True,
-                              text=True, timeout=60)
-        if done.returncode != 0:
-            raise RuntimeError(f"run.py {' '.join(args)} failed: {done.stderr[-1000:]}")
-        return done.stdout
+        def stop() -> None:
+            code = child.stop()
+            if code not in (0, -signal.SIGTERM):
+                raise RuntimeError(f"{name} exited with {code}")
+
+        bench.stopper(stop)
+        return child
 
     def sim(self, method: str, path: str, **body: Any) -> Any:
         response = requests.request(method, self.control + path, json=body or None, timeout=10)
@@ -143,7 +116,7 @@ class Deployment:
         return response.json()
 
     def sql(self, tenant_id: str | None, statement: str, params: Any = (), *, owner: bool = False) -> list[tuple]:
-        conn = psycopg2.connect(self.pg.owner_url if owner else self.pg.app_url)
+        conn = psycopg2.connect(self.db.owner_url if owner else self.db.app_url)
         conn.autocommit = False
         try:
             with conn.cursor() as cur:
@@ -156,44 +129,13 @@ class Deployment:
         finally:
             conn.close()
 
-    def stop(self) -> None:
-        failed = []
-        for process in self.processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in self.processes:
-            try:
-                code = process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                code = process.wait()
-            process.log.close()
-            if code not in (0, -signal.SIGTERM):
-                failed.append(f"{process.name} exited with {code}")
-        self.pg.stop()
-        if failed:
-            raise RuntimeError("; ".join(failed))
-
-    def tail(self, name: str) -> str:
-        with open(os.path.join(self.work, f"{name}.log")) as fh:
-            return fh.read()[-3000:]
-
-
-def _answers(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=1).status_code == 200
-    except requests.RequestException:
-        return False
-
 
 # -- the tenant and its data -----------------------------------------------------------------------
 
 
 def sign_up(dep: Deployment) -> tuple[str, str, requests.Session]:
     """The tenant's id and API key, and a signed-in session of its admin (through the real pages)."""
-    out = dep.cli("create-tenant", "Bench Shop", "--admin-email", OWNER)
-    tenant_id = re.search(r"tenant (\S+) created", out).group(1)
-    key = re.search(r"API key \(shown once, store it now\): (\S+)", out).group(1)
+    tenant_id, key, out = cli_tenant(dep.env, "Bench Shop", "--admin-email", OWNER, cwd=dep.work)
     link = re.search(r"set-password link .*: (http\S+)", out).group(1)
     http = requests.Session()
     form = http.get(link, timeout=10)
@@ -366,23 +308,19 @@ def paint_times(browser: Any, dep: Deployment, key: str, cookie: str, count: int
 # -- the report ------------------------------------------------------------------------------------
 
 
-def verdict(ok: bool, smoke: bool) -> str:
-    return "(not judged)" if smoke else ("PASS" if ok else "MISS")
-
-
 def report(times: dict[str, list[float]], first_kb: float, cached_kb: float, screen: list[float], wire: list[float],
-           smoke: bool) -> None:
+           verdict: Verdict) -> None:
     print("\nserver time (ms)         p50      p99   p99 / the API's nearest listing (one bot's conversations; the same messages)")
     for page, base in (("inbox", "api listing"), ("conversation", "api messages")):
         p50, p99, base99 = percentile(times[page], 50), percentile(times[page], 99), percentile(times[base], 99)
         print(f"  {page:<20} {p50:7.1f}  {p99:7.1f}   {p99 / base99:5.2f}x  (API p99 {base99:.1f})  "
-              f"{verdict(p99 <= TARGET_SERVER_P99_MS, smoke)}  target p99 <= {TARGET_SERVER_P99_MS:g} ms")
-    print(f"\nbytes: first load {first_kb:.1f} KB  {verdict(first_kb <= TARGET_FIRST_LOAD_KB, smoke)}"
+              f"{verdict(p99 <= TARGET_SERVER_P99_MS)}  target p99 <= {TARGET_SERVER_P99_MS:g} ms")
+    print(f"\nbytes: first load {first_kb:.1f} KB  {verdict(first_kb <= TARGET_FIRST_LOAD_KB)}"
           f"  target <= {TARGET_FIRST_LOAD_KB:g} KB;  cached load {cached_kb:.1f} KB"
           f"  ({cached_kb / first_kb:.2f}x the first)")
     s50, s99, w99 = percentile(screen, 50), percentile(screen, 99), percentile(wire, 99)
     print(f"\nmessage to screen over {len(screen)} messages: p50 {s50:.0f} ms, p99 {s99:.0f} ms, max {max(screen):.0f} ms"
-          f"  {verdict(s99 <= TARGET_PAINT_P99_MS, smoke)}  target p99 <= {TARGET_PAINT_P99_MS:g} ms")
+          f"  {verdict(s99 <= TARGET_PAINT_P99_MS)}  target p99 <= {TARGET_PAINT_P99_MS:g} ms")
     print(f"  message to a plain SSE client: p50 {percentile(wire, 50):.0f} ms, p99 {w99:.0f} ms"
           f"  (screen / stream p99: {s99 / w99:.2f}x)")
 
@@ -403,18 +341,16 @@ def main() -> int:
 
     if not os.path.exists(CHROMIUM):
         raise SystemExit(f"{CHROMIUM} is missing: apt-get install chromium (or set CHROMIUM)")
-    work = tempfile.mkdtemp(prefix="wabot-bench-dashboard-")
-    os.chmod(work, 0o755)  # the embedded PostgreSQL runs as another user
-    dep, scratch = None, None
-    try:
-        dep = Deployment(work)
+    with Bench("wabot-bench-dashboard-") as bench:
+        bench.on_failure(lambda: print_log_tails(bench.work))
+        dep = Deployment(bench)
         tenant_id, key, http = sign_up(dep)
         seed(dep, tenant_id, args.bots, args.conversations, args.messages)
         print(f"seeded {args.bots} bots, {args.conversations} conversations of {args.messages} messages")
         times = server_times(dep, http, key, tenant_id, args.requests, random.Random(args.seed))
         cookie = http.cookies["wabot_session"]
         # Chromium leaves files in TMPDIR: give it one to remove (short: its socket path must fit 108 bytes).
-        scratch = tempfile.mkdtemp(prefix="wbc-")
+        scratch = bench.temp_dir("wbc-")
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
                                         env={**os.environ, "TMPDIR": scratch})
@@ -423,22 +359,10 @@ def main() -> int:
                 screen, wire = paint_times(browser, dep, key, cookie, args.paint)
             finally:
                 browser.close()
-        report(times, first_kb, cached_kb, screen, wire, args.smoke)
+        report(times, first_kb, cached_kb, screen, wire, Verdict(not args.smoke))
         if args.smoke:
             print("\nsmoke run: every page loaded and every message reached the screen; the figures are not judged")
-        return 0
-    except Exception:
-        if dep is not None:
-            for name in ("platform", "simulator"):
-                print(f"--- {name} log (end) ---\n{dep.tail(name)}", file=sys.stderr)
-        raise
-    finally:
-        if dep is not None:
-            dep.stop()
-        shutil.rmtree(work, ignore_errors=True)
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
-
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main())
