@@ -8,12 +8,13 @@ where they are used, so the harness serves a gevent-patched benchmark, one that 
 neonize child, which must see no gevent) alike. A benchmark puts the project root on ``sys.path``
 and then imports ``bench._harness``.
 
-- ``Bench``: one run, a ``contextlib.ExitStack``. Entering it makes the run's temporary directory;
-  everything the run starts registers its stop there (``database``, ``pool`` and ``hub_lag`` do it
-  themselves, ``stops``/``stopper`` for the rest), and when the run ends the stops run in reverse
-  order — after an exception or a KeyboardInterrupt too, a stop that fails not keeping the others from
-  running — and the temporary directory is removed last. ``on_failure`` shows what helps after a
-  failure (the children's logs) before they go with the directory.
+- ``Bench``: one run, a ``Teardown`` (a ``contextlib.ExitStack``). Entering it makes the run's
+  temporary directory; everything the run starts registers its stop there (``database``, ``pool`` and
+  ``hub_lag`` do it themselves, ``stops``/``stopper`` for the rest), and when the run ends the stops
+  run in reverse order — after an exception or a KeyboardInterrupt too, a stop that fails not keeping
+  the others from running — and the temporary directory is removed last. ``on_failure`` shows what
+  helps after a failure (the children's logs) before they go with the directory. A ``Teardown`` alone
+  serves a part of a run (one server of several).
 - ``Database``: the embedded PostgreSQL in the run's directory, or ``DATABASE_URL`` (the app role) and
   ``DATABASE_OWNER_URL`` (migrations) when set; migrated either way.
 - Seeding: ``seed_paired_bots`` (a tenant whose bots log in to the simulator without a QR code),
@@ -73,17 +74,54 @@ class Once:
             self.result = self._stop()
         return self.result
 
-    def quietly(self) -> None:
-        """For the teardown: an error is not worth more than the run's own (KeyboardInterrupt still is)."""
-        try:
-            self()
-        except Exception:  # noqa: BLE001 - stopping is best effort here
-            pass
+
+class Teardown(contextlib.ExitStack):
+    """Stops registered as things start, run in reverse order when the ``with`` block ends however it
+    ends (an exception, a KeyboardInterrupt): a stop that fails does not keep the others from running.
+    A failing stop's exception is raised once all have run — unless the block already failed, whose
+    exception is then the one that goes on (the stop's is printed)."""
+
+    def stops(self, thing: Any, stop: Callable[[], Any] | None = None, *, quiet: bool = False) -> Any:
+        """Register ``stop`` (``thing.stop`` by default) for the teardown; returns ``thing``. ``quiet``:
+        an Exception from it is dropped (best effort, as for a process that may be gone already)."""
+        self.stopper(stop or thing.stop, quiet=quiet)
+        return thing
+
+    def stopper(self, stop: Callable[[], Any], *, quiet: bool = False) -> Once:
+        """Register ``stop`` for the teardown, once; the returned ``Once`` stops it earlier (and
+        keeps its result: an exit code, a profile)."""
+        once = Once(stop)
+
+        def run(exc_type: Any, _exc: Any, _tb: Any) -> bool:
+            try:
+                once()
+            except Exception as error:
+                if quiet:
+                    return False
+                if exc_type is None:
+                    raise
+                print(f"(ending after {exc_type.__name__}, a stop failed too: {error!r})", file=sys.stderr,
+                      flush=True)
+            return False
+
+        self.push(run)
+        return once
+
+    def on_failure(self, show: Callable[[], None]) -> None:
+        """Call ``show`` at teardown when the block ends with an exception (one from a stop registered
+        after this included)."""
+
+        def check(exc_type: Any, _exc: Any, _tb: Any) -> bool:
+            if exc_type is not None:
+                show()
+            return False
+
+        self.push(check)
 
 
-class Bench(contextlib.ExitStack):
-    """One benchmark run: its temporary directory, and the stops of what it started, run in reverse
-    order when the ``with`` block ends however it ends."""
+class Bench(Teardown):
+    """One benchmark run: a ``Teardown`` that starts with the run's temporary directory (removed
+    last) and starts the shared pieces registering their stops."""
 
     def __init__(self, prefix: str) -> None:
         super().__init__()
@@ -106,28 +144,6 @@ class Bench(contextlib.ExitStack):
     def path(self, *parts: str) -> str:
         return os.path.join(self.work, *parts)
 
-    def stops(self, thing: Any, stop: Callable[[], Any] | None = None, *, quiet: bool = False) -> Any:
-        """Register ``stop`` (``thing.stop`` by default) for the teardown; returns ``thing``."""
-        self.stopper(stop or thing.stop, quiet=quiet)
-        return thing
-
-    def stopper(self, stop: Callable[[], Any], *, quiet: bool = False) -> Once:
-        """Register ``stop`` for the teardown, once; the returned ``Once`` stops it earlier."""
-        once = Once(stop)
-        self.callback(once.quietly if quiet else once)
-        return once
-
-    def on_failure(self, show: Callable[[], None]) -> None:
-        """Call ``show`` at teardown when the run ends with an exception (one from a stop registered
-        after this included)."""
-
-        def check(exc_type: Any, _exc: Any, _tb: Any) -> bool:
-            if exc_type is not None:
-                show()
-            return False
-
-        self.push(check)
-
     def database(self, *, from_env: bool = True) -> "Database":
         """The embedded PostgreSQL in ``pg/`` of the run's directory, or (``from_env``) the one
         ``DATABASE_URL`` names; migrated with the owner's URL when there is one."""
@@ -138,7 +154,7 @@ class Bench(contextlib.ExitStack):
         server = None
         if not app_url:
             server = embedded.start(self.path("pg"))
-            self.callback(server.stop)
+            self.stopper(server.stop)
             app_url, owner_url = server.app_url, server.owner_url
         if owner_url:
             migrate.apply(owner_url, embedded.APP_ROLE)
@@ -149,7 +165,7 @@ class Bench(contextlib.ExitStack):
         from actors.pool import Pool, PoolConfig
 
         pool = Pool(PoolConfig(dsn=dsn) if size is None else PoolConfig(dsn=dsn, size=size))
-        self.callback(pool.stop)  # an actor: left running, it would keep the interpreter from exiting
+        self.stopper(pool.stop)  # an actor: left running, it would keep the interpreter from exiting
         if not pool.wait_ready(10):
             raise SystemExit(f"pool did not open a connection: {pool.stats()['last_connect_error']}")
         return pool

@@ -83,6 +83,20 @@ import gevent.lock  # noqa: E402
 import gevent.queue  # noqa: E402
 from gevent.fileobject import FileObjectPosix  # noqa: E402
 
+from bench._harness import (  # noqa: E402
+    Bench,
+    Child,
+    Database,
+    Teardown,
+    collapsed_stacks,
+    percentile,
+    print_log_tails,
+    proc_cpu,
+    py_spy,
+    rss_kb,
+    smoke_check,
+)
+
 P99_TARGET_S = 1.0
 MEMORY_TARGET_KB = 40.0
 THROUGHPUT_FACTOR = 0.7
@@ -110,19 +124,6 @@ def send_line(obj: dict) -> None:
 
 def stdin_lines() -> Any:
     return FileObjectPosix(0, "rb", close=False)
-
-
-def percentiles(data: list[float], qs: tuple[float, ...]) -> list[float]:
-    """Percentiles of sorted, non-empty ``data``, interpolated linearly between the closest ranks (as
-    ``numpy.percentile``'s default): the standard library only, so the benchmark needs no extra package."""
-    last = len(data) - 1
-    out = []
-    for q in qs:
-        pos = last * q / 100
-        lo = int(pos)
-        hi = min(lo + 1, last)
-        out.append(data[lo] + (data[hi] - data[lo]) * (pos - lo))
-    return out
 
 
 # -- the client process ---------------------------------------------------------------------------
@@ -251,7 +252,7 @@ class Client:
 
     def report(self) -> dict:
         lat = sorted(self.latencies) or [0.0]
-        p50, p90, p99 = percentiles(lat, (50, 90, 99))
+        p50, p90, p99 = (percentile(lat, q) for q in (50, 90, 99))
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return {
             "delivered": len(self.latencies), "p50": p50, "p90": p90, "p99": p99,
@@ -330,14 +331,6 @@ def bare_main() -> int:
 # -- the orchestrator -----------------------------------------------------------------------------
 
 
-def proc_rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
 def machine_busy_s() -> float:
     """CPU seconds all processes of the machine have used (user, system, irq, steal), from /proc/stat."""
     with open("/proc/stat") as fh:
@@ -346,19 +339,10 @@ def machine_busy_s() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
-def proc_cpu(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class ClientProc:
+class ClientProc(Child):
     def __init__(self, log_path: str) -> None:
-        self.log = open(log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "--role", "client"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, cwd=ROOT,
-        )
+        super().__init__("client", [sys.executable, os.path.abspath(__file__), "--role", "client"], log=log_path,
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT)
         self.replies: gevent.queue.Queue = gevent.queue.Queue()
         self.done: gevent.queue.Queue = gevent.queue.Queue()
         self.reader = gevent.spawn(self._read)
@@ -394,26 +378,23 @@ class ClientProc:
         while not self.done.empty():
             self.done.get_nowait()
 
-    def stop(self) -> int:
-        """Ends the client process; its exit code."""
+    def stop(self, timeout: float = 30.0, sig: int | None = None) -> int:
+        """Ends the client process (told to on its stdin); its exit code."""
         try:
             self.proc.stdin.write(b'{"cmd": "exit"}\n')
             self.proc.stdin.flush()
-            self.proc.wait(timeout=30)
-        except Exception:  # noqa: BLE001
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
-        return self.proc.returncode
+        except (OSError, ValueError):
+            pass  # gone already
+        return super().stop(timeout, sig)
 
 
-class Server:
-    """A server process under test: the project's (``run.py web``) or the bare one."""
+class Server(Child):
+    """A server process under test: the project's (``run.py web``) or the bare one. Once started it is
+    ``wait_listening()`` for, which learns its address."""
 
     def __init__(self, kind: str, env: "Env") -> None:
         self.kind = kind
         self.env = env
-        self.log = open(os.path.join(env.work_dir, f"{kind}-server.log"), "ab")
         if kind == "project":
             child_env = {k: v for k, v in os.environ.items() if not k.startswith(("SSE_", "SENTRY_"))}
             child_env.update(
@@ -425,14 +406,17 @@ class Server:
         else:
             child_env = dict(os.environ)
             cmd = [sys.executable, os.path.abspath(__file__), "--role", "bare"]
-        self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=child_env, stdin=subprocess.PIPE if kind == "bare" else subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=self.log, preexec_fn=raise_nofile,
+        super().__init__(
+            f"{kind} server", cmd, log=os.path.join(env.work_dir, f"{kind}-server.log"), cwd=ROOT, env=child_env,
+            stdin=subprocess.PIPE if kind == "bare" else subprocess.DEVNULL, stdout=subprocess.PIPE,
+            preexec_fn=raise_nofile,
         )
-        self.pid = self.proc.pid
+        self.host, self.port = "", 0
+        self.next_id = 1_000_000
+
+    def wait_listening(self) -> None:
         self.host, self.port = self._wait_listening()
         self.drainer = gevent.spawn(self._drain)
-        self.next_id = 1_000_000
 
     def _wait_listening(self) -> tuple[str, int]:
         with gevent.Timeout(60, RuntimeError(f"{self.kind} server did not start; see {self.log.name}")):
@@ -468,24 +452,16 @@ class Server:
         match = re.search(r'^stream_subscribers\{kind="sse"\} ([0-9.e+]+)$', text, re.M)
         return int(float(match.group(1))) if match else None
 
-    def stop(self) -> int:
+    def stop(self, timeout: float = 60.0, sig: int | None = signal.SIGTERM) -> int:
         """Ends the server process: the project's as an operator does (SIGTERM), the bare one by closing
         its stdin (it has no signal handling); its exit code."""
-        if self.proc.poll() is None:
-            if self.kind == "bare":
-                try:
-                    self.proc.stdin.close()
-                except OSError:
-                    self.proc.send_signal(signal.SIGTERM)
-            else:
-                self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
-        return self.proc.returncode
+        if self.kind == "bare":
+            try:
+                self.proc.stdin.close()
+                sig = None
+            except OSError:
+                pass
+        return super().stop(timeout, sig)
 
 
 class Env:
@@ -493,23 +469,13 @@ class Env:
         self.work_dir, self.app_url, self.pool, self.tenant, self.key = work_dir, app_url, pool, tenant, key
 
 
-def setup(work_dir: str) -> tuple[Any, Env]:
-    from actors.pool import Pool, PoolConfig
-    from db import embedded, migrate, tenants
+def setup(bench: Bench) -> tuple[Database, Env]:
+    from db import tenants
 
-    app_url = os.environ.get("DATABASE_URL")
-    owner_url = os.environ.get("DATABASE_OWNER_URL")
-    pg = None
-    if not app_url:
-        pg = embedded.start(os.path.join(work_dir, "pg"))
-        app_url, owner_url = pg.app_url, pg.owner_url
-    if owner_url:
-        migrate.apply(owner_url, embedded.APP_ROLE)
-    pool = Pool(PoolConfig(dsn=app_url, size=2))
-    if not pool.wait_ready(10):
-        raise SystemExit(f"pool did not open a connection: {pool.stats()['last_connect_error']}")
+    db = bench.database()
+    pool = bench.pool(db.app_url, 2)
     tenant, key = tenants.create_tenant(pool, f"bench-streams-{os.getpid()}")
-    return pg, Env(work_dir, app_url, pool, tenant, key)
+    return db, Env(bench.work, db.app_url, pool, tenant, key)
 
 
 def broadcast(server: Server, client: ClientProc, seqs: list[int], timeout: float, expect: bool) -> tuple[float, int]:
@@ -528,54 +494,33 @@ def broadcast(server: Server, client: ClientProc, seqs: list[int], timeout: floa
 
 
 def run_one(kind: str, n: int, env: Env, client: ClientProc, args: Any, profile: bool) -> dict:
-    server = Server(kind, env)
     result: dict[str, Any] = {"kind": kind, "n": n}
-    spy = None
-    try:
-        # Warm-up: the first requests import and allocate what every later one reuses.
-        opened = client.call("open", n=WARMUP_SUBSCRIBERS, host=server.host, port=server.port, key=env.key,
-                             concurrency=WARMUP_SUBSCRIBERS)
-        if opened["failed"]:
-            raise RuntimeError(f"warm-up connections failed: {opened['errors']}")
-        client.call("expect", record=False)
-        broadcast(server, client, [-1, -2], args.event_timeout, True)
-        client.call("close")
-        # Closed clients are noticed on the next writes: two events with nobody listening.
-        for seq in (-3, -4):
-            server.publish(seq)
-            gevent.sleep(0.3)
-        left = None
-        deadline = time.monotonic() + 10
-        while server.kind == "project" and time.monotonic() < deadline:
-            left = server.subscribers()
-            if left == 0:
-                break
-            gevent.sleep(0.2)
-        if left:
-            print(f"    note: {left} warm-up subscribers still registered", flush=True)
-        gevent.sleep(0.5)
-        result["rss_base"] = proc_rss_kb(server.pid)
+    with Teardown() as teardown:
+        server = Server(kind, env)
+        stop_server = teardown.stopper(server.stop)
+        server.wait_listening()
+        warm_up(server, client, env, args)
+        result["rss_base"] = rss_kb(server.pid)
 
         opened = client.call("open", n=n, host=server.host, port=server.port, key=env.key,
                              concurrency=args.concurrency)
         result.update(opened=opened["opened"], failed=opened["failed"], connect_s=opened["seconds"],
                       errors=opened["errors"])
         gevent.sleep(1.0)
-        result["rss_connected"] = proc_rss_kb(server.pid)
+        result["rss_connected"] = rss_kb(server.pid)
         result["server_subscribers"] = server.subscribers()
 
         client.call("expect", record=True)
         client_cpu0 = client.call("report")["cpu"]
         server_cpu0 = proc_cpu(server.pid)
         busy0 = machine_busy_s()
-        if profile:
-            spy = start_spy(server.pid, env.work_dir, args.profile_rate, args.profile_native)
+        spy = start_spy(server.pid, env.work_dir, args.profile_rate, args.profile_native) if profile else None
+        stop = teardown.stopper(lambda: stop_spy(spy))
         wall0 = time.monotonic()
         first, missed = broadcast(server, client, list(range(args.events)), args.event_timeout, True)
         result["wall_s"] = time.monotonic() - wall0
         if spy is not None:
-            result["profile"] = stop_spy(spy)
-            spy = None
+            result["profile"] = stop()
         result["server_cpu_s"] = proc_cpu(server.pid) - server_cpu0
         busy = machine_busy_s() - busy0
         result["load"] = os.getloadavg()[0]
@@ -584,36 +529,54 @@ def run_one(kind: str, n: int, env: Env, client: ClientProc, args: Any, profile:
         result["client_cpu_s"] = report["cpu"] - client_cpu0
         # Everything else: PostgreSQL, this process, and whatever else runs on the machine.
         result["other_cpu_s"] = max(0.0, busy - result["server_cpu_s"] - result["client_cpu_s"])
-        result["rss_after"] = proc_rss_kb(server.pid)
+        result["rss_after"] = rss_kb(server.pid)
         result["events_missed"] = missed
         result.update({k: report[k] for k in ("delivered", "p50", "p90", "p99", "max", "closed_notices", "dropped")})
         span = report["last_recv"] - first
         result["per_s"] = report["delivered"] / span if span > 0 else 0.0
         result["expected"] = opened["open_now"] * args.events
         client.call("close")
-    finally:
-        if spy is not None:
-            stop_spy(spy)
-        code = server.stop()
+    code = stop_server()  # its exit code, from the teardown
     if code:
         raise RuntimeError(f"the {kind} server exited with {code}")
     return result
+
+
+def warm_up(server: Server, client: ClientProc, env: Env, args: Any) -> None:
+    """The first requests import and allocate what every later one reuses: 20 subscribers and 2 events;
+    then they close, and 2 more events let the server notice (the project's must have none left)."""
+    opened = client.call("open", n=WARMUP_SUBSCRIBERS, host=server.host, port=server.port, key=env.key,
+                         concurrency=WARMUP_SUBSCRIBERS)
+    if opened["failed"]:
+        raise RuntimeError(f"warm-up connections failed: {opened['errors']}")
+    client.call("expect", record=False)
+    broadcast(server, client, [-1, -2], args.event_timeout, True)
+    client.call("close")
+    # Closed clients are noticed on the next writes: two events with nobody listening.
+    for seq in (-3, -4):
+        server.publish(seq)
+        gevent.sleep(0.3)
+    left = None
+    deadline = time.monotonic() + 10
+    while server.kind == "project" and time.monotonic() < deadline:
+        left = server.subscribers()
+        if left == 0:
+            break
+        gevent.sleep(0.2)
+    if left:
+        print(f"    note: {left} warm-up subscribers still registered", flush=True)
+    gevent.sleep(0.5)
 
 
 # -- profiling (py-spy, outside the server process) -----------------------------------------------
 
 
 def start_spy(pid: int, work_dir: str, rate: int, native: bool) -> Any:
-    spy_bin = shutil.which("py-spy")
-    if spy_bin is None:
+    out = os.path.join(work_dir, f"py-spy-{pid}.txt")
+    proc = py_spy(pid, out, "-r", str(rate), "--native" if native else "--nonblocking", stderr=subprocess.PIPE)
+    if proc is None:
         print("    --profile: py-spy not found (pip install py-spy); skipping", flush=True)
         return None
-    out = os.path.join(work_dir, f"py-spy-{pid}.txt")
-    proc = subprocess.Popen(
-        [spy_bin, "record", "-p", str(pid), "-r", str(rate), "-f", "raw", "-o", out]
-        + (["--native"] if native else ["--nonblocking"]),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
     gevent.sleep(1.0)  # let it attach
     return proc, out
 
@@ -636,20 +599,7 @@ def stop_spy(spy: Any) -> str:
 
 
 def summarize_profile(path: str, top: int = 25) -> str:
-    own: collections.Counter = collections.Counter()
-    inclusive: collections.Counter = collections.Counter()
-    total = 0
-    with open(path) as fh:
-        for line in fh:
-            stack, _, count = line.rstrip("\n").rpartition(" ")
-            if not stack or not count.isdigit():
-                continue
-            samples = int(count)
-            total += samples
-            frames = [_short(f) for f in stack.split(";")]
-            own[frames[-1]] += samples
-            for frame in set(frames):
-                inclusive[frame] += samples
+    total, own, inclusive = collapsed_stacks(path, _short)
     if not total:
         return "  no samples"
     lines = [f"  {total} samples (non-idle)", "  self time:"]
@@ -737,17 +687,7 @@ def machine() -> str:
             f"python {platform.python_version()}  gevent {gv.__version__}  greenlet {greenlet.__version__}")
 
 
-def print_logs(work_dir: str, lines: int = 30) -> None:
-    """On a failure, the end of every process's log (they go with the temporary directory)."""
-    for name in sorted(os.listdir(work_dir)) if os.path.isdir(work_dir) else []:
-        if name.endswith(".log"):
-            with open(os.path.join(work_dir, name), errors="replace") as fh:
-                tail = fh.read().splitlines()[-lines:]
-            if tail:
-                print(f"--- {name} (last {len(tail)} lines) ---\n" + "\n".join(tail), file=sys.stderr, flush=True)
-
-
-def smoke_check(r: dict) -> None:
+def check_smoke(r: dict) -> None:
     """``--smoke``: that the run happened (connections, deliveries), never how fast."""
     problems = []
     if r["failed"] or r["opened"] != r["n"]:
@@ -758,11 +698,10 @@ def smoke_check(r: dict) -> None:
         problems.append(f"delivered {r['delivered']} of {r['expected']}")
     if r["dropped"]:
         problems.append(f"{r['dropped']} connections dropped")
-    if problems:
-        raise RuntimeError(f"smoke run, {r['kind']} server: " + "; ".join(problems))
+    smoke_check(f"{r['kind']} server", problems)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--subscribers", default="1000,5000,10000", help="comma-separated counts")
     parser.add_argument("--events", type=int, default=100, help="events broadcast per count (default 100)")
@@ -783,22 +722,25 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.smoke:
         args.subscribers, args.events, args.concurrency, args.event_timeout = "5", 3, 5, 20.0
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     counts = [int(c) for c in args.subscribers.split(",")]
     logging.basicConfig(level=logging.WARNING)
     limit = raise_nofile()
 
-    work_dir = tempfile.mkdtemp(prefix="bench-streams-")
-    os.chmod(work_dir, 0o755)  # the embedded PostgreSQL may run as another user
-    pg = env = None
-    client = None
     results: list[dict] = []
-    try:
-        pg, env = setup(work_dir)
+    with Bench("bench-streams-") as bench:
+        bench.on_failure(lambda: print_log_tails(bench.work))
+        db, env = setup(bench)
         print(machine())
-        print(f"{'DATABASE_URL' if pg is None else 'embedded PostgreSQL'}; open files limit {limit}; "
+        print(f"{db.label}; open files limit {limit}; "
               f"{args.events} events per count, closed loop (next event once the previous reached all); "
               f"server and client share {os.cpu_count()} cores\n", flush=True)
-        client = ClientProc(os.path.join(work_dir, "client.log"))
+        client = ClientProc(bench.path("client.log"))
+        stop_client = bench.stopper(client.stop, quiet=True)
         for n in counts:
             for kind in ("project",) if args.skip_bare else ("project", "bare"):
                 profile = args.profile and kind == "project" and n == max(counts)
@@ -806,64 +748,59 @@ def main(argv: list[str] | None = None) -> int:
                 r = run_one(kind, n, env, client, args, profile)
                 results.append(r)
                 if args.smoke:
-                    smoke_check(r)
-                print(
-                    f"    opened {r['opened']:,} in {r['connect_s']:.1f}s (failed {r['failed']}"
-                    f"{', ' + str(r['errors']) if r['errors'] else ''}); server sees {r['server_subscribers']}; "
-                    f"delivered {r['delivered']:,}/{r['expected']:,}; p50 {1000 * r['p50']:.0f} ms, "
-                    f"p90 {1000 * r['p90']:.0f} ms, p99 {1000 * r['p99']:.0f} ms; {r['per_s']:,.0f}/s; "
-                    f"RSS {r['rss_base'] / 1024:.0f} -> {r['rss_connected'] / 1024:.0f} -> "
-                    f"{r['rss_after'] / 1024:.0f} MB; server CPU {r['server_cpu_s']:.1f}s, "
-                    f"client CPU {r['client_cpu_s']:.1f}s, other CPU {r['other_cpu_s']:.1f}s over "
-                    f"{r['wall_s']:.1f}s (load {r['load']:.1f})"
-                    f"{'; events timed out ' + str(r['events_missed']) if r['events_missed'] else ''}"
-                    f"{'; dropped ' + str(r['dropped']) if r['dropped'] else ''}",
-                    flush=True,
-                )
-        print()
-        print(table(results))
-        print(
-            "\nlatency: publish timestamp in the payload -> client receive time; delivered/s: deliveries / "
-            "(last receive - first publish);\nKB/sub: server RSS delta over the pre-connect baseline / "
-            "subscribers, right after connecting and after the events;\nCPU: seconds used during the events by the "
-            "server, the client, and everything else (PostgreSQL, this process, other users of the machine).\n"
-            f"Client and server share {os.cpu_count()} cores ({os.cpu_count()} x wall CPU-seconds in all): the client "
-            "competes with the server, and when client CPU ~ wall the client is the limit."
-        )
-        busy = [r for r in results if r["other_cpu_s"] > 0.5 * r["wall_s"]]
-        if busy:
-            print(
-                f"\nnote: other processes used more than half a core during {len(busy)} of {len(results)} runs "
-                "(oth CPU): wall-clock figures (latency, delivered/s) are worse than on a quiet machine; "
-                "srv CPU us/deliv much less so."
-            )
-        print()
-        if args.smoke:
-            print("smoke run: every connection opened, every event reached every subscriber; the figures are "
-                  "from tiny counts and the targets are not judged")
-        else:
-            print(targets(results, max(counts)))
-        for r in results:
-            if r.get("profile"):
-                print(f"\npy-spy profile of the project server during the events at {r['n']:,} subscribers:")
-                print(r["profile"])
-        code = client.stop()
-        client = None
+                    check_smoke(r)
+                print_run(r)
+        report(results, args, counts)
+        code = stop_client()
         if code:
             raise RuntimeError(f"the client process exited with {code}")
-    except BaseException:
-        print_logs(work_dir)
-        raise
-    finally:
-        if client is not None:
-            client.stop()
-        if env is not None:
-            env.pool.stop()  # an actor: left running, it would keep the interpreter from exiting
-        if pg is not None:
-            pg.stop()
-        shutil.rmtree(work_dir, ignore_errors=True)
     return 0
 
+
+def print_run(r: dict) -> None:
+    print(
+        f"    opened {r['opened']:,} in {r['connect_s']:.1f}s (failed {r['failed']}"
+        f"{', ' + str(r['errors']) if r['errors'] else ''}); server sees {r['server_subscribers']}; "
+        f"delivered {r['delivered']:,}/{r['expected']:,}; p50 {1000 * r['p50']:.0f} ms, "
+        f"p90 {1000 * r['p90']:.0f} ms, p99 {1000 * r['p99']:.0f} ms; {r['per_s']:,.0f}/s; "
+        f"RSS {r['rss_base'] / 1024:.0f} -> {r['rss_connected'] / 1024:.0f} -> "
+        f"{r['rss_after'] / 1024:.0f} MB; server CPU {r['server_cpu_s']:.1f}s, "
+        f"client CPU {r['client_cpu_s']:.1f}s, other CPU {r['other_cpu_s']:.1f}s over "
+        f"{r['wall_s']:.1f}s (load {r['load']:.1f})"
+        f"{'; events timed out ' + str(r['events_missed']) if r['events_missed'] else ''}"
+        f"{'; dropped ' + str(r['dropped']) if r['dropped'] else ''}",
+        flush=True,
+    )
+
+
+def report(results: list[dict], args: argparse.Namespace, counts: list[int]) -> None:
+    print()
+    print(table(results))
+    print(
+        "\nlatency: publish timestamp in the payload -> client receive time; delivered/s: deliveries / "
+        "(last receive - first publish);\nKB/sub: server RSS delta over the pre-connect baseline / "
+        "subscribers, right after connecting and after the events;\nCPU: seconds used during the events by the "
+        "server, the client, and everything else (PostgreSQL, this process, other users of the machine).\n"
+        f"Client and server share {os.cpu_count()} cores ({os.cpu_count()} x wall CPU-seconds in all): the client "
+        "competes with the server, and when client CPU ~ wall the client is the limit."
+    )
+    busy = [r for r in results if r["other_cpu_s"] > 0.5 * r["wall_s"]]
+    if busy:
+        print(
+            f"\nnote: other processes used more than half a core during {len(busy)} of {len(results)} runs "
+            "(oth CPU): wall-clock figures (latency, delivered/s) are worse than on a quiet machine; "
+            "srv CPU us/deliv much less so."
+        )
+    print()
+    if args.smoke:
+        print("smoke run: every connection opened, every event reached every subscriber; the figures are "
+              "from tiny counts and the targets are not judged")
+    else:
+        print(targets(results, max(counts)))
+    for r in results:
+        if r.get("profile"):
+            print(f"\npy-spy profile of the project server during the events at {r['n']:,} subscribers:")
+            print(r["profile"])
 
 if __name__ == "__main__":
     if ROLE == "client":
