@@ -15,7 +15,10 @@ def start_writer(subscriber: Subscriber, body) -> gevent.Greenlet:  # noqa: ANN0
         subscriber.start_inline()
         subscriber.bind_writer()
         bound.set()
-        return body()
+        try:
+            return body()
+        finally:  # as close_subscription does once the response is over, killed or not
+            subscriber.end()
 
     greenlet = gevent.spawn(writer)
     assert bound.wait(timeout=5), "the writer did not start"
@@ -47,3 +50,4 @@ def test_a_writer_that_does_not_take_the_closing_notice_is_killed_after_the_grac
     writer = start_writer(subscriber, lambda: gevent.sleep(30) or "wrote")  # a client that never reads
     subscriber.close_stream("too slow", too_slow=True)
     assert isinstance(writer.get(timeout=5), gevent.GreenletExit)
+    assert subscriber.closed_reason == "too slow"
