@@ -12,7 +12,8 @@ supervision root (``actors.supervision.Supervision``: lease keeper, one supervis
 bot, each with its ``BotPipeline``, the shared ``AiClient`` from ``pipeline_deps``) over the simulator
 transport, with the production event publishers (sessions: ``actors.event_bus.make_publisher``;
 pipelines: the batched ``make_notice_publisher``, so every ``message.in``/``message.out`` is an
-``events`` row, as under ``run.py supervisor``; ``--publish memory`` only counts them). No event bus (no SSE subscribers) runs in this process.
+``events`` row, as under ``run.py supervisor``; ``--publish memory`` only counts them). No event bus
+(no SSE subscribers) runs in this process.
 
 The "outside world" — the simulator, a zero-latency OpenAI-compatible server and the customers —
 runs by default in a child process (``--simulator process``): it drives customers through the
@@ -87,8 +88,8 @@ skipped with a note without it; 100 Hz) during that phase and prints self and
 inclusive time by function. ``--what-if`` runs experiments that are not the shipped code:
 ``async-commit`` (``ALTER DATABASE ... SET synchronous_commit = off``), ``lean-ai`` (the pipelines'
 AI client swapped for a plain keep-alive HTTP client in this file: same request and answer, one
-attempt, no breaker), ``no-events`` (= ``--publish memory``), ``outbox-index`` (``CREATE INDEX ... ON messages (outbox_id)``,
-which ``mark_sent``'s update of the outgoing message row lacks).
+attempt, no breaker), ``no-events`` (= ``--publish memory``), ``outbox-index`` (``CREATE INDEX ... ON
+messages (outbox_id)``, which ``mark_sent``'s update of the outgoing message row lacks).
 Results and how to run it: ``docs/performance.md`` ("Pipeline").
 """
 
@@ -110,22 +111,39 @@ make_psycopg2_green()
 
 import argparse  # noqa: E402
 import collections  # noqa: E402
-import datetime  # noqa: E402
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
-import platform  # noqa: E402
 import random  # noqa: E402
-import resource  # noqa: E402
-import shutil  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 from typing import Any, Callable  # noqa: E402
 
 import gevent  # noqa: E402
 import gevent.event  # noqa: E402
+
+from bench._harness import (  # noqa: E402
+    Bench,
+    Child,
+    Database,
+    HubLag,
+    Once,
+    Root,
+    Verdict,
+    about,
+    children,
+    collapsed_stacks,
+    nearest_rank,
+    print_log_tails,
+    proc_cpu,
+    py_spy,
+    seed_paired_bots,
+    self_cpu,
+    simulator_settings,
+    smoke_check,
+)
 
 TARGET_RATE = 1000.0
 TARGET_P99 = 0.100
@@ -134,20 +152,9 @@ WARMUP_RATE, WARMUP_SECONDS = 100.0, 5.0
 AI_CONFIG = {"enabled": True, "system_prompt": "You are the shop's assistant. Answer briefly.", "history": 10,
              "temperature": 0.2}
 CHILD_PREFIX = "@@"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-JUDGE = True  # False under --smoke: figures from tiny counts are printed, not judged
-
-
-def verdict(ok: bool) -> str:
-    if not JUDGE:
-        return "(not judged)"
-    return "PASS" if ok else "MISS"
 
 
 # -- the outside world: a zero-latency OpenAI-compatible server -------------------------------------
-
 
 
 def _content_length(rfile: Any) -> int:
@@ -160,6 +167,7 @@ def _content_length(rfile: Any) -> int:
         name, _, value = header.partition(b":")
         if name.strip().lower() == b"content-length":
             length = int(value.strip())
+
 
 class FastAi:
     """``POST .../chat/completions`` answered at once, HTTP/1.1 keep-alive, on a gevent StreamServer.
@@ -237,12 +245,6 @@ def tapped_simulator(state_file: str, receipts: bool, tap: Callable[[str, dict],
     sim = Tapped("127.0.0.1", 0, False, qr_rotate=20, receipt_delay=(0.0, 0.0) if receipts else None,
                  state_file=state_file)
     return sim.start()
-
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * q))]
 
 
 class Driver:
@@ -323,8 +325,9 @@ class Driver:
             "kind": kind, "rate": cmd.get("rate"), "seconds": seconds, "sent": sent,
             "offered": sent / (sending_ended - start) if sending_ended > start else 0.0,
             "answered": len(self.done), "unanswered": len(self.pending), "leftover_before": leftover,
-            "throughput": throughput, "p50": percentile(latencies, 0.50), "p90": percentile(latencies, 0.90),
-            "p99": percentile(latencies, 0.99), "max": latencies[-1] if latencies else float("nan"),
+            "throughput": throughput, "p50": nearest_rank(latencies, 0.50),
+            "p90": nearest_rank(latencies, 0.90), "p99": nearest_rank(latencies, 0.99),
+            "max": latencies[-1] if latencies else float("nan"),
             "mean": sum(latencies) / len(latencies) if latencies else float("nan"),
             "answers": self.answers - answers0, "batched": self.batched - batched0,
             "unmatched": self.unmatched - unmatched0, "send_errors": self.send_errors - errors0,
@@ -382,6 +385,9 @@ class OutsideWorld:
         self.ai_url = self.ai.base_url
         self.pid = None
 
+    def ready(self) -> None:
+        """Serving already (the child's ``ready`` waits for its first line)."""
+
     def phase(self, cmd: dict) -> dict:
         result = self.driver.phase(cmd)
         result["ai_calls"] = self.ai.calls
@@ -393,9 +399,9 @@ class OutsideWorld:
         return 0
 
 
-class ChildWorld:
+class ChildWorld(Child):
     """Simulator, AI server and driver in a child process (``--simulator process``); one JSON line
-    each way per command."""
+    each way per command. Its stderr goes to ``child.log`` in the run's directory."""
 
     kind = "its own process (simulator + AI server + customers)"
 
@@ -403,19 +409,22 @@ class ChildWorld:
         config_path = os.path.join(work, "child.json")
         with open(config_path, "w", encoding="utf-8") as fh:
             json.dump({"state_file": state_file, "bot_ids": bot_ids, "customers": customers, "receipts": receipts}, fh)
-        self._log = open(os.path.join(work, "child.log"), "wb")
-        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--child", config_path], cwd=ROOT,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log)
-        self.pid = self.proc.pid
+        super().__init__("the outside world's process", [sys.executable, os.path.abspath(__file__), "--child",
+                                                         config_path],
+                         log=os.path.join(work, "child.log"), cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.sim_address = self.ai_url = ""
+
+    def ready(self) -> None:
+        """Until the child says where its simulator and AI server listen."""
         hello = self._read(timeout=60)
         self.sim_address, self.ai_url = hello["sim"], hello["ai"]
 
     def _read(self, timeout: float) -> dict:
-        with gevent.Timeout(timeout, RuntimeError(f"the child did not answer in {timeout:g} s; see {self._log.name}")):
+        with gevent.Timeout(timeout, RuntimeError(f"the child did not answer in {timeout:g} s; see {self.log.name}")):
             while True:
                 line = self.proc.stdout.readline()
                 if not line:
-                    raise RuntimeError(f"the child exited ({self.proc.poll()}); see {self._log.name}")
+                    raise RuntimeError(f"the child exited ({self.proc.poll()}); see {self.log.name}")
                 text = line.decode().strip()
                 if text.startswith(CHILD_PREFIX):
                     return json.loads(text[len(CHILD_PREFIX):])
@@ -425,23 +434,15 @@ class ChildWorld:
         self.proc.stdin.flush()
         return self._read(timeout=float(cmd["seconds"]) + float(cmd.get("drain", 30)) + 120)
 
-    def stop(self) -> int:
-        """Ends the child; its exit code (its log's end is printed when that is not 0)."""
-        if self.proc.poll() is None:
+    def stop(self, timeout: float = 10.0, sig: int | None = None) -> int:
+        """Asks the child to end (a kill after ``timeout``); its exit code."""
+        if self.proc.poll() is None and sig is None:
             try:
                 self.proc.stdin.write(b'{"kind": "stop"}\n')
                 self.proc.stdin.flush()
-                self.proc.wait(10)
-            except Exception:  # noqa: BLE001
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        if self.proc.returncode:
-            with open(self._log.name, errors="replace") as fh:
-                tail = fh.read().splitlines()[-30:]
-            print(f"the outside world's process exited with {self.proc.returncode}; the end of its log:\n"
-                  + "\n".join(tail), file=sys.stderr, flush=True)
-        return self.proc.returncode
+            except OSError:  # gone already: the wait below reads its exit code
+                pass
+        return super().stop(timeout, sig)
 
 
 def child_main(config_path: str) -> int:
@@ -522,28 +523,6 @@ class RoundTrips:
         return (fallback or "other") + (" [commit]" if commit else "")
 
 
-class HubLag:
-    """How late a 50 ms sleep wakes up in this process: how busy its one hub is."""
-
-    def __init__(self) -> None:
-        self.samples: list[tuple[float, float]] = []
-        self._greenlet = gevent.spawn(self._run)
-
-    def _run(self) -> None:
-        while True:
-            before = time.monotonic()
-            gevent.sleep(0.05)
-            now = time.monotonic()
-            self.samples.append((now, now - before - 0.05))
-
-    def between(self, since: float, until: float) -> tuple[float, float]:
-        lags = sorted(lag for t, lag in self.samples if since <= t < until)
-        return percentile(lags, 0.99), (lags[-1] if lags else float("nan"))
-
-    def stop(self) -> None:
-        self._greenlet.kill(block=False)
-
-
 class WarningCounter(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
@@ -553,16 +532,6 @@ class WarningCounter(logging.Handler):
         error = getattr(record, "error", None)
         detail = f" ({str(error)[:100]})" if error else ""
         self.counts[f"{record.levelname} {record.name}: {record.getMessage()[:80]}{detail}"] += 1
-
-
-def proc_cpu(pid: int) -> float:
-    """utime + stime of a process (all its threads), seconds; 0 if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
-    except (OSError, IndexError, ValueError):
-        return 0.0
 
 
 def main_thread_sched() -> tuple[float, float]:
@@ -583,19 +552,6 @@ def _tasks(pid: int) -> list[int]:
         return []
 
 
-def _children(parent: int) -> list[int]:
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat") as fh:
-                    if int(fh.read().rsplit(")", 1)[1].split()[1]) == parent:
-                        found.append(int(name))
-            except (OSError, IndexError, ValueError):
-                continue
-    return found
-
-
 def split_cpus(postmaster: int | None, child: int | None) -> str:
     """The bots' process on a CPU of its own; PostgreSQL (the postmaster, its processes, and the
     backends it forks from now on) and the outside world's process on the others — as in production,
@@ -609,7 +565,7 @@ def split_cpus(postmaster: int | None, child: int | None) -> str:
         os.sched_setaffinity(tid, mine)
     moved = []
     if postmaster is not None:
-        for pid in [postmaster, *_children(postmaster)]:
+        for pid in [postmaster, *children(postmaster)]:
             for tid in _tasks(pid):
                 os.sched_setaffinity(tid, others)
         moved.append("PostgreSQL")
@@ -628,27 +584,18 @@ def postgres_cpu(postmaster: int | None) -> collections.Counter:
     cpu: collections.Counter = collections.Counter()
     if postmaster is None:
         return cpu
+    from db import embedded
+
     cpu["other"] += proc_cpu(postmaster)
-    for pid in _children(postmaster):
+    for pid in children(postmaster):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as fh:
                 title = fh.read().decode(errors="replace")
         except OSError:
             continue
-        kind = "backends" if embedded_app_role() in title else "walwriter" if "walwriter" in title else "other"
+        kind = "backends" if embedded.APP_ROLE in title else "walwriter" if "walwriter" in title else "other"
         cpu[kind] += proc_cpu(pid)
     return cpu
-
-
-def embedded_app_role() -> str:
-    from db import embedded
-
-    return embedded.APP_ROLE
-
-
-def self_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 class Publisher:
@@ -682,49 +629,6 @@ class Publisher:
 
     def connected(self, bot_ids: list[str]) -> int:
         return sum(1 for b in bot_ids if self.states.get(b) == "connected")
-
-
-class Root:
-    """Just enough of actors.system.System for Supervision."""
-
-    def __init__(self, settings: Any, pool: Any, publish: Callable[..., Any], metrics: Any) -> None:
-        self.settings = settings
-        self.pool = pool
-        self.metrics = metrics
-        self.publish = publish
-
-    def add_component(self, name: str, stop: Callable[[], None]) -> None:
-        pass
-
-
-def seed(pool: Any, data_dir: str, sim_state_file: str, bots: int) -> tuple[str, list[str]]:
-    """A tenant with ``bots`` paired bots, desired running, AI on; their device stores and the
-    simulator's credentials written to disk so every bot logs in without a QR code."""
-    from db import tenants
-    from simulator import protocol
-
-    tenant_id, _key = tenants.create_tenant(pool, f"bench-pipeline-{os.getpid()}")
-    rows = pool.query(
-        tenant_id,
-        "INSERT INTO bots (name, desired_state, paired, jid, ai)"
-        " SELECT 'bench-' || n, 'running', true, (15550000000 + n)::text || %s, %s::jsonb"
-        " FROM generate_series(1, %s) AS n RETURNING id, jid",
-        ("@" + protocol.USER_SERVER, json.dumps(AI_CONFIG), bots),
-        repeatable=False,
-    )
-    creds = {}
-    for bot_id, jid in rows:
-        bot_id = str(bot_id)
-        cred = f"bench-{bot_id}"
-        store = os.path.join(data_dir, "devices", bot_id)
-        os.makedirs(store, exist_ok=True)
-        with open(os.path.join(store, "simulator.json"), "w", encoding="utf-8") as fh:
-            json.dump({"bot": bot_id, "cred": cred, "jid": jid}, fh)
-        creds[bot_id] = {"cred": cred, "jid": jid}
-    os.makedirs(os.path.dirname(sim_state_file), exist_ok=True)
-    with open(sim_state_file, "w", encoding="utf-8") as fh:
-        json.dump({"bots": creds}, fh)
-    return tenant_id, list(creds)
 
 
 class Stats:
@@ -866,38 +770,21 @@ class LeanAi:
 # -- py-spy -----------------------------------------------------------------------------------------
 
 
-def start_py_spy(pid: int, seconds: float, out: str) -> Any:
-    if not shutil.which("py-spy"):
+def start_py_spy(pid: int, seconds: float, out: str) -> subprocess.Popen | None:
+    """py-spy recording ``pid`` for ``seconds`` at 100 Hz (None, with a note, without py-spy)."""
+    spy = py_spy(pid, out, "-d", str(max(1, int(seconds))), "-r", "100")
+    if spy is None:
         print("  (py-spy not found)")
-        return None
-    return subprocess.Popen(["py-spy", "record", "-p", str(pid), "-d", str(max(1, int(seconds))), "-r", "100",
-                             "-f", "raw", "-o", out],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return spy
 
 
 def summarize_py_spy(path: str, title: str, top: int = 25) -> None:
     """Self time (leaf frame) and inclusive time by function from py-spy's collapsed stacks."""
     try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            lines = fh.read().splitlines()
+        total, own, inclusive = collapsed_stacks(path, _frame_name)
     except OSError:
         print(f"  {title}: no py-spy output")
         return
-    own: collections.Counter = collections.Counter()
-    inclusive: collections.Counter = collections.Counter()
-    total = 0
-    for line in lines:
-        stack, _, count = line.rpartition(" ")
-        try:
-            n = int(count)
-        except ValueError:
-            continue
-        total += n
-        frames = [_frame_name(f) for f in stack.split(";") if f]
-        if frames:
-            own[frames[-1]] += n
-        for name in set(frames):
-            inclusive[name] += n
     if not total:
         print(f"  {title}: no samples")
         return
@@ -918,8 +805,13 @@ def _frame_name(frame: str) -> str:
 
 # -- the run ---------------------------------------------------------------------------------------
 
+WHAT_IFS = ("async-commit", "lean-ai", "no-events", "outbox-index")
 
-def main(argv: list[str] | None = None) -> int:
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The options; ``--smoke``'s tiny counts applied. Adds ``rate_list``, ``experiments`` (the
+    ``--what-if`` set), ``warmup_rate``, ``warmup_seconds``, ``idle_seconds``; ``closed_customers``
+    resolved (2 per bot by default)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bots", type=int, default=50)
     parser.add_argument("--customers", type=int, default=20, help="customers per bot (default 20)")
@@ -958,17 +850,24 @@ def main(argv: list[str] | None = None) -> int:
                              "mean nothing and the targets are not judged")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.child:
-        return child_main(args.child)
-    warmup_rate, warmup_seconds, idle_seconds = WARMUP_RATE, WARMUP_SECONDS, 3.0
+    args.warmup_rate, args.warmup_seconds, args.idle_seconds = WARMUP_RATE, WARMUP_SECONDS, 3.0
     if args.smoke:
-        global JUDGE
-        JUDGE = False
         args.bots, args.customers, args.rates, args.seconds = 2, 2, "20", 1.0
         args.closed, args.closed_customers, args.drain, args.settle = 1.0, 2, 15.0, 5.0
-        warmup_rate, warmup_seconds, idle_seconds = 20.0, 1.0, 1.0
+        args.warmup_rate, args.warmup_seconds, args.idle_seconds = 20.0, 1.0, 1.0
+    args.rate_list = [float(r) for r in args.rates.split(",") if r.strip()]
+    args.experiments = {w.strip() for w in args.what_if.split(",") if w.strip()}
+    unknown = args.experiments - set(WHAT_IFS)
+    if unknown:
+        parser.error(f"unknown --what-if: {', '.join(sorted(unknown))}")
+    if "no-events" in args.experiments:
+        args.publish = "memory"
+    args.closed_customers = args.closed_customers or 2 * args.bots
+    return args
 
-    sys.stdout.reconfigure(line_buffering=True)  # progress shows when the output goes to a file
+
+def count_warnings() -> WarningCounter:
+    """Log warnings counted (and reported per phase), errors printed."""
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s %(message)s")
     warnings = WarningCounter()
     logging.getLogger().addHandler(warnings)
@@ -976,183 +875,208 @@ def main(argv: list[str] | None = None) -> int:
     for handler in logging.getLogger().handlers:
         if handler is not warnings:
             handler.setLevel(logging.ERROR)
+    return warnings
 
-    from actors.event_bus import make_notice_publisher, make_publisher
-    from core import heap
-    from actors.pool import Pool, PoolConfig
-    from actors.supervision import Supervision
-    from core import config
-    from core.metrics import Metrics
-    from db import embedded, migrate
 
-    rates = [float(r) for r in args.rates.split(",") if r.strip()]
-    what_if = {w.strip() for w in args.what_if.split(",") if w.strip()}
-    unknown = what_if - {"async-commit", "lean-ai", "no-events", "outbox-index"}
-    if unknown:
-        parser.error(f"unknown --what-if: {', '.join(sorted(unknown))}")
-    if "no-events" in what_if:
-        args.publish = "memory"
-    closed_customers = args.closed_customers or 2 * args.bots
-    rts = RoundTrips(breakdown=not args.no_breakdown)
-    work = tempfile.mkdtemp(prefix="bench-pipeline-")
-    data_dir = os.path.join(work, "data")
-    sim_state = os.path.join(work, "sim", "simulator", "state.json")
-    server = pool = world = sup = lag = stats = None
-    verdicts: list[str] = []
-    try:
-        app_url = os.environ.get("DATABASE_URL")
-        owner_url = os.environ.get("DATABASE_OWNER_URL")
-        stats_url = owner_url or app_url
-        postmaster = None
-        if not app_url:
-            server = embedded.start(os.path.join(work, "pg"))
-            app_url, owner_url = server.app_url, server.owner_url
-            stats_url = server.superuser_url.replace("/postgres?", f"/{embedded.DATABASE}?")
-            with open(os.path.join(str(server.server.pgdata), "postmaster.pid")) as fh:
-                postmaster = int(fh.readline())
-        if owner_url:
-            migrate.apply(owner_url, embedded.APP_ROLE)
-        if "async-commit" in what_if:
-            set_async_commit(stats_url)  # before the pool opens its connections
-        if "outbox-index" in what_if:
-            add_outbox_index(owner_url or stats_url)
-        pool = Pool(PoolConfig(dsn=app_url, size=args.pool_size))
-        if not pool.wait_ready(10):
-            raise SystemExit(f"pool did not open a connection: {pool.stats()['last_connect_error']}")
-        tenant_id, bot_ids = seed(pool, data_dir, sim_state, args.bots)
-        if args.simulator == "process":
-            world = ChildWorld(work, sim_state, bot_ids, args.customers, args.receipts)
-        else:
-            world = OutsideWorld(sim_state, bot_ids, args.customers, args.receipts)
-        settings = config.load({
-            "DATABASE_URL": app_url,
-            "DATABASE_OWNER_URL": owner_url or "",
-            "DATABASE_MAX_CONNECTIONS": str(args.pool_size),
-            "DATA_DIR": data_dir,
-            "LOG_LEVEL": "warning",
-            "WA_TRANSPORT": "simulator",
-            "WA_SIMULATOR_ADDR": world.sim_address,
-            "WA_LEASE_TTL": "120",
-            "AI_BASE_URL": world.ai_url,
-            "AI_API_KEY": "bench-key",
-            "AI_MODEL": "bench-model",
-            "AI_TIMEOUT": "10",
-            "AI_MAX_RETRIES": "0",
-            "AI_DEBOUNCE": "0",
-            "BOT_SEND_RATE": "0",
-        })
-        cpus = (split_cpus(postmaster, world.pid or None) if args.cpus == "split"
-                else "CPUs shared by the bots' process, PostgreSQL and the outside world")
-        metrics = Metrics()
-        publisher = Publisher(make_publisher(pool, metrics.events_published) if args.publish == "db" else None)
-        stats = Stats(stats_url, rts)
-        print(f"{datetime.datetime.now():%Y-%m-%d %H:%M}  python {platform.python_version()}  cpus {os.cpu_count()}  "
-              f"{'DATABASE_URL' if server is None else 'embedded PostgreSQL'} ({stats.settings()})  "
-              f"load average {os.getloadavg()[0]:.2f} (other processes share these CPUs)")
-        print(f"bots {args.bots} x customers {args.customers} = {args.bots * args.customers} conversations; "
-              f"pool {args.pool_size}; AI_DEBOUNCE 0, AI_MAX_RETRIES 0, BOT_SEND_RATE 0 (no limit); AI history "
-              f"{AI_CONFIG['history']}; events published to {'the database' if args.publish == 'db' else 'memory only'}; "
-              f"receipts {'on' if args.receipts else 'off'}")
-        print(f"simulator + AI server + customers: {world.kind}; AI at {world.ai_url}")
-        print(cpus)
+@dataclasses.dataclass
+class Run:
+    """What the phases share."""
 
-        started = time.monotonic()
-        root = Root(settings, pool, publisher.publish, metrics)
-        notices = make_notice_publisher(pool, metrics.events_published)
-        sup = Supervision(root, listen_dsn=app_url)
-        # The pipelines publish through the batched notice publisher, as under run.py.
-        sup.pipeline_deps.publish = publisher.counting(notices if args.publish == "db" else None)
-        if "lean-ai" in what_if:
-            # Every pipeline reads deps.ai at call time: this swaps the client for all bots.
-            sup.pipeline_deps.ai = LeanAi(world.ai_url, "bench-key", "bench-model", 10.0)
-        if what_if:
-            print(f"WHAT-IF experiments (not the shipped code): {', '.join(sorted(what_if))}")
-        with gevent.Timeout(120, RuntimeError("bots did not all connect within 120 s")):
-            while publisher.connected(bot_ids) < len(bot_ids):
-                publisher.changed.clear()
-                publisher.changed.wait(0.1)
-        print(f"all {len(bot_ids)} bots connected {time.monotonic() - started:.2f} s after supervision started")
-        heap.settle()  # as run.py does once the process has started
-        lag = HubLag()
+    args: argparse.Namespace
+    bench: Bench
+    db: Database
+    pool: Any
+    world: "ChildWorld | OutsideWorld"
+    stop_world: Once
+    rts: RoundTrips
+    stats: Stats
+    publisher: Publisher
+    warnings: WarningCounter
+    metrics: Any
+    settings: Any
+    bot_ids: list[str]
+    postmaster: int | None
+    lag: HubLag | None = None
 
-        # Idle: what runs without messages (lease rounds every 20 s, keep-alives).
-        gevent.sleep(1.5)
-        rt0, x0 = rts.total, stats.xacts()
-        gevent.sleep(idle_seconds)
-        print(f"idle baseline: {(rts.total - rt0) / idle_seconds:.1f} round trips/s, "
-              f"{(stats.xacts() - x0) / idle_seconds:.1f} transactions/s (not subtracted below)\n")
 
-        # The closed loop runs first, on a quiet system; open-loop rates above capacity leave backlogs.
-        phases = [("warm-up", {"kind": "open", "rate": warmup_rate, "seconds": warmup_seconds, "drain": args.drain})]
-        if args.closed > 0:
-            phases.append(("closed loop", {"kind": "closed", "seconds": args.closed, "drain": args.drain,
-                                           "customers": closed_customers}))
-        phases += [(f"open {r:g}/s", {"kind": "open", "rate": r, "seconds": args.seconds, "drain": args.drain})
-                   for r in rates]
-        results: dict[str, dict] = {}
-        for name, cmd in phases:
-            profile = args.py_spy and (
-                (args.py_spy == "closed" and cmd["kind"] == "closed")
-                or (cmd["kind"] == "open" and name != "warm-up" and args.py_spy.replace("/s", "") == f"{cmd['rate']:g}")
-            )
-            results[name] = run_phase(name, cmd, world, rts, stats, postmaster, lag, pool, publisher, warnings,
-                                      (args.py_spy_dir or work) if profile else None)
-            if args.smoke:
-                smoke_check(name, results[name])
-            settle(rts, args.settle)
-            if owner_url and name != phases[-1][0]:
-                vacuum_between_phases(owner_url)
-
-        print("\nsummary:")
-        at_target = next((results[n] for n, c in phases if c["kind"] == "open" and c["rate"] == TARGET_RATE
-                          and n != "warm-up"), None)
-        if at_target is not None:
-            kept = at_target["throughput"] >= KEEP_UP * TARGET_RATE and at_target["unanswered"] == 0
-            verdicts.append(f"open loop at {TARGET_RATE:g}/s: {at_target['throughput']:.0f} messages/s answered end to "
-                            f"end (target >= {TARGET_RATE:g}): {verdict(kept)}")
-            verdicts.append(f"open loop at {TARGET_RATE:g}/s: p99 {at_target['p99'] * 1000:.0f} ms (target <= "
-                            f"{TARGET_P99 * 1000:g} ms): {verdict(at_target['p99'] <= TARGET_P99)}")
-        else:
-            verdicts.append(f"(no open-loop phase at {TARGET_RATE:g}/s: the targets were not checked)")
-        if "closed loop" in results:
-            closed = results["closed loop"]
-            verdicts.append(f"closed loop (capacity): {closed['throughput']:.0f} messages/s, p99 "
-                            f"{closed['p99'] * 1000:.0f} ms with {closed_customers} "
-                            f"customers waiting on their answers: {verdict(closed['throughput'] >= TARGET_RATE)} "
-                            f"(>= {TARGET_RATE:g})")
-        for line in verdicts:
-            print(f"  {line}")
-        if args.smoke:
-            print("smoke run: every phase ran and every message was answered end to end; the figures are from "
-                  "tiny counts")
-        code = world.stop()
-        world = None
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.child:
+        return child_main(args.child)
+    sys.stdout.reconfigure(line_buffering=True)  # progress shows when the output goes to a file
+    warnings = count_warnings()
+    with Bench("bench-pipeline-") as bench:
+        bench.on_failure(lambda: print_log_tails(bench.work))  # the outside world's log, before it goes
+        run = start(bench, args, warnings)
+        start_supervision(run)
+        idle_baseline(run)
+        phases = plan(args)
+        results = run_phases(run, phases)
+        summarize(args, phases, results)
+        code = run.stop_world()
         if code:
             raise RuntimeError(f"the outside world's process exited with {code}")
-        return 0
-    finally:
-        if lag is not None:
-            lag.stop()
-        if sup is not None:
-            try:
-                sup.stop()
-            except Exception:  # noqa: BLE001
-                pass
-        if world is not None:
-            try:
-                world.stop()
-            except Exception:  # noqa: BLE001
-                pass
-        if stats is not None:
-            stats.close()
-        if pool is not None:
-            pool.stop()
-        if server is not None:
-            server.stop()
-        shutil.rmtree(work, ignore_errors=True)
+    return 0
 
 
-def smoke_check(name: str, result: dict) -> None:
+def start(bench: Bench, args: argparse.Namespace, warnings: WarningCounter) -> Run:
+    """The database (what-ifs applied), the pool, the seeded bots, the outside world, the settings and
+    the event publishers; prints the run's header."""
+    from actors.event_bus import make_publisher
+    from core.metrics import Metrics
+
+    rts = RoundTrips(breakdown=not args.no_breakdown)  # the wait callback, before any connection opens
+    db = bench.database()
+    stats_url = db.superuser_url or db.owner_url or db.app_url
+    if "async-commit" in args.experiments:
+        set_async_commit(stats_url)  # before the pool opens its connections
+    if "outbox-index" in args.experiments:
+        add_outbox_index(db.owner_url or stats_url)
+    pool = bench.pool(db.app_url, args.pool_size)
+    data_dir = bench.path("data")
+    sim_state = bench.path("sim", "simulator", "state.json")
+    _tenant_id, bot_ids = seed_paired_bots(pool, data_dir, sim_state, args.bots, tenant=f"bench-pipeline-{os.getpid()}",
+                                           running=True, ai=AI_CONFIG)
+    if args.simulator == "process":
+        world: ChildWorld | OutsideWorld = ChildWorld(bench.work, sim_state, bot_ids, args.customers, args.receipts)
+    else:
+        world = OutsideWorld(sim_state, bot_ids, args.customers, args.receipts)
+    stop_world = bench.stopper(world.stop, quiet=True)
+    world.ready()
+    settings = simulator_settings(
+        db, data_dir, world.sim_address,
+        DATABASE_MAX_CONNECTIONS=str(args.pool_size), WA_LEASE_TTL="120",
+        AI_BASE_URL=world.ai_url, AI_API_KEY="bench-key", AI_MODEL="bench-model", AI_TIMEOUT="10",
+        AI_MAX_RETRIES="0", AI_DEBOUNCE="0", BOT_SEND_RATE="0",
+    )
+    postmaster = db.postmaster_pid()
+    cpus = (split_cpus(postmaster, world.pid or None) if args.cpus == "split"
+            else "CPUs shared by the bots' process, PostgreSQL and the outside world")
+    metrics = Metrics()
+    publisher = Publisher(make_publisher(pool, metrics.events_published) if args.publish == "db" else None)
+    stats = Stats(stats_url, rts)
+    bench.stopper(stats.close)
+    run = Run(args, bench, db, pool, world, stop_world, rts, stats, publisher, warnings, metrics, settings, bot_ids,
+              postmaster)
+    print_header(run, cpus)
+    return run
+
+
+def print_header(run: Run, cpus: str) -> None:
+    args = run.args
+    print(f"{about(run.db, minutes=True)} ({run.stats.settings()})  "
+          f"load average {os.getloadavg()[0]:.2f} (other processes share these CPUs)")
+    print(f"bots {args.bots} x customers {args.customers} = {args.bots * args.customers} conversations; "
+          f"pool {args.pool_size}; AI_DEBOUNCE 0, AI_MAX_RETRIES 0, BOT_SEND_RATE 0 (no limit); AI history "
+          f"{AI_CONFIG['history']}; events published to {'the database' if args.publish == 'db' else 'memory only'}; "
+          f"receipts {'on' if args.receipts else 'off'}")
+    print(f"simulator + AI server + customers: {run.world.kind}; AI at {run.world.ai_url}")
+    print(cpus)
+
+
+def start_supervision(run: Run) -> None:
+    """The real supervision root, its pipelines publishing as under ``run.py``; until every bot is
+    connected; then the hub-lag probe."""
+    from actors.event_bus import make_notice_publisher
+    from actors.supervision import Supervision
+    from core import heap
+
+    args = run.args
+    started = time.monotonic()
+    root = Root(run.settings, run.pool, run.publisher.publish, run.metrics)
+    notices = make_notice_publisher(run.pool, run.metrics.events_published)
+    sup = Supervision(root, listen_dsn=run.db.app_url)
+    run.bench.stopper(sup.stop, quiet=True)
+    # The pipelines publish through the batched notice publisher, as under run.py.
+    sup.pipeline_deps.publish = run.publisher.counting(notices if args.publish == "db" else None)
+    if "lean-ai" in args.experiments:
+        # Every pipeline reads deps.ai at call time: this swaps the client for all bots.
+        sup.pipeline_deps.ai = LeanAi(run.world.ai_url, "bench-key", "bench-model", 10.0)
+    if args.experiments:
+        print(f"WHAT-IF experiments (not the shipped code): {', '.join(sorted(args.experiments))}")
+    with gevent.Timeout(120, RuntimeError("bots did not all connect within 120 s")):
+        while run.publisher.connected(run.bot_ids) < len(run.bot_ids):
+            run.publisher.changed.clear()
+            run.publisher.changed.wait(0.1)
+    print(f"all {len(run.bot_ids)} bots connected {time.monotonic() - started:.2f} s after supervision started")
+    heap.settle()  # as run.py does once the process has started
+    run.lag = run.bench.hub_lag()
+
+
+def idle_baseline(run: Run) -> None:
+    """What runs without messages (lease rounds every 20 s, keep-alives)."""
+    gevent.sleep(1.5)
+    rt0, x0 = run.rts.total, run.stats.xacts()
+    gevent.sleep(run.args.idle_seconds)
+    print(f"idle baseline: {(run.rts.total - rt0) / run.args.idle_seconds:.1f} round trips/s, "
+          f"{(run.stats.xacts() - x0) / run.args.idle_seconds:.1f} transactions/s (not subtracted below)\n")
+
+
+def plan(args: argparse.Namespace) -> list[tuple[str, dict]]:
+    """The phases, each a name and the outside world's command. The closed loop runs first, on a quiet
+    system; open-loop rates above capacity leave backlogs."""
+    phases = [("warm-up", {"kind": "open", "rate": args.warmup_rate, "seconds": args.warmup_seconds,
+                           "drain": args.drain})]
+    if args.closed > 0:
+        phases.append(("closed loop", {"kind": "closed", "seconds": args.closed, "drain": args.drain,
+                                       "customers": args.closed_customers}))
+    phases += [(f"open {r:g}/s", {"kind": "open", "rate": r, "seconds": args.seconds, "drain": args.drain})
+               for r in args.rate_list]
+    return phases
+
+
+def profiled(args: argparse.Namespace, name: str, cmd: dict) -> bool:
+    """Whether ``--py-spy`` names this phase."""
+    if not args.py_spy:
+        return False
+    if cmd["kind"] == "closed":
+        return args.py_spy == "closed"
+    return name != "warm-up" and args.py_spy.replace("/s", "") == f"{cmd['rate']:g}"
+
+
+def run_phases(run: Run, phases: list[tuple[str, dict]]) -> dict[str, dict]:
+    """Each phase, reported; then quiet again and (with the owner's URL) vacuumed before the next."""
+    results: dict[str, dict] = {}
+    for name, cmd in phases:
+        profile_dir = (run.args.py_spy_dir or run.bench.work) if profiled(run.args, name, cmd) else None
+        results[name] = run_phase(run, name, cmd, profile_dir)
+        if run.args.smoke:
+            check_phase(name, results[name])
+        settle(run.rts, run.args.settle)
+        if run.db.owner_url and name != phases[-1][0]:
+            vacuum_between_phases(run.db.owner_url)
+    return results
+
+
+def summarize(args: argparse.Namespace, phases: list[tuple[str, dict]], results: dict[str, dict]) -> None:
+    """The verdicts: the open loop at the target rate, the closed loop's capacity."""
+    verdict = Verdict(not args.smoke)
+    verdicts: list[str] = []
+    print("\nsummary:")
+    at_target = next((results[n] for n, c in phases if c["kind"] == "open" and c["rate"] == TARGET_RATE
+                      and n != "warm-up"), None)
+    if at_target is not None:
+        kept = at_target["throughput"] >= KEEP_UP * TARGET_RATE and at_target["unanswered"] == 0
+        verdicts.append(f"open loop at {TARGET_RATE:g}/s: {at_target['throughput']:.0f} messages/s answered end to "
+                        f"end (target >= {TARGET_RATE:g}): {verdict(kept)}")
+        verdicts.append(f"open loop at {TARGET_RATE:g}/s: p99 {at_target['p99'] * 1000:.0f} ms (target <= "
+                        f"{TARGET_P99 * 1000:g} ms): {verdict(at_target['p99'] <= TARGET_P99)}")
+    else:
+        verdicts.append(f"(no open-loop phase at {TARGET_RATE:g}/s: the targets were not checked)")
+    if "closed loop" in results:
+        closed = results["closed loop"]
+        verdicts.append(f"closed loop (capacity): {closed['throughput']:.0f} messages/s, p99 "
+                        f"{closed['p99'] * 1000:.0f} ms with {args.closed_customers} "
+                        f"customers waiting on their answers: {verdict(closed['throughput'] >= TARGET_RATE)} "
+                        f"(>= {TARGET_RATE:g})")
+    for line in verdicts:
+        print(f"  {line}")
+    if args.smoke:
+        print("smoke run: every phase ran and every message was answered end to end; the figures are from "
+              "tiny counts")
+
+
+def check_phase(name: str, result: dict) -> None:
     """``--smoke``: that the phase ran end to end (messages sent, every one answered), never how fast."""
     problems = []
     if not result["sent"]:
@@ -1161,46 +1085,53 @@ def smoke_check(name: str, result: dict) -> None:
         problems.append(f"{result['send_errors']} sends failed")
     if result["unanswered"]:
         problems.append(f"{result['unanswered']} of {result['sent']} messages not answered within the drain")
-    if problems:
-        raise RuntimeError(f"smoke run, phase {name}: " + "; ".join(problems))
+    smoke_check(f"phase {name}", problems)
 
 
-def run_phase(name: str, cmd: dict, world: Any, rts: RoundTrips, stats: Stats, postmaster: int | None, lag: HubLag,
-              pool: Any, publisher: Publisher, warnings: WarningCounter, profile_dir: str | None) -> dict:
-    def snapshot() -> dict:
-        return {
-            "rt": rts.total, "callers": collections.Counter(rts.by_caller), "waited": collections.Counter(rts.waited),
-            "xacts": stats.xacts(),
-            "cpu_self": self_cpu(), "cpu_pg": postgres_cpu(postmaster),
-            "cpu_child": proc_cpu(world.pid) if world.pid else 0.0, "pool": pool.stats(),
-            "events": collections.Counter(publisher.counts), "warnings": collections.Counter(warnings.counts),
-            "mono": time.monotonic(), "load": os.getloadavg()[0], "sched": main_thread_sched(),
-        }
+# -- one phase ---------------------------------------------------------------------------------------
 
-    before = snapshot()
-    spies = []
-    if profile_dir is not None:
-        seconds = float(cmd["seconds"]) - 1
-        spies.append(("the bots' process", os.path.join(profile_dir, "self.txt"),
-                      start_py_spy(os.getpid(), seconds, os.path.join(profile_dir, "self.txt"))))
-        if world.pid:
-            spies.append(("the simulator/AI process", os.path.join(profile_dir, "child.txt"),
-                          start_py_spy(world.pid, seconds, os.path.join(profile_dir, "child.txt"))))
-    result = world.phase(cmd)
+
+def snapshot(run: Run) -> dict:
+    """The counters a phase's figures are deltas of."""
+    rts = run.rts
+    return {
+        "rt": rts.total, "callers": collections.Counter(rts.by_caller), "waited": collections.Counter(rts.waited),
+        "xacts": run.stats.xacts(),
+        "cpu_self": self_cpu(), "cpu_pg": postgres_cpu(run.postmaster),
+        "cpu_child": proc_cpu(run.world.pid) if run.world.pid else 0.0, "pool": run.pool.stats(),
+        "events": collections.Counter(run.publisher.counts), "warnings": collections.Counter(run.warnings.counts),
+        "mono": time.monotonic(), "load": os.getloadavg()[0], "sched": main_thread_sched(),
+    }
+
+
+def run_phase(run: Run, name: str, cmd: dict, profile_dir: str | None) -> dict:
+    """One phase through the outside world, its figures printed; the outside world's result with the
+    round trips and transactions per message added."""
+    before = snapshot(run)
+    spies = start_spies(run, cmd, profile_dir) if profile_dir is not None else []
+    result = run.world.phase(cmd)
     ended = time.monotonic()
     gevent.sleep(1.5)  # PostgreSQL backends flush their statistics within a second of going idle
-    after = snapshot()
+    after = snapshot(run)
     messages = max(1, result["sent"])
     rt = after["rt"] - before["rt"]
     xacts = after["xacts"] - before["xacts"]
-    wall = ended - before["mono"]
-    cpu_self = after["cpu_self"] - before["cpu_self"]
-    pg_kinds = after["cpu_pg"] - before["cpu_pg"]
-    cpu_pg = sum(pg_kinds.values())
-    cpu_child = after["cpu_child"] - before["cpu_child"]
-    lag_p99, lag_max = lag.between(before["mono"], ended)
-    waited = after["pool"]["waited_total"] - before["pool"]["waited_total"]
-    wait_s = after["pool"]["acquire_wait_seconds_total"] - before["pool"]["acquire_wait_seconds_total"]
+    report_phase(run, name, cmd, result, before, after)
+    report_cpu(run, result, before, after, ended)
+    new_warnings = after["warnings"] - before["warnings"]
+    if new_warnings:
+        print(f"  log warnings: {dict(new_warnings.most_common(5))}")
+    finish_spies(spies)
+    print()
+    result.update(round_trips=rt / messages, xacts=xacts / messages)
+    return result
+
+
+def report_phase(run: Run, name: str, cmd: dict, result: dict, before: dict, after: dict) -> None:
+    """Messages, throughput, latency, answers, events and database round trips."""
+    messages = max(1, result["sent"])
+    rt = after["rt"] - before["rt"]
+    xacts = after["xacts"] - before["xacts"]
     events = after["events"] - before["events"]
     offered = f"{result['offered']:.0f}/s offered" if cmd["kind"] == "open" else \
         f"{cmd.get('customers') or 'all'} customers"
@@ -1214,29 +1145,58 @@ def run_phase(name: str, cmd: dict, world: Any, rts: RoundTrips, stats: Stats, p
           f"{dict(sorted(events.items()))}")
     print(f"  database: {rt / messages:.2f} round trips/message from this process ({rt} in all), "
           f"{xacts / messages:.2f} transactions/message on the server ({xacts})")
-    if rts.breakdown:
+    if run.rts.breakdown:
         callers = after["callers"] - before["callers"]
         rt_waited = after["waited"] - before["waited"]
-        parts = ", ".join(f"{k} {v / messages:.2f} ({rt_waited[k] / v * 1000:.2f} ms)" for k, v in callers.most_common())
+        parts = ", ".join(f"{k} {v / messages:.2f} ({rt_waited[k] / v * 1000:.2f} ms)"
+                          for k, v in callers.most_common())
         print(f"    per message by caller (mean time from sending the statement to its answer, including waiting "
               f"for this process's hub): {parts}")
-    pg_parts = ", ".join(f"{k} {pg_kinds.get(k, 0.0) / messages * 1000:.2f}" for k in ("backends", "walwriter", "other"))
+
+
+def report_cpu(run: Run, result: dict, before: dict, after: dict, ended: float) -> None:
+    """CPU per message and busy cores by process, the hub's lag, pool waits, the hub thread's time."""
+    messages = max(1, result["sent"])
+    wall = ended - before["mono"]
+    cpu_self = after["cpu_self"] - before["cpu_self"]
+    pg_kinds = after["cpu_pg"] - before["cpu_pg"]
+    cpu_pg = sum(pg_kinds.values())
+    cpu_child = after["cpu_child"] - before["cpu_child"]
+    child = bool(run.world.pid)
+    pg_parts = ", ".join(f"{k} {pg_kinds.get(k, 0.0) / messages * 1000:.2f}"
+                         for k in ("backends", "walwriter", "other"))
     cpu_line = (f"  CPU per message: this process {cpu_self / messages * 1000:.2f} ms, PostgreSQL "
                 f"{cpu_pg / messages * 1000:.2f} ms ({pg_parts})")
-    if world.pid:
+    if child:
         cpu_line += f", simulator/AI/customers {cpu_child / messages * 1000:.2f} ms"
     total_cpu = cpu_self + cpu_pg + cpu_child
     print(cpu_line + f"; CPU busy over the phase: this process {cpu_self / wall:.2f}, PostgreSQL {cpu_pg / wall:.2f}"
-          + (f", outside world {cpu_child / wall:.2f}" if world.pid else "")
+          + (f", outside world {cpu_child / wall:.2f}" if child else "")
           + f" cores (sum {total_cpu / wall:.2f} of {os.cpu_count()}); load average {after['load']:.2f}")
+    lag_p99, lag_max = run.lag.between(before["mono"], ended)
+    waited = after["pool"]["waited_total"] - before["pool"]["waited_total"]
+    wait_s = after["pool"]["acquire_wait_seconds_total"] - before["pool"]["acquire_wait_seconds_total"]
     on_cpu = after["sched"][0] - before["sched"][0]
     runnable = after["sched"][1] - before["sched"][1]
     print(f"  hub lag p99 {lag_p99 * 1000:.0f} ms, max {lag_max * 1000:.0f} ms; pool waits {waited} "
           f"({wait_s * 1000:.0f} ms in all); the hub's thread per second: {on_cpu / wall * 1000:.0f} ms on a CPU, "
           f"{runnable / wall * 1000:.0f} ms runnable but waiting for one")
-    new_warnings = after["warnings"] - before["warnings"]
-    if new_warnings:
-        print(f"  log warnings: {dict(new_warnings.most_common(5))}")
+
+
+def start_spies(run: Run, cmd: dict, profile_dir: str) -> list[tuple[str, str, subprocess.Popen | None]]:
+    """py-spy on the bots' process and the outside world's, for the phase's length less a second."""
+    seconds = float(cmd["seconds"]) - 1
+    spies = []
+    for title, pid, file in (("the bots' process", os.getpid(), "self.txt"),
+                             ("the simulator/AI process", run.world.pid, "child.txt")):
+        if pid:
+            path = os.path.join(profile_dir, file)
+            spies.append((title, path, start_py_spy(pid, seconds, path)))
+    return spies
+
+
+def finish_spies(spies: list[tuple[str, str, subprocess.Popen | None]]) -> None:
+    """Wait for each py-spy to write its profile (SIGINT after 30 s), then print it."""
     for title, path, spy in spies:
         if spy is not None:
             try:
@@ -1245,9 +1205,6 @@ def run_phase(name: str, cmd: dict, world: Any, rts: RoundTrips, stats: Stats, p
                 spy.send_signal(signal.SIGINT)
                 spy.wait(10)
             summarize_py_spy(path, title)
-    print()
-    result.update(round_trips=rt / messages, xacts=xacts / messages)
-    return result
 
 
 if __name__ == "__main__":
