@@ -52,15 +52,18 @@ def _port(raw: str) -> int:
     return value
 
 
-def _choice(*choices: str) -> Callable[[str], str]:
-    def parse(raw: str) -> str:
+class _Choice:
+    """A parser accepting one of ``choices`` (case-insensitive); ``expected`` names them in errors."""
+
+    def __init__(self, *choices: str) -> None:
+        self.choices = choices
+        self.expected = "one of " + ", ".join(choices)
+
+    def __call__(self, raw: str) -> str:
         value = raw.strip().lower()
-        if value not in choices:
+        if value not in self.choices:
             raise ValueError
         return value
-
-    parse.expected = "one of " + ", ".join(choices)  # type: ignore[attr-defined]
-    return parse
 
 
 def _optional_str(raw: str) -> str | None:
@@ -95,7 +98,7 @@ def _bool(raw: str) -> bool:
     raise ValueError
 
 
-_EXPECTED = {
+_EXPECTED: dict[Callable[[str], Any], str] = {
     _positive_int: "a whole number of at least 1",
     _non_negative_int: "a whole number of at least 0",
     _positive_float: "a number of seconds greater than 0",
@@ -128,7 +131,7 @@ class Spec:
 SPECS: tuple[Spec, ...] = (
     # Process and storage
     Spec("DATA_DIR", _str, "./var", "Directory for the embedded PostgreSQL cluster, device stores and local media."),
-    Spec("LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info", "Lowest level of JSON log lines written to stderr."),
+    Spec("LOG_LEVEL", _Choice("debug", "info", "warning", "error"), "info", "Lowest level of JSON log lines written to stderr."),
     Spec("ENVIRONMENT", _str, "development", "Environment name reported to Sentry and in logs."),
     Spec("RELEASE", _str, "", "Release name reported to Sentry; empty means the package version."),
     Spec("SENTRY_DSN", _optional_str, "", "Sentry DSN; empty disables Sentry."),
@@ -155,7 +158,7 @@ SPECS: tuple[Spec, ...] = (
     Spec("SSE_RETRY", _positive_int, "3000", "Milliseconds a browser waits before reconnecting a dropped SSE stream."),
     Spec("WS_MAX_FRAME", _positive_int, "65536", "Largest WebSocket frame in bytes a client may send; larger ones are refused."),
     # WhatsApp sessions
-    Spec("WA_TRANSPORT", _choice("neonize", "simulator"), "neonize", "How bots reach WhatsApp: the real neonize client or the network simulator."),
+    Spec("WA_TRANSPORT", _Choice("neonize", "simulator"), "neonize", "How bots reach WhatsApp: the real neonize client or the network simulator."),
     Spec("WA_SIMULATOR_ADDR", _str, "127.0.0.1:7300", "host:port of the simulator's transport socket (control API listens on the next port)."),
     Spec("WA_RECONNECT_BASE_DELAY", _positive_float, "5", "First reconnect delay in seconds; doubles per attempt, with jitter."),
     Spec("WA_RECONNECT_MAX_DELAY", _positive_float, "300", "Cap on the reconnect delay in seconds."),
@@ -207,15 +210,72 @@ def _redact(text: str) -> str:
     return _URL_PASSWORD.sub(r"\1:***@", text)
 
 
-Settings = dataclasses.make_dataclass(
-    "Settings",
-    [(spec.field, Any) for spec in SPECS],
-    frozen=True,
-    namespace={"__doc__": "Validated settings; one attribute per variable in SPECS, lower-cased."},
-)
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Validated settings; one attribute per variable in SPECS, lower-cased, in the same order, typed as
+    its parser returns (tests/test_config.py keeps the two in step)."""
+
+    data_dir: str
+    log_level: str
+    environment: str
+    release: str
+    sentry_dsn: str | None
+    shutdown_timeout: float
+    database_url: str | None
+    database_owner_url: str | None
+    database_max_connections: int
+    database_connect_timeout: float
+    database_acquire_timeout: float
+    database_max_lifetime: float
+    database_statement_timeout: float
+    database_leak_threshold: float
+    host: str
+    port: int
+    http_keepalive_timeout: float
+    http_header_timeout: float
+    http_max_body: int
+    events_retention: float
+    sse_buffer: int
+    sse_heartbeat: float
+    sse_retry: int
+    ws_max_frame: int
+    wa_transport: str
+    wa_simulator_addr: str
+    wa_reconnect_base_delay: float
+    wa_reconnect_max_delay: float
+    wa_reconnect_max_attempts: int
+    wa_reconnect_stable_after: float
+    wa_connect_rate: float
+    wa_lease_ttl: float
+    ai_base_url: str
+    ai_api_key: str | None
+    ai_model: str
+    ai_timeout: float
+    ai_max_retries: int
+    ai_max_in_flight: int
+    ai_debounce: float
+    ai_breaker_failures: int
+    ai_breaker_reset: float
+    bot_send_rate: float
+    bot_send_burst: int
+    outbox_max_attempts: int
+    outbox_retry_base: float
+    media_s3_endpoint: str | None
+    media_s3_bucket: str | None
+    media_s3_access_key_id: str | None
+    media_s3_secret_access_key: str | None
+    media_s3_region: str
+    media_max_bytes: int
+    bot_phone_takeover: float
+    public_url: str
+    session_idle_timeout: float
+    session_max_age: float
+    auth_link_ttl: float
+    sign_in_lockout: float
+    proxy_hops: int
 
 
-def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Any:
+def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
     """Parse every variable; the first bad one raises ConfigError with a one-line message.
 
     ``overrides`` (by lower-case field name) replace parsed values; tests use them.
@@ -236,5 +296,5 @@ def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Any:
     return Settings(**values)
 
 
-def replace(settings: Any, **changes: Any) -> Any:
+def replace(settings: Settings, **changes: Any) -> Settings:
     return dataclasses.replace(settings, **changes)

@@ -191,3 +191,13 @@ def test_the_configuration_docs_list_no_variable_the_code_does_not_read():
     declared = {spec.name for spec in config.SPECS}
     extra = sorted(set(_documented()) - declared)
     assert not extra, f"documented but not in core.config.SPECS: {extra}"
+
+
+def test_settings_has_one_field_per_spec_in_order_typed_as_its_parser_returns():
+    import typing
+
+    fields = typing.get_type_hints(config.Settings)
+    assert list(fields) == [spec.field for spec in config.SPECS]
+    for spec in config.SPECS:
+        parser = spec.parse.__call__ if isinstance(spec.parse, config._Choice) else spec.parse
+        assert fields[spec.field] == typing.get_type_hints(parser)["return"], spec.name
