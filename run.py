@@ -5,6 +5,8 @@ gevent patches the standard library before anything else is imported (pykka's th
 greenlets), and psycopg2 gets a wait callback that yields to the hub and cancels abandoned queries.
 """
 
+from __future__ import annotations
+
 from gevent import monkey
 
 monkey.patch_all()
@@ -17,11 +19,15 @@ import argparse  # noqa: E402
 import logging  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
 
 import gevent  # noqa: E402
 import gevent.event  # noqa: E402
 
 from core import config, heap, logs  # noqa: E402
+
+if TYPE_CHECKING:
+    from actors.system import System
 
 log = logging.getLogger("run")
 
@@ -77,13 +83,13 @@ def main(argv: list[str] | None = None) -> int:
         system.stop()
 
 
-def _migrate(system: "object") -> int:
+def _migrate(system: System) -> int:
     applied = system.migrate()
     print("applied: " + ", ".join(applied) if applied else "schema is up to date")
     return 0
 
 
-def _create_tenant(system: "object", name: str, admin_email: str | None) -> int:
+def _create_tenant(system: System, name: str, admin_email: str | None) -> int:
     from db import accounts, tenants
     from web import links, validation
     from web.errors import ApiError
@@ -112,7 +118,7 @@ def _create_tenant(system: "object", name: str, admin_email: str | None) -> int:
     return 0
 
 
-def _reset_password(system: "object", email: str) -> int:
+def _reset_password(system: System, email: str) -> int:
     from db import accounts
     from web import links
 
@@ -127,7 +133,7 @@ def _reset_password(system: "object", email: str) -> int:
     return 0
 
 
-def _serve(system: "object", *, web: bool, supervise: bool) -> int:
+def _serve(system: System, *, web: bool, supervise: bool) -> int:
     stop = gevent.event.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(sig, stop.set)

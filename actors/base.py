@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import queue
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Self, TypeVar
 
 import gevent
 import gevent.event
@@ -140,7 +140,7 @@ class Actor(pykka.ThreadingActor):
 
     # -- running inline ----------------------------------------------------------------------------
 
-    def start_inline(self) -> pykka.ActorRef:
+    def start_inline(self) -> pykka.ActorRef[Self]:
         """Bring the actor to life without a greenlet of its own: the calling greenlet becomes its
         thread and drives the mailbox with ``receive_inline``. Meant for an actor that exists to feed
         one connection (a stream subscriber), where the connection's greenlet would otherwise only wait
@@ -278,7 +278,10 @@ class Actor(pykka.ThreadingActor):
                 log.exception("death watcher raised", extra={"actor": type(self).__name__})
 
 
-def actor_of(ref: pykka.ActorRef) -> Actor:
+A = TypeVar("A", bound=pykka.Actor)
+
+
+def actor_of(ref: pykka.ActorRef[A]) -> A:
     """The actor object behind a ref, for the few in-process calls that must not queue (watch, kill).
 
     A ref holds its actor weakly (pykka 4); an actor that has ended and been collected is reported

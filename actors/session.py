@@ -37,6 +37,7 @@ from actors.pipeline import (
     WasReceived,
 )
 from core import context, sentry
+from core.root import Publisher
 from db import bots as bots_db
 from sansio import session_machine as sm
 from sansio.backoff import BackoffPolicy
@@ -55,7 +56,7 @@ class SessionDeps:
     owner: str  # this supervisor's lease owner id
     transport_factory: Callable[..., Transport]
     reserve_connect: Callable[[float], float]  # the process-wide connect rate limit: now -> when
-    publish: Callable[[str, str | None, str, dict], None]  # (tenant, bot, type, payload)
+    publish: Publisher  # (tenant, bot, type, payload)
     admit_connect: Callable[[], float] = lambda: 0.0  # at dial time: 0 to go, else seconds to wait
     clock: Callable[[], float] = time.time
     rng: random.Random = dataclasses.field(default_factory=random.Random)

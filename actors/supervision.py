@@ -37,6 +37,7 @@ from actors.pipeline import PipelineDeps
 from actors.session import BotSession, Refresh, SessionDeps
 from actors.supervisor import ChildSpec, Supervisor, children_of
 from db import bots as bots_db
+from core.root import Publisher, SupervisionRoot
 from db.listen import listen_forever
 from sansio.backoff import BackoffPolicy
 from sansio.connect_rate import ConnectRateLimiter
@@ -257,7 +258,7 @@ class Supervision:
     supervisor ("bots", one transient child per bot) and the lease keeper ("leases"), started in that
     order and stopped in reverse, so the keeper stops claiming before the sessions stop."""
 
-    def __init__(self, system: Any, *, owner: str | None = None, factory: Any = None,
+    def __init__(self, system: SupervisionRoot, *, owner: str | None = None, factory: Any = None,
                  listen_dsn: str | None = None, rng: random.Random | None = None) -> None:
         settings = system.settings
         self.system = system
@@ -362,7 +363,7 @@ class Supervision:
             log.warning("leaving supervision failed", extra={"error": repr(exc)})
 
 
-def pipeline_deps(system: Any, rng: random.Random) -> PipelineDeps:
+def pipeline_deps(system: SupervisionRoot, rng: random.Random) -> PipelineDeps:
     """The parts every bot's pipeline in this process shares: one AI client (its breaker is per
     provider, so one provider's outage trips once for all bots), the media store, the metrics."""
     from core.ai import AiClient
@@ -378,21 +379,21 @@ def pipeline_deps(system: Any, rng: random.Random) -> PipelineDeps:
     )
     ai = AiClient(settings, observe=metrics.observe_ai, rng=rng)
     holder["ai"] = ai
-    from media import store_from_settings
+    from media import MediaStore, store_from_settings
 
-    media_store = getattr(system, "media_store", None) or store_from_settings(settings)
+    media_store: MediaStore = getattr(system, "media_store", None) or store_from_settings(settings)
     from db.pipeline_store import PipelineStore
 
     # Pipelines announce every message in and out: through the root's batched notice publisher
     # (queued, written in batches, never waited on) where it has one.
-    notices = getattr(system, "notices", None) or system.publish
+    notices: Publisher = getattr(system, "notices", None) or system.publish
     return PipelineDeps(
         settings=settings, pool=system.pool, publish=notices, ai=ai, media=media_store, metrics=metrics,
         rng=rng, store=PipelineStore(system.pool, observe=metrics.observe_batch),
     )
 
 
-def start(system: Any) -> Supervision:
+def start(system: SupervisionRoot) -> Supervision:
     listen_dsn = system.pool.config.dsn
     supervision = Supervision(system, listen_dsn=listen_dsn)
     system.add_component("supervision", supervision.stop)

@@ -8,16 +8,25 @@ and stop in reverse; nothing else in the code keeps mutable state at module leve
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import gevent
+import pykka
 
 from actors.base import actor_of
-from actors.event_bus import EventBus, make_notice_publisher, make_publisher
+from actors.event_bus import EventBus, NoticePublisher, StreamMetrics, make_notice_publisher, make_publisher
 from actors.pool import Pool, PoolConfig
 from core import sentry
+from core.config import Settings
 from core.metrics import Metrics
+from core.root import Publisher
 from db import embedded, migrate
+
+if TYPE_CHECKING:
+    from flask import Blueprint
+
+    from media.store import MediaStore
 
 log = logging.getLogger(__name__)
 
@@ -29,19 +38,34 @@ class StartupError(RuntimeError):
 
 
 class System:
-    def __init__(self, settings: Any) -> None:
+    """The root (``core.root.WebRoot`` and ``core.root.SupervisionRoot``): ``pool`` and ``publish``
+    exist once ``start_database`` ran, ``bus`` and ``bus_metrics`` once ``start_bus`` ran."""
+
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics()
         self.embedded: embedded.Embedded | None = None
-        self.pool: Pool | None = None
-        self.blueprints: list[Any] = []
-        self.bus: Any = None
-        self.bus_metrics: Any = None
-        self.publish: Any = None
-        self.notices: Any = None  # batched, never-waited publisher for high-volume notices (pipelines)
-        self._media_store: Any = None
-        self._stops: list[tuple[str, Callable[[], None]]] = []
+        self._pool: Pool | None = None
+        self.blueprints: list[Blueprint] = []
+        self.bus: pykka.ActorRef[EventBus] | None = None
+        self.bus_metrics: StreamMetrics | None = None
+        self._publish: Publisher | None = None
+        self.notices: NoticePublisher | None = None  # batched, never-waited publisher for high-volume notices (pipelines)
+        self._media_store: MediaStore | None = None
+        self._stops: list[tuple[str, Callable[[], object]]] = []
         self.sentry_enabled = False
+
+    @property
+    def pool(self) -> Pool:
+        if self._pool is None:
+            raise RuntimeError("the database is not started (System.start_database)")
+        return self._pool
+
+    @property
+    def publish(self) -> Publisher:
+        if self._publish is None:
+            raise RuntimeError("the database is not started (System.start_database)")
+        return self._publish
 
     # -- start -----------------------------------------------------------------------------------
 
@@ -74,21 +98,22 @@ class System:
         app_url, owner_url = self.database_urls()
         if migrate_schema and owner_url:
             self.migrate()
-        self.pool = Pool(PoolConfig.from_settings(s, app_url))
-        self._on_stop("database pool", self.pool.stop)
-        self.publish = make_publisher(self.pool, self.metrics.events_published)
-        self.notices = make_notice_publisher(self.pool, self.metrics.events_published)
-        self._on_stop("event notices", self._stop_notices)
-        self.metrics.watch_pool(self.pool.stats)
-        if not self.pool.wait_ready(s.database_connect_timeout * 2):
-            raise StartupError(f"database unreachable: {self.pool.stats()['last_connect_error']}")
+        pool = self._pool = Pool(PoolConfig.from_settings(s, app_url))
+        self._on_stop("database pool", pool.stop)
+        self._publish = make_publisher(pool, self.metrics.events_published)
+        notices = self.notices = make_notice_publisher(pool, self.metrics.events_published)
+        self._on_stop("event notices", lambda: self._stop_notices(notices))
+        self.metrics.watch_pool(pool.stats)
+        if not pool.wait_ready(s.database_connect_timeout * 2):
+            raise StartupError(f"database unreachable: {pool.stats()['last_connect_error']}")
         self._check_app_role()
-        return self.pool
+        return pool
 
-    def _stop_notices(self) -> None:
-        self.notices.stop()
-        if not self.notices.flush(timeout=5):  # the last messages' notices, before the pool goes
-            log.warning("event notices not written before stop", extra={"queued": self.notices.queued})
+    @staticmethod
+    def _stop_notices(notices: NoticePublisher) -> None:
+        notices.stop()
+        if not notices.flush(timeout=5):  # the last messages' notices, before the pool goes
+            log.warning("event notices not written before stop", extra={"queued": notices.queued})
 
     def _check_app_role(self) -> None:
         """Refuse to run as a role that row-level security would not bind."""
@@ -110,7 +135,7 @@ class System:
             raise StartupError(f"schema is behind: pending migrations {', '.join(behind)}; run 'python run.py migrate'")
 
     @property
-    def media_store(self) -> Any:
+    def media_store(self) -> MediaStore:
         """One media store per process, shared by the web app and the bots' pipelines."""
         if self._media_store is None:
             from media import store_from_settings
@@ -118,25 +143,25 @@ class System:
             self._media_store = store_from_settings(self.settings)
         return self._media_store
 
-    def start_bus(self) -> Any:
+    def start_bus(self) -> pykka.ActorRef[EventBus]:
         """The event bus this process's live streams subscribe to (web processes)."""
-        self.bus = EventBus.start(
+        bus = self.bus = EventBus.start(
             self.pool, self.pool.config.dsn, self.settings.events_retention, self.metrics.registry
         )
-        self.bus_metrics = actor_of(self.bus).metrics
-        self._on_stop("event bus", lambda: self.bus.stop(timeout=self.settings.shutdown_timeout))
-        return self.bus
+        self.bus_metrics = actor_of(bus).metrics
+        self._on_stop("event bus", lambda: bus.stop(timeout=self.settings.shutdown_timeout))
+        return bus
 
     def end_streams(self) -> None:
         """End every live stream with a closing event (before the web server waits for requests)."""
         if self.bus is not None and self.bus.is_alive():
             self.bus.stop(timeout=self.settings.shutdown_timeout)
 
-    def add_component(self, name: str, stop: Callable[[], None]) -> None:
+    def add_component(self, name: str, stop: Callable[[], object]) -> None:
         """Register something started after the pool; it is stopped before everything started earlier."""
         self._on_stop(name, stop)
 
-    def _on_stop(self, name: str, stop: Callable[[], None]) -> None:
+    def _on_stop(self, name: str, stop: Callable[[], object]) -> None:
         self._stops.append((name, stop))
 
     # -- stop ------------------------------------------------------------------------------------

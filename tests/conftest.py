@@ -84,32 +84,34 @@ def make_tenant(pool):
 
 @pytest.fixture
 def web(settings, pool):
-    """A running web app on 127.0.0.1 (random port) over the shared pool; yields its base URL."""
-    from core.metrics import Metrics
-    from web.app import create_app
-    from web.server import make_server
+    """A running web app on 127.0.0.1 (random port) over the shared pool, with live streams: a
+    ``tests.fakes.FakeRoot`` (its base URL is ``url``)."""
+    from tests.fakes import FakeRoot
 
-    from actors.base import actor_of
-    from actors.event_bus import EventBus, make_publisher
-
-    class Root:
-        pass
-
-    root = Root()
-    root.settings, root.pool, root.metrics, root.blueprints = settings, pool, Metrics(), []
-    root.metrics.watch_pool(pool.stats)
-    root.publish = make_publisher(pool, root.metrics.events_published)
-    root.bus = EventBus.start(pool, pool.config.dsn, settings.events_retention, root.metrics.registry)
-    root.bus_metrics = actor_of(root.bus).metrics
-    server = make_server(create_app(root), settings)
-    server.start()
-    root.url = f"http://127.0.0.1:{server.server_port}"
-    root.server = server
+    root = FakeRoot(settings, pool).start_bus().serve()
     yield root
-    server.close()
-    if root.bus.is_alive():
-        root.bus.stop(timeout=5)
-    server.stop(timeout=2)
+    root.close()
+
+
+@pytest.fixture
+def serve_root(settings, pool):
+    """Web apps of a test's own over the shared pool: ``serve_root(bus=True, blueprints=[bp],
+    sse_heartbeat=0.3)`` serves a ``tests.fakes.FakeRoot`` (with an event bus, extra blueprints,
+    changed settings) and returns it; each is closed after the test."""
+    from tests.fakes import FakeRoot
+
+    roots = []
+
+    def start(*, bus=False, blueprints=(), **changes):  # noqa: ANN202
+        root = FakeRoot(config.replace(settings, **changes), pool, blueprints=blueprints)
+        roots.append(root)
+        if bus:
+            root.start_bus()
+        return root.serve()
+
+    yield start
+    for root in roots:
+        root.close()
 
 
 @pytest.fixture(autouse=True)

@@ -9,9 +9,9 @@ from typing import Any, Callable
 
 from actors.supervision import Supervision
 from core import config
-from core.metrics import Metrics
 from db import bots as bots_db
 from db import tenants
+from tests.fakes import FakeRoot
 from tests.waiting import wait_until
 
 
@@ -35,20 +35,6 @@ class EventLog:
         self.wait_for(lambda: state in self.states(bot_id)[after:], timeout, f"{bot_id} to reach {state}")
 
 
-class Root:
-    """Just enough of actors.system.System for Supervision."""
-
-    def __init__(self, settings: Any, pool: Any, log: EventLog) -> None:
-        self.settings = settings
-        self.pool = pool
-        self.metrics = Metrics()
-        self.publish = log.publish
-        self._stops: list[Callable[[], None]] = []
-
-    def add_component(self, name: str, stop: Callable[[], None]) -> None:
-        self._stops.append(stop)
-
-
 def session_settings(pg: Any, data_dir: str, sim_address: str, **extra: str) -> Any:
     env = {
         "DATABASE_URL": pg.app_url,
@@ -69,7 +55,7 @@ def session_settings(pg: Any, data_dir: str, sim_address: str, **extra: str) -> 
 
 @contextlib.contextmanager
 def supervision(settings: Any, pool: Any, log: EventLog, **kwargs: Any):
-    root = Root(settings, pool, log)
+    root = FakeRoot(settings, pool, publish=log.publish)
     sup = Supervision(root, listen_dsn=settings.database_url, **kwargs)
     try:
         yield sup

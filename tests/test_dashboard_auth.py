@@ -203,15 +203,10 @@ def test_a_used_session_is_kept_alive_past_the_idle_timeout(web, shop, pg):
 
 def test_the_session_cookie_is_secure_when_the_public_address_is_https(settings, pool, shop, web):
     from core import config
-    from core.metrics import Metrics
+    from tests.fakes import FakeRoot
     from web.app import create_app
 
-    class Root:
-        pass
-
-    root = Root()
-    root.settings = config.replace(settings, public_url="https://bots.example.com")
-    root.pool, root.metrics, root.blueprints, root.publish = pool, Metrics(), [], web.publish
+    root = FakeRoot(config.replace(settings, public_url="https://bots.example.com"), pool, publish=web.publish)
     client = create_app(root).test_client()
     page = client.get("/signin", base_url="https://bots.example.com")
     token = FORM_TOKEN.search(page.get_data(as_text=True)).group(1)

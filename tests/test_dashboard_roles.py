@@ -15,6 +15,7 @@ import pytest
 
 from sansio import roles
 from tests.dbadmin import superuser_sql
+from tests.fakes import FakeRoot
 from web.app import create_app
 
 # (name, method, path, form data, permission). Paths use {bot}, {contact}, {media}, {outbox},
@@ -152,14 +153,7 @@ def test_a_signed_out_visitor_is_sent_to_sign_in_or_refused(web, pg, shop, world
 
 
 def test_every_dashboard_route_is_in_the_matrix(settings, pool):
-    from core.metrics import Metrics
-
-    class Root:
-        pass
-
-    root = Root()
-    root.settings, root.pool, root.metrics = settings, pool, Metrics()
-    app = create_app(root)
+    app = create_app(FakeRoot(settings, pool))
     sample = {"bot": str(uuid.uuid4()), "contact": str(uuid.uuid4()), "media": str(uuid.uuid4()),
               "outbox": str(uuid.uuid4()), "member": str(uuid.uuid4()), "key": str(uuid.uuid4()), "uid": "x"}
     adapter = app.url_map.bind("localhost")

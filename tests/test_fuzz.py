@@ -20,7 +20,6 @@ import sys
 import pytest
 import requests
 
-from core import config
 from db import tenants
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -31,30 +30,9 @@ MAX_EXAMPLES = "12"
 
 
 @pytest.fixture
-def fuzzed(settings, pool):
+def fuzzed(serve_root):
     """A web app of its own, with an event bus (the stream routes exist, though not fuzzed)."""
-    from actors.base import actor_of
-    from actors.event_bus import EventBus, make_publisher
-    from core.metrics import Metrics
-    from web.app import create_app
-    from web.server import make_server
-
-    class Root:
-        pass
-
-    root = Root()
-    root.settings, root.pool, root.metrics, root.blueprints = config.replace(settings), pool, Metrics(), []
-    root.publish = make_publisher(pool, root.metrics.events_published)
-    root.bus = EventBus.start(pool, pool.config.dsn, settings.events_retention, root.metrics.registry)
-    root.bus_metrics = actor_of(root.bus).metrics
-    app = create_app(root)
-    server = make_server(app, settings)
-    server.start()
-    root.url = f"http://127.0.0.1:{server.server_port}"
-    yield root
-    server.close()
-    root.bus.stop(timeout=5)
-    server.stop(timeout=2)
+    return serve_root(bus=True)
 
 
 def _objects(url: str, key: str, name: str) -> dict[str, str]:

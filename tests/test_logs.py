@@ -16,7 +16,6 @@ from flask import Blueprint, jsonify
 from actors.base import Actor
 from core import context, logs
 from core.logs import JsonFormatter
-from core.metrics import Metrics
 from web.auth import require_tenant
 
 log = logging.getLogger("tests.logs")
@@ -185,19 +184,8 @@ def test_each_message_keeps_the_context_it_was_sent_with_and_none_leaks_into_the
 
 
 @pytest.fixture
-def app_url(settings, pool):
-    from web.app import create_app
-    from web.server import make_server
-
-    class Root:
-        pass
-
-    root = Root()
-    root.settings, root.pool, root.metrics, root.blueprints = settings, pool, Metrics(), [blueprint]
-    server = make_server(create_app(root), settings)
-    server.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.stop(timeout=2)
+def app_url(serve_root):
+    return serve_root(blueprints=[blueprint]).url
 
 
 def test_a_requests_x_request_id_is_the_correlation_id_of_its_log_lines(captured, app_url, make_tenant):

@@ -11,8 +11,8 @@ import requests
 from openapi_spec_validator import validate
 
 from core import config
-from core.metrics import Metrics
 from db import tenants
+from tests.fakes import FakeRoot
 from web.app import create_app
 from web.openapi import error_examples
 
@@ -22,12 +22,7 @@ _PATH_PARAM = re.compile(r"<(?:[a-z]+(?:\([^)]*\))?:)?([a-z_]+)>")
 
 @pytest.fixture(scope="module")
 def document():
-    class Root:
-        pass
-
-    root = Root()
-    root.settings, root.pool, root.metrics = config.load({}), None, Metrics()
-    app = create_app(root)
+    app = create_app(FakeRoot(config.load({}), None))
     with app.test_client() as client:
         doc = client.get("/api/v1/openapi.json").get_json()
     return app, doc
@@ -169,12 +164,7 @@ _BODIES = {
 
 
 def _scoped_operations():
-    class Root:
-        pass
-
-    root = Root()
-    root.settings, root.pool, root.metrics = config.load({}), None, Metrics()
-    with create_app(root).test_client() as client:
+    with create_app(FakeRoot(config.load({}), None)).test_client() as client:
         doc = client.get("/api/v1/openapi.json").get_json()
     for path, method, op in _operations(doc):
         if op["security"] and op["operationId"] not in ("openWebSocket",):

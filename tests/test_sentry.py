@@ -14,7 +14,7 @@ from flask import Blueprint
 
 from actors.base import Actor
 from core import config, context, sentry
-from core.metrics import Metrics
+from tests.fakes import FakeRoot
 from tests.sentry_ingest import SentryIngest
 from web.auth import require_tenant
 
@@ -56,18 +56,7 @@ def _shut_down_sentry() -> None:
 
 
 def _serve(settings, pool):  # noqa: ANN001, ANN202
-    from web.app import create_app
-    from web.server import make_server
-
-    class Root:
-        pass
-
-    root = Root()
-    root.settings, root.pool, root.metrics, root.blueprints = settings, pool, Metrics(), [blueprint]
-    server = make_server(create_app(root), settings)
-    server.start()
-    root.url = f"http://127.0.0.1:{server.server_port}"
-    return root, server
+    return FakeRoot(settings, pool, blueprints=[blueprint]).serve()
 
 
 def _exception_types(event):  # noqa: ANN001, ANN202
@@ -76,7 +65,7 @@ def _exception_types(event):  # noqa: ANN001, ANN202
 
 def _failing_request(settings, pool, ingest, key, request_id):  # noqa: ANN001, ANN202
     """Send one authenticated request to a route that raises; return the Sentry event it produced."""
-    root, server = _serve(settings, pool)
+    root = _serve(settings, pool)
     try:
         response = requests.get(
             f"{root.url}/api/v1/sentry-test/boom",
@@ -87,7 +76,7 @@ def _failing_request(settings, pool, ingest, key, request_id):  # noqa: ANN001, 
         assert response.json()["error"]["code"] == "internal_error"
         return ingest.event_where(lambda e: "Boom" in _exception_types(e))
     finally:
-        server.stop(timeout=2)
+        root.close()
 
 
 def test_an_unhandled_error_in_a_request_reaches_sentry_with_tenant_id_correlation_id_environment_and_release(

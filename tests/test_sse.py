@@ -16,7 +16,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from actors.base import actor_of
 from actors.subscriber import Subscriber
-from core import config
 from db import bots as bots_db
 from db import events as events_db
 from db import tenants
@@ -27,38 +26,9 @@ TIMEOUT = 5
 
 
 @pytest.fixture
-def make_web(settings, pool):
+def make_web(serve_root):
     """Like conftest's ``web``, with changed settings: ``make_web(sse_heartbeat=0.3)``."""
-    from actors.event_bus import EventBus, make_publisher
-    from core.metrics import Metrics
-    from web.app import create_app
-    from web.server import make_server
-
-    roots = []
-
-    class Root:
-        pass
-
-    def start(**changes):  # noqa: ANN202
-        root = Root()
-        root.settings = config.replace(settings, **changes)
-        root.pool, root.metrics, root.blueprints = pool, Metrics(), []
-        root.metrics.watch_pool(pool.stats)
-        root.publish = make_publisher(pool, root.metrics.events_published)
-        root.bus = EventBus.start(pool, pool.config.dsn, root.settings.events_retention, root.metrics.registry)
-        root.bus_metrics = actor_of(root.bus).metrics
-        root.server = make_server(create_app(root), root.settings)
-        root.server.start()
-        root.url = f"http://127.0.0.1:{root.server.server_port}"
-        roots.append(root)
-        return root
-
-    yield start
-    for root in roots:
-        root.server.close()
-        if root.bus.is_alive():
-            root.bus.stop(timeout=5)
-        root.server.stop(timeout=2)
+    return lambda **changes: serve_root(bus=True, **changes)
 
 
 @pytest.fixture

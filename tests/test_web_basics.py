@@ -14,8 +14,6 @@ import requests
 from flask import Blueprint, jsonify
 from prometheus_client.parser import text_string_to_metric_families
 
-from core import config
-from core.metrics import Metrics
 from web import validation
 
 TIMEOUT = 5
@@ -35,30 +33,9 @@ def _echo():  # noqa: ANN202
 
 
 @pytest.fixture
-def serve(settings, pool):
+def serve(serve_root):
     """Start a dedicated app (with a test blueprint) on 127.0.0.1, optionally with changed settings."""
-    from web.app import create_app
-    from web.server import make_server
-
-    servers = []
-
-    class Root:
-        pass
-
-    def start(**changes):  # noqa: ANN202
-        root = Root()
-        root.settings = config.replace(settings, **changes)
-        root.pool, root.metrics, root.blueprints = pool, Metrics(), [blueprint]
-        root.metrics.watch_pool(pool.stats)
-        server = make_server(create_app(root), root.settings)
-        server.start()
-        servers.append(server)
-        root.url = f"http://127.0.0.1:{server.server_port}"
-        return root
-
-    yield start
-    for server in servers:
-        server.stop(timeout=2)
+    return lambda **changes: serve_root(blueprints=[blueprint], **changes)
 
 
 def bearer(key: str) -> dict[str, str]:

@@ -18,6 +18,7 @@ from flask_openapi3 import OpenAPI
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from core import context
+from core.root import WebRoot
 from web import errors
 
 log = logging.getLogger("web.access")
@@ -66,7 +67,7 @@ class _ChunkedBodyLimit:
         return self.app(environ, start_response)
 
 
-def create_app(system: Any) -> Flask:
+def create_app(system: WebRoot) -> Flask:
     from web import api, openapi
 
     # The dashboard blueprint serves its own static files; the API's document is served by web.openapi.
@@ -138,7 +139,7 @@ def create_app(system: Any) -> Flask:
     app.register_api(streams.blueprint, url_prefix="/api/v1")
     app.register_blueprint(ws.blueprint, url_prefix="/api/v1")
     app.register_api(media.blueprint, url_prefix="/api/v1")
-    for extra in getattr(system, "blueprints", ()):
+    for extra in system.blueprints:
         app.register_blueprint(extra, url_prefix="/api/v1")
     app.register_blueprint(openapi.blueprint)
     app.register_blueprint(dashboard)

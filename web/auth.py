@@ -11,12 +11,15 @@ from typing import Any, Callable
 from flask import current_app, g, request
 
 from core import context
+from core.root import WebRoot
 from db import tenants
 from web.errors import ApiError
 
 
-def system() -> Any:
-    return current_app.extensions["wabot"]
+def system() -> WebRoot:
+    """The process's root, as ``create_app`` was given it."""
+    root: WebRoot = current_app.extensions["wabot"]
+    return root
 
 
 def require_tenant(view: Callable[..., Any]) -> Callable[..., Any]:
@@ -36,7 +39,7 @@ def require_tenant(view: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def session_check(root: Any, person: Any) -> Callable[[], bool] | None:
+def session_check(root: WebRoot, person: Any) -> Callable[[], bool] | None:
     """For a stream opened with a session: whether that session still stands (not signed out,
     expired, or removed from the tenant). None for a key (a revoked key's open stream runs on, as
     before)."""

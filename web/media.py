@@ -31,7 +31,7 @@ def media_store() -> media.MediaStore:
     """The process's store: the root's ``media_store`` when the process made one (shared with the
     pipeline), else one made from settings once per app."""
     root = system()
-    store = getattr(root, "media_store", None)
+    store = root.media_store
     if store is None:
         store = current_app.extensions.get("wabot.media_store")
         if store is None:

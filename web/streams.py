@@ -16,12 +16,15 @@ from typing import Any, Iterator
 
 import gevent
 import gevent.queue
+import pykka
 from flask import Response, g
+from prometheus_client import Counter
 
 from actors.base import actor_of
 from actors.event_bus import Subscribe, Unsubscribe
 from actors.subscriber import Closing, Subscriber
 from core import context
+from core.root import WebRoot
 from db import events as events_db
 from sansio import sse
 from web.api import api_blueprint, error_responses, operation
@@ -70,25 +73,28 @@ def parse_filter(bots: list[str], types: list[str]) -> sse.Filter:
     return sse.Filter(frozenset(bot_ids), frozenset(type_set))
 
 
-def open_subscription(root: Any, tenant_id: str, flt: sse.Filter, kind: str) -> tuple[Any, Subscriber, int]:
-    """Start a subscriber and register it with the root's bus; returns (ref, actor, watermark)."""
-    bus = getattr(root, "bus", None)
-    if bus is None:
+def open_subscription(
+    root: WebRoot, tenant_id: str, flt: sse.Filter, kind: str
+) -> tuple[pykka.ActorRef[Subscriber], Subscriber, int, Counter]:
+    """Start a subscriber and register it with the root's bus; returns (ref, actor, watermark, the
+    counter of events delivered to this kind of stream)."""
+    bus, metrics = root.bus, root.bus_metrics
+    if bus is None or metrics is None:
         raise ApiError(503, "streams_unavailable", "this process does not serve live streams")
     subscriber = Subscriber(tenant_id, root.settings.sse_buffer, kind)
     # Runs in the request's greenlet, which is the one that writes this client's stream.
     ref = subscriber.start_inline()
     try:
-        high = bus.ask(Subscribe(ref, tenant_id, flt, kind), timeout=SUBSCRIBE_TIMEOUT)
+        high: int = bus.ask(Subscribe(ref, tenant_id, flt, kind), block=True, timeout=SUBSCRIBE_TIMEOUT)
     except Exception as exc:  # noqa: BLE001 - the database or the bus is unavailable
-        actor_of(ref).kill()
+        subscriber.kill()
         raise ApiError(503, "streams_unavailable", f"cannot subscribe right now: {exc}") from None
-    return ref, actor_of(ref), high
+    return ref, subscriber, high, metrics.delivered.labels(kind)
 
 
-def close_subscription(root: Any, ref: Any, reason: str) -> None:
+def close_subscription(root: WebRoot, ref: pykka.ActorRef[Subscriber], reason: str) -> None:
     """Unregister and end a subscriber; safe outside a request (streams end after the view returned)."""
-    bus = getattr(root, "bus", None)
+    bus = root.bus
     if bus is not None:
         try:
             bus.tell(Unsubscribe(ref, reason))
@@ -121,9 +127,8 @@ def events(query: EventsQuery, header: StreamHeaders) -> Any:
     last = sse.resume_position(header.last_event_id, query.last_event_id)
     flt = parse_filter(query.bot, query.type)
     tenant_id = g.tenant_id
-    ref, subscriber, high = open_subscription(root, tenant_id, flt, "sse")
+    ref, subscriber, high, delivered = open_subscription(root, tenant_id, flt, "sse")
     work = context.current()
-    delivered = root.bus_metrics.delivered.labels("sse")
     still_valid = session_check(root, g.get("person"))
 
     def stream() -> Iterator[bytes]:

@@ -45,7 +45,9 @@ from urllib.parse import urlsplit
 import gevent
 import gevent.lock
 import gevent.queue
+import pykka
 from flask import Blueprint, Response, g, request
+from prometheus_client import Counter
 from werkzeug.wrappers import Request
 from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Event, Ping, TextMessage
@@ -54,8 +56,9 @@ from wsproto.frame_protocol import CloseReason, Opcode
 from wsproto.utilities import LocalProtocolError
 
 from actors.event_bus import ChangeFilter
-from actors.subscriber import Closing
+from actors.subscriber import Closing, Subscriber
 from core import context, sentry
+from core.root import WebRoot
 from db import outbox, tenants
 from sansio import roles, sse
 from web.auth import session_check, system
@@ -401,12 +404,12 @@ def websocket() -> Any:
         return _refuse(ws, root.settings, exc, CLOSE_POLICY)
     with context.bound(tenant_id=tenant_id):
         try:
-            ref, subscriber, high = open_subscription(root, tenant_id, flt, "ws")
+            ref, subscriber, high, delivered = open_subscription(root, tenant_id, flt, "ws")
         except ApiError as exc:
             return _refuse(ws, root.settings, exc, CLOSE_TRY_AGAIN)
         try:
             session = _Session(_Socket(ws, root.settings.ws_max_frame), root, tenant_id, ref, subscriber, high,
-                               last, flt, caller.person, caller.scopes)
+                               delivered, last, flt, caller.person, caller.scopes)
         except BaseException:
             close_subscription(root, ref, "error")
             raise
@@ -431,8 +434,9 @@ def _refuse(ws: Any, settings: Any, exc: ApiError, close_code: int) -> Any:
 
 class _Session:
     def __init__(
-        self, sock: _Socket, root: Any, tenant_id: str, ref: Any, subscriber: Any, high: int, last: int | None,
-        flt: sse.Filter, person: Any = None, scopes: tuple[str, ...] | None = None,
+        self, sock: _Socket, root: WebRoot, tenant_id: str, ref: pykka.ActorRef[Subscriber], subscriber: Subscriber,
+        high: int, delivered: Counter, last: int | None, flt: sse.Filter, person: Any = None,
+        scopes: tuple[str, ...] | None = None,
     ) -> None:
         self.scopes = scopes  # a key's scopes (None: everything)
         self.sock = sock
@@ -448,7 +452,7 @@ class _Session:
         self.heartbeat = root.settings.sse_heartbeat
         self.work = context.current()
         self.connection_id = self.work.correlation_id
-        self.delivered = root.bus_metrics.delivered.labels("ws")
+        self.delivered = delivered
         self.sent = high if last is None else last  # the stream position the client has reached
         self.close_code: int | None = None  # what the server's close frame will say
         self.close_text = ""
@@ -701,6 +705,8 @@ class _Session:
             lists[field] = value
         flt = parse_filter(lists["bot"], lists["type"])
         try:
+            if self.root.bus is None:
+                raise RuntimeError("this process has no event bus")
             self.root.bus.ask(ChangeFilter(self.ref, flt), timeout=SUBSCRIBE_TIMEOUT)
         except Exception as exc:  # noqa: BLE001 - the bus is stopping or stuck
             raise ApiError(503, "streams_unavailable", f"cannot change the filter right now: {exc}") from None

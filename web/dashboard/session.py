@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 from flask import abort, current_app, g, redirect, request, url_for
 
 from core import context
+from core.root import WebRoot
 from db import accounts, dashboard
 from sansio import roles
 
@@ -62,8 +63,10 @@ class Person:
         return f"member:{self.email}"
 
 
-def root() -> Any:
-    return current_app.extensions["wabot"]
+def root() -> WebRoot:
+    """The process's root, as ``create_app`` was given it."""
+    found: WebRoot = current_app.extensions["wabot"]
+    return found
 
 
 def secure_cookies() -> bool:

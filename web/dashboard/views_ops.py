@@ -242,7 +242,7 @@ def status(person: Person) -> Any:
             raise
         database = {"ok": False, "error": " ".join(str(exc).split()) or type(exc).__name__}
     supervisors = accounts.supervisors(root.pool, person.tenant_id) if database["ok"] else []
-    bus = getattr(root, "bus", None)
+    bus = root.bus
     return render_template("status.html", database=database, pool=root.pool.stats(), supervisors=supervisors,
                            streams=bus is not None and bus.is_alive(),
                            ai_configured=bool(root.settings.ai_api_key), ai_base_url=root.settings.ai_base_url)
