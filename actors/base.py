@@ -24,7 +24,8 @@ from __future__ import annotations
 import logging
 import queue
 import sys
-from typing import Any, Callable, Self, TypeVar
+from collections.abc import Callable
+from typing import Any, Self, TypeVar
 
 import gevent
 import gevent.event
@@ -274,7 +275,7 @@ class Actor(pykka.ThreadingActor):
         for callback in watchers:
             try:
                 callback(self.actor_ref, reason)
-            except Exception:  # noqa: BLE001 - a broken watcher must not hide the others
+            except Exception:  # a broken watcher must not hide the others
                 log.exception("death watcher raised", extra={"actor": type(self).__name__})
 
 

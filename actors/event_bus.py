@@ -22,7 +22,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import gevent
 from prometheus_client import Counter
@@ -107,7 +108,7 @@ class _Prune:
 
 
 class StreamMetrics:
-    def __init__(self, registry: Any, bus: "EventBus") -> None:
+    def __init__(self, registry: Any, bus: EventBus) -> None:
         self.delivered = Counter("events_delivered", "Events written to subscribers", ["kind"], registry=registry)
         self.disconnects = Counter(
             "stream_disconnects", "Live-stream subscribers that went away, by reason", ["kind", "reason"],
@@ -117,7 +118,7 @@ class StreamMetrics:
 
 
 class _BusCollector(Collector):
-    def __init__(self, bus: "EventBus") -> None:
+    def __init__(self, bus: EventBus) -> None:
         self.bus = bus
 
     def describe(self) -> list:

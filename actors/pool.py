@@ -25,7 +25,8 @@ import logging
 import random
 import time
 import traceback
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import gevent
 import gevent.event
@@ -78,7 +79,7 @@ class PoolConfig:
     application_name: str = "wabot"
 
     @classmethod
-    def from_settings(cls, settings: Any, dsn: str) -> "PoolConfig":
+    def from_settings(cls, settings: Any, dsn: str) -> PoolConfig:
         return cls(
             dsn=dsn,
             size=settings.database_max_connections,
@@ -318,14 +319,14 @@ class Unit:
 
     __slots__ = ("_pool", "_conn", "_cur", "_prefix", "_begun", "tenant_id")
 
-    def __init__(self, pool: "Pool", tenant_id: str | None) -> None:
+    def __init__(self, pool: Pool, tenant_id: str | None) -> None:
         self._pool = pool
         self.tenant_id = tenant_id
         self._conn: _Conn | None = None
         self._cur: Any = None
         self._begun = False
 
-    def __enter__(self) -> "Unit":
+    def __enter__(self) -> Unit:
         self._conn = self._pool._acquire()
         self._cur = self._conn.raw.cursor()
         return self

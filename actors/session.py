@@ -19,7 +19,8 @@ import datetime
 import logging
 import random
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import gevent
 
@@ -373,7 +374,7 @@ class BotSession(Actor):
         pool, owner = self.deps.pool, self.deps.owner
         if isinstance(event, tev.QrCode) and event.codes:
             bots_db.write_fields(pool, self.tenant_id, self.bot_id, owner, qr_code=event.codes[0],
-                                 qr_updated_at=datetime.datetime.now(datetime.timezone.utc))
+                                 qr_updated_at=datetime.datetime.now(datetime.UTC))
         elif isinstance(event, tev.Paired):
             bots_db.write_fields(pool, self.tenant_id, self.bot_id, owner, jid=event.jid, paired=True, qr_code=None)
         elif isinstance(event, tev.Connected):

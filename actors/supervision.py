@@ -24,10 +24,10 @@ import random
 import socket
 import time
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import gevent
-
 from prometheus_client import Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -36,8 +36,8 @@ from actors.base import Actor, actor_of
 from actors.pipeline import PipelineDeps
 from actors.session import BotSession, Refresh, SessionDeps
 from actors.supervisor import ChildSpec, Supervisor, children_of
-from db import bots as bots_db
 from core.root import Publisher, SupervisionRoot
+from db import bots as bots_db
 from db.listen import listen_forever
 from sansio.backoff import BackoffPolicy
 from sansio.connect_rate import ConnectRateLimiter
@@ -216,7 +216,7 @@ class LeaseKeeper(Actor):
 
 
 class _SessionCollector(Collector):
-    def __init__(self, supervision: "Supervision") -> None:
+    def __init__(self, supervision: Supervision) -> None:
         self.supervision = supervision
 
     def describe(self) -> list:

@@ -30,7 +30,8 @@ import dataclasses
 import functools
 import logging
 import math
-from typing import Any, Callable, Iterable, Literal, NamedTuple
+from collections.abc import Callable, Iterable
+from typing import Any, Literal, NamedTuple
 
 import gevent
 import gevent.event
@@ -451,7 +452,7 @@ class Supervisor(Actor):
             return 0.0
         try:
             delay = float(self._restart_delay(child.name, child.restart_count))
-        except Exception:  # noqa: BLE001 - a broken backoff must not stop supervision
+        except Exception:  # a broken backoff must not stop supervision
             log.exception("restart_delay raised; restarting at once", extra={"child": child.name})
             return 0.0
         if not math.isfinite(delay) or delay < 0:
@@ -517,7 +518,7 @@ class Supervisor(Actor):
         for child in reversed(list(self._order)):
             try:
                 self._terminate(child)
-            except Exception:  # noqa: BLE001 - the other children must still be stopped
+            except Exception:  # the other children must still be stopped
                 log.exception("stopping a child failed", extra={"supervisor": self.name, "child": child.name})
 
     def _terminate(self, child: _Child) -> None:
@@ -584,7 +585,7 @@ class Supervisor(Actor):
             return
         try:
             self._on_event(kind, child)
-        except Exception:  # noqa: BLE001 - metrics must never break supervision
+        except Exception:  # metrics must never break supervision
             log.exception("on_event hook raised", extra={"supervisor": self.name, "kind": kind})
 
 

@@ -174,7 +174,7 @@ class System:
                 with gevent.Timeout(self.settings.shutdown_timeout):
                     stop()
                 log.info("stopped", extra={"component": name})
-            except BaseException as exc:  # noqa: BLE001 - keep stopping the rest
+            except BaseException as exc:  # keep stopping the rest
                 if isinstance(exc, gevent.GreenletExit):
                     raise
                 log.error("component did not stop cleanly", extra={"component": name, "error": repr(exc)})

@@ -14,7 +14,8 @@ import itertools
 import logging
 import math
 import time
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import gevent
 import gevent.event
@@ -38,7 +39,7 @@ class Timers(Protocol):
 def _run_logged(fn: Callable[[], None]) -> None:
     try:
         fn()
-    except Exception:  # noqa: BLE001 - a timer has nobody to raise to
+    except Exception:  # a timer has nobody to raise to
         log.exception("timer callback raised", extra={"callback": repr(fn)})
 
 
@@ -81,7 +82,7 @@ class _ManualTimer:
         self.fn = fn
         self.cancelled = False
 
-    def __lt__(self, other: "_ManualTimer") -> bool:
+    def __lt__(self, other: _ManualTimer) -> bool:
         return (self.deadline, self.seq) < (other.deadline, other.seq)
 
     def cancel(self) -> None:

@@ -41,7 +41,7 @@ def reset(token: contextvars.Token) -> None:
     _current.reset(token)
 
 
-class bound:  # noqa: N801 - used like the function it replaced: ``with context.bound(...)``
+class bound:  # used like the function it replaced: ``with context.bound(...)``
     """Run a block with some fields of the work context replaced. A class rather than a generator
     context manager: it is entered several times per message on the pipeline's hot path."""
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import tenacity
 
@@ -63,7 +64,7 @@ def call(
     # costs ~45 µs a call (bench/db_pool.py), more than a pooled query's whole round trip.
     try:
         return fn()
-    except Exception as exc:  # noqa: BLE001 - classified below
+    except Exception as exc:  # classified below
         if attempts <= 1 or not classify(exc):
             raise
         first_failure: list[BaseException] = [exc]

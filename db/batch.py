@@ -27,7 +27,8 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from typing import Any, Callable, Generic, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, TypeVar
 
 import gevent
 import gevent.event
@@ -230,5 +231,5 @@ class Coalescer(Generic[Item, Result]):
     def _tell(self, call: _Call, outcome: tuple) -> None:
         try:
             call.on_done(*outcome)
-        except Exception:  # noqa: BLE001 - one caller's callback must not fail the others' calls
+        except Exception:  # one caller's callback must not fail the others' calls
             log.exception("outcome callback raised", extra={"operation": self.name})

@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 from db.bots import NOTIFY_CHANNEL
 
-Before = Optional[tuple[datetime.datetime, Optional[str]]]
+Before = Optional[tuple[datetime.datetime, str | None]]
 
 PREVIEW_CHARS = 100
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from db import events
 from db.bots import NOTIFY_CHANNEL
-from db.conversations_api import Before, PREVIEW_CHARS, _keyset
+from db.conversations_api import PREVIEW_CHARS, Before, _keyset
 
 AWAITING_MAX = 99  # the badge counts up to this many ("99+")
 

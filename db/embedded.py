@@ -36,7 +36,7 @@ class Embedded:
     def stop(self) -> None:
         try:
             self.server.cleanup()
-        except Exception:  # noqa: BLE001 - stopping is best effort at exit
+        except Exception:  # stopping is best effort at exit
             log.exception("embedded postgres did not stop cleanly")
 
     def restart_server(self) -> None:

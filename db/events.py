@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import datetime
 import json
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 CHANNEL = "wabot_events"
 _LOCK = 7283903

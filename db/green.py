@@ -17,7 +17,7 @@ _POLL_READ = extensions.POLL_READ
 _POLL_WRITE = extensions.POLL_WRITE
 
 
-def gevent_wait_callback(conn, timeout=None):  # noqa: ANN001 - signature fixed by psycopg2
+def gevent_wait_callback(conn, timeout=None):  # signature fixed by psycopg2
     try:
         while True:
             state = conn.poll()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import Callable
+from collections.abc import Callable
 
 import gevent
 import gevent.socket

@@ -94,7 +94,7 @@ def apply(owner_url: str, app_role: str, connect_timeout: float = 10) -> list[st
     return applied_now
 
 
-def _grant(cur, app_role: str) -> None:  # noqa: ANN001
+def _grant(cur, app_role: str) -> None:
     role = sql.Identifier(app_role)
     for statement in (
         "GRANT USAGE ON SCHEMA public TO {}",
@@ -107,7 +107,7 @@ def _grant(cur, app_role: str) -> None:  # noqa: ANN001
         cur.execute(sql.SQL(statement).format(role))
 
 
-def pending(conn) -> list[str]:  # noqa: ANN001
+def pending(conn) -> list[str]:
     """Names of migrations not yet applied, read through any connection that can see the table."""
     with conn.cursor() as cur:
         cur.execute("SELECT to_regclass('schema_migrations') IS NOT NULL")

@@ -18,9 +18,7 @@ from typing import Any
 
 import psycopg2.errors
 
-from db import conversations
-from db import conversations_api
-
+from db import conversations, conversations_api
 from sansio.recipients import TEXT_MAX, check_text, to_jid  # noqa: F401 - part of this module's API
 
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from db.batch import Coalescer
 from db.conversations import ANSWERABLE_KINDS, Outgoing, Stored, new_message_id

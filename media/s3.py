@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import boto3
 import botocore.exceptions

@@ -20,8 +20,9 @@ import os
 import re
 import time
 import uuid
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterable, Iterator, Protocol, Union
+from typing import Any, BinaryIO, Protocol, Union
 
 from core.config import ConfigError
 
@@ -111,7 +112,7 @@ class Backend(Protocol):
 def new_key(tenant_id: str, now: datetime.datetime | None = None) -> str:
     """``<tenant>/<yyyy>/<mm>/<uuid>``: grouped by tenant and month so a tenant's media can be listed,
     exported or removed by prefix; the last part is random, so a key reveals nothing and never clashes."""
-    now = now or datetime.datetime.now(datetime.timezone.utc)
+    now = now or datetime.datetime.now(datetime.UTC)
     return f"{uuid.UUID(str(tenant_id))}/{now:%Y}/{now:%m}/{uuid.uuid4().hex}"
 
 

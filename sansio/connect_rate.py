@@ -19,7 +19,6 @@ from __future__ import annotations
 import collections
 import math
 
-
 ADMIT_MARGIN = 0.01
 
 

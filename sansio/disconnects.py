@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 
-from transports.events import DisconnectKind, Disconnected
+from transports.events import Disconnected, DisconnectKind
 
 
 class Action(enum.Enum):

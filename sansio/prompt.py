@@ -14,7 +14,7 @@ Pure: no I/O.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from sansio.rules import AiConfig
 

@@ -41,7 +41,8 @@ import dataclasses
 import math
 import re
 import unicodedata
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 try:  # Python 3.11+: the parser behind re.compile; only read, to inspect a pattern's structure.
     from re import _parser as _sre_parse  # type: ignore[attr-defined]

@@ -36,7 +36,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from sansio.backoff import Backoff, BackoffPolicy, Rng
 from sansio.disconnects import Action, classify
@@ -197,7 +198,7 @@ def _starting(backoff: Backoff, reason: str) -> SessionState:
     return SessionState(backoff=backoff, state=State.STARTING, reason=reason)
 
 
-def _start(s: SessionState, e: Start, now: float, rng: Rng) -> Optional[Result]:
+def _start(s: SessionState, e: Start, now: float, rng: Rng) -> Result | None:
     if s.state not in STARTABLE:
         return IGNORED
     return _move(s, _starting(s.backoff.reset(), "started"), then=[Connect()])
@@ -207,42 +208,42 @@ def _restart(s: SessionState, e: Restart, now: float, rng: Rng) -> Result:
     return _move(s, _starting(s.backoff.reset(), "restarted"), [CancelRetry(), CloseTransport()], [Connect()])
 
 
-def _stop(s: SessionState, e: Stop, now: float, rng: Rng) -> Optional[Result]:
+def _stop(s: SessionState, e: Stop, now: float, rng: Rng) -> Result | None:
     if s.state is State.STOPPED:
         return IGNORED
     new = SessionState(backoff=s.backoff.reset(), state=State.STOPPED, reason="stopped")
     return _move(s, new, [CancelRetry(), CloseTransport()])
 
 
-def _logout(s: SessionState, e: Logout, now: float, rng: Rng) -> Optional[Result]:
+def _logout(s: SessionState, e: Logout, now: float, rng: Rng) -> Result | None:
     if s.state is State.LOGGED_OUT:
         return IGNORED
     new = SessionState(backoff=s.backoff.reset(), state=State.LOGGED_OUT, reason="logged out by user")
     return _move(s, new, [CancelRetry(), LogoutTransport(), CloseTransport()])
 
 
-def _qr_code(s: SessionState, e: tev.QrCode, now: float, rng: Rng) -> Optional[Result]:
+def _qr_code(s: SessionState, e: tev.QrCode, now: float, rng: Rng) -> Result | None:
     if s.state not in (State.STARTING, State.PAIRING):
         return IGNORED
     new = dataclasses.replace(s, state=State.PAIRING, reason="waiting for the QR code to be scanned")
     return _move(s, new, then=[Publish("bot.qr", {"codes": list(e.codes)})])
 
 
-def _pair_code(s: SessionState, e: tev.PairCode, now: float, rng: Rng) -> Optional[Result]:
+def _pair_code(s: SessionState, e: tev.PairCode, now: float, rng: Rng) -> Result | None:
     if s.state not in (State.STARTING, State.PAIRING):
         return IGNORED
     new = dataclasses.replace(s, state=State.PAIRING, reason="waiting for the pair code to be entered")
     return _move(s, new, then=[Publish("bot.pair_code", {"code": e.code})])
 
 
-def _paired(s: SessionState, e: tev.Paired, now: float, rng: Rng) -> Optional[Result]:
+def _paired(s: SessionState, e: tev.Paired, now: float, rng: Rng) -> Result | None:
     # whatsmeow follows a pairing with a stream restart; the session connects after that.
     if s.state not in (State.STARTING, State.PAIRING):
         return IGNORED
     return _move(s, _starting(s.backoff, "paired"), then=[Publish("bot.paired", {"jid": e.jid})])
 
 
-def _connected(s: SessionState, e: tev.Connected, now: float, rng: Rng) -> Optional[Result]:
+def _connected(s: SessionState, e: tev.Connected, now: float, rng: Rng) -> Result | None:
     if s.state not in (State.STARTING, State.PAIRING):
         return IGNORED
     # The attempt count stays until the link proves stable (Backoff.on_disconnected decides).
@@ -250,7 +251,7 @@ def _connected(s: SessionState, e: tev.Connected, now: float, rng: Rng) -> Optio
     return _move(s, new)
 
 
-def _disconnected(s: SessionState, e: tev.Disconnected, now: float, rng: Rng) -> Optional[Result]:
+def _disconnected(s: SessionState, e: tev.Disconnected, now: float, rng: Rng) -> Result | None:
     if s.state not in LIVE:
         return IGNORED
     decision = classify(e)
@@ -281,20 +282,20 @@ def _disconnected(s: SessionState, e: tev.Disconnected, now: float, rng: Rng) ->
     return _move(s, new, [CloseTransport()])
 
 
-def _retry_due(s: SessionState, e: RetryDue, now: float, rng: Rng) -> Optional[Result]:
+def _retry_due(s: SessionState, e: RetryDue, now: float, rng: Rng) -> Result | None:
     if s.state is not State.BACKING_OFF or e.at != s.next_retry_at:
         return IGNORED
     reason = f"reconnect attempt {s.attempt} of {s.backoff.policy.max_attempts}"
     return _move(s, _starting(s.backoff, reason), then=[Connect()])
 
 
-def _ban_expired(s: SessionState, e: BanExpired, now: float, rng: Rng) -> Optional[Result]:
+def _ban_expired(s: SessionState, e: BanExpired, now: float, rng: Rng) -> Result | None:
     if s.state is not State.TEMPORARILY_BANNED or e.at != s.banned_until:
         return IGNORED
     return _move(s, _starting(s.backoff, "temporary ban expired"), then=[Connect()])
 
 
-_HANDLERS: dict[type, Callable[..., Optional[Result]]] = {
+_HANDLERS: dict[type, Callable[..., Result | None]] = {
     Start: _start,
     Stop: _stop,
     Logout: _logout,

@@ -8,7 +8,6 @@ bot is not in a state where that makes sense). See ``docs/simulator.md`` for the
 from __future__ import annotations
 
 import base64
-
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response, jsonify, request
@@ -17,7 +16,7 @@ if TYPE_CHECKING:
     from simulator.server import Simulator
 
 
-def create_app(sim: "Simulator") -> Flask:
+def create_app(sim: Simulator) -> Flask:
     from simulator.server import SimulatorError
 
     app = Flask("simulator.control")

@@ -31,7 +31,8 @@ import socket
 import struct
 import time
 import zlib
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import gevent
 import gevent.lock
@@ -121,7 +122,7 @@ class Simulator:
         self,
         host: str = "127.0.0.1",
         port: int = 7300,
-        control_port: int | None | bool = None,
+        control_port: int | bool | None = None,
         *,
         qr_rotate: float = 20.0,
         receipt_delay: Any = (1.0, 2.0),
@@ -154,7 +155,7 @@ class Simulator:
 
     # ------------------------------------------------------------------ life cycle
 
-    def start(self) -> "Simulator":
+    def start(self) -> Simulator:
         self._load_state()
         self._listen()
         if self._control_port is not False:
@@ -207,7 +208,7 @@ class Simulator:
     def control_url(self) -> str | None:
         return None if self._control_port is False else f"http://{self.host}:{self._control_port}"
 
-    def __enter__(self) -> "Simulator":
+    def __enter__(self) -> Simulator:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

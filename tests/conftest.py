@@ -102,7 +102,7 @@ def serve_root(settings, pool):
 
     roots = []
 
-    def start(*, bus=False, blueprints=(), **changes):  # noqa: ANN202
+    def start(*, bus=False, blueprints=(), **changes):
         root = FakeRoot(config.replace(settings, **changes), pool, blueprints=blueprints)
         roots.append(root)
         if bus:

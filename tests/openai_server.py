@@ -162,14 +162,14 @@ class OpenAiServer:
         extra = {"ssl_context": tls.server_context()} if tls is not None else {}
         self._server = WSGIServer(_listener(), self._app, log=None, error_log=None, **extra)
 
-    def start(self) -> "OpenAiServer":
+    def start(self) -> OpenAiServer:
         self._server.start()
         return self
 
     def stop(self) -> None:
         self._server.stop(timeout=1)
 
-    def __enter__(self) -> "OpenAiServer":
+    def __enter__(self) -> OpenAiServer:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

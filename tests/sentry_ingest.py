@@ -93,14 +93,14 @@ class SentryIngest:
 
     # -- life cycle --------------------------------------------------------------------------------
 
-    def start(self) -> "SentryIngest":
+    def start(self) -> SentryIngest:
         self._server.start()
         return self
 
     def stop(self) -> None:
         self._server.stop(timeout=1)
 
-    def __enter__(self) -> "SentryIngest":
+    def __enter__(self) -> SentryIngest:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from actors.supervision import Supervision
 from core import config

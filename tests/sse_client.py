@@ -15,7 +15,8 @@ import dataclasses
 import json
 import socket
 import time
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import gevent
@@ -350,7 +351,7 @@ class SSEClient:
         except OSError:
             pass
 
-    def __enter__(self) -> "SSEClient":
+    def __enter__(self) -> SSEClient:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -305,7 +305,7 @@ def test_submitted_work_gathers_for_a_while_and_then_runs_as_one_statement(run):
     coalescer = Coalescer("test.op", run, gather=0.2)
     told = []
     coalescer.submit("t", [1], on_done=told.append)
-    wait_until(lambda: "t" in coalescer._gathering, what="the flusher to gather")  # noqa: SLF001
+    wait_until(lambda: "t" in coalescer._gathering, what="the flusher to gather")
     coalescer.submit("t", [2], on_done=told.append)
     assert run.batches == []  # still gathering
     assert coalescer.flush(TIMEOUT)
@@ -315,7 +315,7 @@ def test_submitted_work_gathers_for_a_while_and_then_runs_as_one_statement(run):
 def test_a_waiting_call_ends_the_gathering_at_once(run):
     coalescer = Coalescer("test.op", run, gather=60)
     coalescer.submit("t", [1])
-    wait_until(lambda: "t" in coalescer._gathering, what="the flusher to gather")  # noqa: SLF001
+    wait_until(lambda: "t" in coalescer._gathering, what="the flusher to gather")
     with gevent.Timeout(TIMEOUT):
         assert coalescer.call("t", [2]) == ["t:2"]
     assert run.items_of("t") == [[1, 2]]

@@ -248,7 +248,7 @@ def test_conversations_are_listed_by_latest_activity_with_a_preview_and_paged_by
     assert first["next_before"]
 
     # An ISO time: strictly older than it ('+' sent unencoded arrives as a space and still works).
-    cut = datetime.datetime.fromtimestamp(T0 + 3, datetime.timezone.utc)
+    cut = datetime.datetime.fromtimestamp(T0 + 3, datetime.UTC)
     for before in (cut.isoformat(), cut.strftime("%Y-%m-%dT%H:%M:%SZ")):
         older = alice.get(f"/bots/{bot_id}/conversations", params={"before": before}).json()["conversations"]
         assert [c["jid"] for c in older] == [jids[2], jids[1]]

@@ -3,7 +3,8 @@
 import pytest
 
 from sansio.disconnects import Action, classify
-from transports.events import DisconnectKind as K, Disconnected
+from transports.events import Disconnected
+from transports.events import DisconnectKind as K
 
 # (kind, code, expires_in) -> (action, state, resume_in)
 TABLE = [

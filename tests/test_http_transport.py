@@ -432,7 +432,7 @@ def test_a_chunked_body_over_the_cap_is_refused(serve, pools):
     chunk = b"x" * 65536
     server = serve(keep_alive(lambda peer, request: peer.send(
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-        + b"10000\r\n" + chunk + b"\r\n" * 1 + (b"10000\r\n" + chunk + b"\r\n") * 16 + b"0\r\n\r\n")))
+        b"10000\r\n" + chunk + b"\r\n" * 1 + (b"10000\r\n" + chunk + b"\r\n") * 16 + b"0\r\n\r\n")))
     pool = pools(server.url, max_body=16 * 65536)
 
     with pytest.raises(BodyTooLarge):

@@ -25,7 +25,7 @@ blueprint = Blueprint("logs_test", __name__)
 
 @blueprint.get("/logs-test/hello")
 @require_tenant
-def _hello():  # noqa: ANN202
+def _hello():
     log.info("saying hello")
     log.warning("still saying hello")
     return jsonify({"hello": "world"})
@@ -33,7 +33,7 @@ def _hello():  # noqa: ANN202
 
 @blueprint.get("/logs-test/boom")
 @require_tenant
-def _boom():  # noqa: ANN202
+def _boom():
     log.info("about to fail")
     raise RuntimeError("boom for the logs")
 
@@ -126,18 +126,18 @@ class Second(Actor):
         super().__init__()
         self.done = done
 
-    def on_receive(self, message):  # noqa: ANN001, ANN201
+    def on_receive(self, message):
         log.info("second handled", extra={"item": message})
         if message == "last":
             self.done.set()
 
 
 class First(Actor):
-    def __init__(self, second) -> None:  # noqa: ANN001
+    def __init__(self, second) -> None:
         super().__init__()
         self.second = second
 
-    def on_receive(self, message):  # noqa: ANN001, ANN201
+    def on_receive(self, message):
         log.info("first handled", extra={"item": message})
         self.second.tell(message)
 

@@ -21,10 +21,10 @@ from neonize.proto import Neonize_pb2 as npb
 from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as wa
 
 from core import config
+from tests.waiting import wait_until
 from transports import neonize_transport as nt
 from transports.base import TransportError
 from transports.events import Connected, Disconnected, DisconnectKind, MessageReceived
-from tests.waiting import wait_until
 
 _start_new_thread = monkey.get_original("_thread", "start_new_thread")
 
@@ -236,7 +236,7 @@ def test_events_handed_over_from_foreign_os_threads_reach_the_sink_in_order_from
     assert done.wait(5)
     # done.set was queued on the hub after the frame's callback, so that has run; a delivery it
     # (wrongly) scheduled is the transport's drainer greenlet, which must have ended too.
-    wait_until(lambda: transport._drainer is None, 5, "the transport's drainer to be idle")  # noqa: SLF001
+    wait_until(lambda: transport._drainer is None, 5, "the transport's drainer to be idle")
     assert len(sink.events) == 51
     bridge.routes.pop(uuid, None)
 

@@ -23,9 +23,8 @@ def test_a_borrower_gets_a_clear_error_naming_pool_size_and_waiters_when_none_is
 
     holders = [gevent.spawn(hold) for _ in range(2)]
     wait_until(lambda: pool.stats()["in_use"] == 2, what="both connections borrowed")
-    with pytest.raises(PoolExhausted) as caught:
-        with pool.unit(None):
-            pass
+    with pytest.raises(PoolExhausted) as caught, pool.unit(None):
+        pass
     message = str(caught.value)
     assert "pool size 2" in message and "1 waiting" in message and "0.2s" in message
     release.set()
@@ -144,7 +143,7 @@ def test_connections_are_recycled_after_their_lifetime(make_pool):
 def test_lifetimes_are_jittered_so_connections_do_not_recycle_together(make_pool):
     pool = make_pool(size=8, max_lifetime=1000)
     wait_until(lambda: pool.stats()["idle"] == 8, what="all eight connections open")
-    expiries = {round(c.expires_at, 6) for c in pool._shared.idle}  # noqa: SLF001
+    expiries = {round(c.expires_at, 6) for c in pool._shared.idle}
     assert len(expiries) == 8
 
 
@@ -157,9 +156,8 @@ def test_a_statement_over_the_statement_timeout_is_cancelled_by_the_server(make_
 
 def test_a_gevent_timeout_around_a_query_cancels_it_on_the_server(make_pool):
     pool = make_pool(size=2)
-    with pytest.raises(gevent.Timeout):
-        with gevent.Timeout(0.1):
-            pool.query(None, "SELECT pg_sleep(20) -- abandoned", repeatable=False)
+    with pytest.raises(gevent.Timeout), gevent.Timeout(0.1):
+        pool.query(None, "SELECT pg_sleep(20) -- abandoned", repeatable=False)
     # The cancel and the discarded connection's exit reach the server asynchronously; an uncancelled
     # query would stay active for its whole 20 s.
     running = "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%%-- abandoned'"

@@ -27,7 +27,7 @@ class Boom(RuntimeError):
 
 @blueprint.get("/sentry-test/boom")
 @require_tenant
-def _boom():  # noqa: ANN202
+def _boom():
     raise Boom("boom in a request")
 
 
@@ -55,15 +55,15 @@ def _shut_down_sentry() -> None:
     assert not sentry_sdk.get_client().is_active()
 
 
-def _serve(settings, pool):  # noqa: ANN001, ANN202
+def _serve(settings, pool):
     return FakeRoot(settings, pool, blueprints=[blueprint]).serve()
 
 
-def _exception_types(event):  # noqa: ANN001, ANN202
+def _exception_types(event):
     return [value.get("type") for value in (event.get("exception") or {}).get("values", [])]
 
 
-def _failing_request(settings, pool, ingest, key, request_id):  # noqa: ANN001, ANN202
+def _failing_request(settings, pool, ingest, key, request_id):
     """Send one authenticated request to a route that raises; return the Sentry event it produced."""
     root = _serve(settings, pool)
     try:
@@ -121,7 +121,7 @@ class Exploder(Actor):
         super().__init__()
         self.handled = handled
 
-    def on_receive(self, message):  # noqa: ANN001, ANN201
+    def on_receive(self, message):
         self.handled.set()
         raise Boom(f"actor failed on {message!r}")
 

@@ -125,7 +125,7 @@ def _rss_bytes():
 
 
 def _bot_connections(sim, bot):
-    return sum(1 for conn in list(sim._conns) if conn.bot is not None and conn.bot.bot_id == bot)  # noqa: SLF001
+    return sum(1 for conn in list(sim._conns) if conn.bot is not None and conn.bot.bot_id == bot)
 
 
 def _live_transports(env):

@@ -25,12 +25,14 @@ from sansio.session_machine import (
 )
 from transports.events import (
     Connected,
-    DisconnectKind as K,
     Disconnected,
     MessageReceived,
     PairCode,
     Paired,
     QrCode,
+)
+from transports.events import (
+    DisconnectKind as K,
 )
 
 POLICY = BackoffPolicy(base=5, cap=300, max_attempts=3, stable_after=60)

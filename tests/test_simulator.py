@@ -28,8 +28,8 @@ from tests.waiting import wait_until
 from transports.base import TransportError
 from transports.events import (
     Connected,
-    DisconnectKind,
     Disconnected,
+    DisconnectKind,
     MessageReceived,
     Paired,
     QrCode,

@@ -7,7 +7,7 @@ import gevent.event
 from actors.subscriber import Closing, Subscriber
 
 
-def start_writer(subscriber: Subscriber, body) -> gevent.Greenlet:  # noqa: ANN001 - a test's function
+def start_writer(subscriber: Subscriber, body) -> gevent.Greenlet:
     """A connection's greenlet, bound to the subscriber as its writer before this returns."""
     bound = gevent.event.Event()
 

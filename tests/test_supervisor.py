@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import gevent
 import gevent.event
@@ -679,7 +680,7 @@ def test_under_seeded_random_crashes_the_lookup_only_ever_gives_live_refs_and_re
     h.start([h.spec(name) for name in names], max_restarts=1000, max_seconds=1)
     h.barrier()
     children = h.children
-    expected = {name: 0 for name in names}
+    expected = dict.fromkeys(names, 0)
     errors: list[Callable[[], BaseException]] = [
         lambda: ValueError("v"),
         lambda: gevent.GreenletExit(),

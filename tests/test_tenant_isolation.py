@@ -71,13 +71,11 @@ def test_the_tenant_setting_is_empty_between_borrowings(solo, two_tenants):
 
 def test_the_setting_does_not_survive_an_exception_inside_the_unit_of_work(solo, two_tenants):
     a, b = two_tenants
-    with pytest.raises(ZeroDivisionError):
-        with solo.unit(a) as unit:
-            unit.execute("SELECT 1")
-            1 / 0
-    with pytest.raises(psycopg2.errors.DivisionByZero):
-        with solo.unit(a) as unit:
-            unit.execute("SELECT 1 / 0")
+    with pytest.raises(ZeroDivisionError), solo.unit(a) as unit:
+        unit.execute("SELECT 1")
+        1 / 0
+    with pytest.raises(psycopg2.errors.DivisionByZero), solo.unit(a) as unit:
+        unit.execute("SELECT 1 / 0")
     assert _setting_between_borrowings(solo)[1] == ""
     assert _bot_names(solo, b) == {"beta-bot"}
 
@@ -163,10 +161,9 @@ def test_the_application_role_cannot_turn_security_off_or_alter_tables(solo, two
     a, b = two_tenants
     if statement.startswith("SET row_security"):
         # Allowed to set, but with row_security off a query that RLS would filter errors instead.
-        with pytest.raises(psycopg2.errors.InsufficientPrivilege):
-            with solo.unit(a) as unit:
-                unit.execute(statement)
-                unit.execute("SELECT * FROM bots")
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege), solo.unit(a) as unit:
+            unit.execute(statement)
+            unit.execute("SELECT * FROM bots")
         return
     with pytest.raises(psycopg2.errors.InsufficientPrivilege):
         solo.execute(a, statement)

@@ -23,12 +23,12 @@ blueprint = Blueprint("web_basics_test", __name__)
 
 
 @blueprint.get("/web-test/boom")
-def _boom():  # noqa: ANN202
+def _boom():
     raise RuntimeError("secret internal detail")
 
 
 @blueprint.post("/web-test/echo")
-def _echo():  # noqa: ANN202
+def _echo():
     return jsonify({"keys": sorted(validation.json_body())})
 
 
@@ -186,7 +186,7 @@ def test_a_chunked_body_over_the_limit_gets_a_json_413(serve):
     # the app has to check bodies that come without a Content-Length itself.
     app = serve(http_max_body=64)
 
-    def chunks():  # noqa: ANN202 - no Content-Length: the body arrives chunked
+    def chunks():  # no Content-Length: the body arrives chunked
         yield b'{"x": "'
         for _ in range(10):
             yield b"a" * 50
@@ -201,7 +201,7 @@ def test_a_chunked_body_over_the_limit_gets_a_json_413(serve):
 def test_a_chunked_body_within_the_limit_is_read_whole(serve):
     app = serve(http_max_body=64)
 
-    def chunks():  # noqa: ANN202
+    def chunks():
         yield b'{"a": 1, '
         yield b'"b": 2}'
 
@@ -470,7 +470,7 @@ def victim(web, make_tenant, pool):
         )
         assert response.status_code == 201
 
-    def snapshot():  # noqa: ANN202
+    def snapshot():
         return (
             pool.query(tenant_id, "SELECT id, name FROM tenants"),
             pool.query(tenant_id, "SELECT id, email, display_name, role, created_at FROM users ORDER BY id"),
@@ -480,7 +480,7 @@ def victim(web, make_tenant, pool):
     return tenant_id, key, snapshot
 
 
-def _assert_schema_intact(pool) -> None:  # noqa: ANN001
+def _assert_schema_intact(pool) -> None:
     (row,) = pool.query(
         None,
         "SELECT to_regclass('public.tenants'), to_regclass('public.users'), to_regclass('public.api_keys'),"

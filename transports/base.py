@@ -9,7 +9,8 @@ the transport holds no thread, timer, socket or callback, and ``sink`` is never 
 from __future__ import annotations
 
 import abc
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from transports.events import Event
 

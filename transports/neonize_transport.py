@@ -51,9 +51,10 @@ import time
 import uuid as uuidlib
 import weakref
 from collections import deque
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import quote, urlparse
 
 import gevent
@@ -230,7 +231,7 @@ def _log_go_entry(data: bytes) -> None:
         entry = npb.LogEntry.FromString(data)
         name = "whatsmeow." + (entry.Name.replace("/", ".") or "core")
         logging.getLogger(name).log(_GO_LOG_LEVELS.get(entry.Level.upper(), logging.INFO), "%s", entry.Message)
-    except Exception:  # noqa: BLE001 - a malformed log line must not break the hub
+    except Exception:  # a malformed log line must not break the hub
         log.debug("unreadable whatsmeow log entry", exc_info=True)
 
 

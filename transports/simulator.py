@@ -39,8 +39,8 @@ from simulator.protocol import FrameReader, ProtocolError
 from transports.base import Sink, Transport, TransportError
 from transports.events import (
     Connected,
-    DisconnectKind,
     Disconnected,
+    DisconnectKind,
     Event,
     MessageReceived,
     Paired,
@@ -93,7 +93,7 @@ class SimulatorTransport(Transport):
         self.keepalive_interval = float(opts.get("keepalive_interval", 20.0))
         self.keepalive_timeout = float(opts.get("keepalive_timeout", 10.0))
         self._store_path = os.path.join(settings.data_dir, "devices", bot_id, "simulator.json")
-        self._store: dict | None | bool = False  # False: not read yet (read lazily, then cached)
+        self._store: dict | bool | None = False  # False: not read yet (read lazily, then cached)
         self._conn: _Conn | None = None
 
     # ------------------------------------------------------------------ Transport interface

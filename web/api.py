@@ -20,7 +20,8 @@ What this module adds to the library:
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from flask import current_app, g, request
 from flask_openapi3 import APIBlueprint, Tag
@@ -201,7 +202,7 @@ def _models() -> dict[str, type[BaseModel]]:
 
 
 def error_responses(*statuses: int) -> dict[int, Any]:
-    return {status: ErrorBody for status in statuses}
+    return dict.fromkeys(statuses, ErrorBody)
 
 
 def operation(bp: APIBlueprint, method: str, rule: str, *, scope: str | None, summary: str,

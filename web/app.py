@@ -11,7 +11,8 @@ import io
 import logging
 import re
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from flask import Flask, g, request
 from flask_openapi3 import OpenAPI

@@ -6,7 +6,8 @@ validate; the live streams there also take the dashboard's session cookie."""
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from flask import current_app, g, request
 

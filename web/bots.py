@@ -22,8 +22,7 @@ from web import validation as v
 from web.api import api_blueprint, error_responses, operation
 from web.auth import system
 from web.errors import ApiError, not_found
-from web.schemas.bots import (Bot, BotAccepted, BotCreate, BotList, BotUpdate, PairCode, PairCodeRequest, Qr,
-                              QrQuery)
+from web.schemas.bots import Bot, BotAccepted, BotCreate, BotList, BotUpdate, PairCode, PairCodeRequest, Qr, QrQuery
 from web.schemas.common import BotPath
 
 blueprint = api_blueprint("bots", __name__, "Bots", "A bot is one WhatsApp number: create and pair it, start and"

@@ -19,7 +19,8 @@ import psycopg2.errors
 from flask import g, jsonify, request
 
 from core import context
-from db import conversations, conversations_api as api_db, tenants
+from db import conversations, tenants
+from db import conversations_api as api_db
 from sansio import recipients
 from sansio import rules as rules_mod
 from web import paging
@@ -28,9 +29,22 @@ from web.api import api_blueprint, error_responses, operation
 from web.auth import system
 from web.errors import ApiError, not_found
 from web.schemas.common import BotPath, Paging
-from web.schemas.conversations import (AiUpdate, AiView, ContactPath, Contact, ConversationList,
-                                       MessageList, OutboxList, OutboxPath, OutboxQuery, OutboxRow, Queued, Rules,
-                                       RulesUpdate, SendMessage)
+from web.schemas.conversations import (
+    AiUpdate,
+    AiView,
+    Contact,
+    ContactPath,
+    ConversationList,
+    MessageList,
+    OutboxList,
+    OutboxPath,
+    OutboxQuery,
+    OutboxRow,
+    Queued,
+    Rules,
+    RulesUpdate,
+    SendMessage,
+)
 
 blueprint = api_blueprint("conversations", __name__, "Conversations",
                           "Messages, conversations and taking them over, reply rules, AI settings, the outbox.")

@@ -26,7 +26,7 @@ def readyz() -> Any:
     pool = system().pool
     try:
         pool.ping(READY_TIMEOUT)
-    except BaseException as exc:  # noqa: BLE001 - any failure means not ready; Timeout is a BaseException
+    except BaseException as exc:  # any failure means not ready; Timeout is a BaseException
         if isinstance(exc, gevent.GreenletExit):
             raise
         reason = " ".join(str(exc).split()) or type(exc).__name__

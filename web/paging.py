@@ -24,7 +24,7 @@ def _parse_time(value: str) -> datetime.datetime | None:
             at = datetime.datetime.fromisoformat(candidate)
         except ValueError:
             continue
-        return at if at.tzinfo is not None else at.replace(tzinfo=datetime.timezone.utc)
+        return at if at.tzinfo is not None else at.replace(tzinfo=datetime.UTC)
     return None
 
 

@@ -12,8 +12,17 @@ from web.api import api_blueprint, error_responses, operation
 from web.auth import system
 from web.errors import ApiError, not_found
 from web.schemas.common import iso
-from web.schemas.tenants import (ApiKeyCreate, ApiKeyCreated, ApiKeyList, ApiKeyPath, Tenant, User, UserCreate,
-                                 UserList, UserPath)
+from web.schemas.tenants import (
+    ApiKeyCreate,
+    ApiKeyCreated,
+    ApiKeyList,
+    ApiKeyPath,
+    Tenant,
+    User,
+    UserCreate,
+    UserList,
+    UserPath,
+)
 
 blueprint = api_blueprint("tenants", __name__, "Tenant", "The tenant the key belongs to, its users and its API keys.")
 

@@ -23,7 +23,7 @@ def json_body() -> dict[str, Any]:
 
 
 def text(body: dict[str, Any], field: str, *, required: bool = True, max_len: int = 200, default: str = "") -> str:
-    value = body.get(field, None)
+    value = body.get(field)
     if value is None:
         if required:
             raise bad_request(field, "is required")

@@ -506,7 +506,7 @@ class _Session:
         context.set_current(self.work)
         try:
             loop()
-        except Exception as exc:  # noqa: BLE001 - a bug: close with 1011, report it once
+        except Exception as exc:  # a bug: close with 1011, report it once
             log.exception("websocket connection failed", extra={"error": repr(exc)})
             self.root.metrics.errors.labels(type(exc).__name__, "ws").inc()
             sentry.capture(exc, where="ws")
@@ -665,7 +665,7 @@ class _Session:
                 self._error(exc.code, exc.message, cid, op=op, field=exc.field)
             except _Gone:
                 raise
-            except Exception as exc:  # noqa: BLE001 - a bug or the database is away; the connection stays
+            except Exception as exc:  # a bug or the database is away; the connection stays
                 outcome = "internal_error"
                 log.exception("websocket command failed", extra={"op": op, "error": repr(exc)})
                 self.root.metrics.errors.labels(type(exc).__name__, "ws").inc()

@@ -64,7 +64,7 @@ def asset(filename: str) -> str:
 def viewer_zone() -> datetime.tzinfo:
     """The viewer's time zone: the ``tz`` cookie app.js sets from the browser, else UTC."""
     if "zone" not in g:
-        zone: datetime.tzinfo = datetime.timezone.utc
+        zone: datetime.tzinfo = datetime.UTC
         name = request.cookies.get("tz", "")
         if name and len(name) < 64 and all(c.isalnum() or c in "/_+-" for c in name):
             try:
@@ -82,7 +82,7 @@ def when(value: Any, style: str = "short") -> Markup:
     if isinstance(value, str):
         value = datetime.datetime.fromisoformat(value)
     if value.tzinfo is None:
-        value = value.replace(tzinfo=datetime.timezone.utc)
+        value = value.replace(tzinfo=datetime.UTC)
     local = value.astimezone(viewer_zone())
     today = datetime.datetime.now(viewer_zone()).date()
     if style == "full":

@@ -20,7 +20,8 @@ import dataclasses
 import functools
 import secrets
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from flask import abort, current_app, g, redirect, request, url_for
@@ -114,7 +115,7 @@ def clear_session_cookie(response: Any) -> Any:
 def _same_origin() -> bool:
     """A browser names the page's origin on every POST; one from another site is never ours."""
     origin = request.headers.get("Origin")
-    if origin is None or origin == "null" and request.headers.get("Sec-Fetch-Site") == "same-origin":
+    if origin is None or (origin == "null" and request.headers.get("Sec-Fetch-Site") == "same-origin"):
         return True
     parts = urlsplit(origin)
     return parts.scheme in ("http", "https") and parts.netloc == request.host

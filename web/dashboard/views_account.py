@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 from flask import abort, current_app, redirect, render_template, request, url_for
 
-from core.passwords import Passwords, PasswordRejected, check_new
+from core.passwords import PasswordRejected, Passwords, check_new
 from db import accounts
 from sansio import sign_in_throttle as throttle
 from web.dashboard import blueprint, session

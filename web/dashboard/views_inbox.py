@@ -18,8 +18,8 @@ from core import context
 from db import conversations, dashboard
 from db import conversations_api as api_db
 from sansio import recipients, roles
-from web import paging
 from web import media as media_api
+from web import paging
 from web.dashboard import blueprint, session
 from web.dashboard.session import Person
 from web.errors import ApiError

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from web.api import body_examples, Model, QueryModel, uuid_field
+from web.api import Model, QueryModel, body_examples, uuid_field
 from web.schemas.common import Text, Timestamp
 
 PROXY_SCHEMES = ("http", "https", "socks5")
@@ -105,7 +105,7 @@ class BotUpdate(Model):
     transport_options: TransportOptions | None = None
 
     @model_validator(mode="after")
-    def _something(self) -> "BotUpdate":
+    def _something(self) -> BotUpdate:
         if self.name is None and self.transport_options is None:
             raise ValueError("send name and/or transport_options")
         return self

@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from sansio import recipients
 from sansio import rules as rules_mod
-from web.api import body_examples, FieldError, Model, PathModel, uuid_field
+from web.api import FieldError, Model, PathModel, body_examples, uuid_field
 from web.schemas.common import Paging, Timestamp
 
 CAPTION_MAX = 1024
@@ -62,7 +62,7 @@ class SendMessage(Model):
         return None if value is None else recipients.check_text(value, CAPTION_MAX, required=False)
 
     @model_validator(mode="after")
-    def _one_kind(self) -> "SendMessage":
+    def _one_kind(self) -> SendMessage:
         if self.media_id is None:
             if self.caption is not None:
                 raise FieldError("caption", "only goes with media_id (a text message is all text)")

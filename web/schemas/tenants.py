@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from web.api import body_examples, SCOPES, Model, PathModel, uuid_field
+from web.api import SCOPES, Model, PathModel, body_examples, uuid_field
 from web.schemas.common import Text, Timestamp
 
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}$")
