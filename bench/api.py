@@ -35,7 +35,17 @@ sys.path.insert(0, ROOT)
 
 import requests  # noqa: E402
 
-from bench._harness import Bench, Child, Verdict, cli_tenant, free_port, git_tree, percentile, proc_cpu  # noqa: E402
+from bench._harness import (  # noqa: E402
+    Bench,
+    Child,
+    Verdict,
+    cli_tenant,
+    free_port,
+    git_tree,
+    percentile,
+    print_log_tails,
+    proc_cpu,
+)
 
 BASELINE = "750b6d2"  # "Dashboard: a conversation opens scrolled to its latest message", before the models
 TARGET = 1.1
@@ -122,6 +132,7 @@ def main() -> int:
     if args.smoke:
         args.requests, args.rounds = 50, 1
     with Bench("wabot-bench-api-") as bench:
+        bench.on_failure(lambda: print_log_tails(bench.work))  # the web processes' logs, before they go
         run(args, bench)
     if args.smoke:
         print("\nsmoke run: both processes served every route; the figures are not judged")
