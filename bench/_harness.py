@@ -49,7 +49,8 @@ import sys
 import tempfile
 import time
 import urllib.request
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN = os.path.join(ROOT, "run.py")
@@ -128,7 +129,7 @@ class Bench(Teardown):
         self.prefix = prefix
         self.work = ""
 
-    def __enter__(self) -> "Bench":
+    def __enter__(self) -> Bench:
         super().__enter__()
         self.work = self.temp_dir(self.prefix)
         return self
@@ -144,7 +145,7 @@ class Bench(Teardown):
     def path(self, *parts: str) -> str:
         return os.path.join(self.work, *parts)
 
-    def database(self, *, from_env: bool = True) -> "Database":
+    def database(self, *, from_env: bool = True) -> Database:
         """The embedded PostgreSQL in ``pg/`` of the run's directory, or (``from_env``) the one
         ``DATABASE_URL`` names; migrated with the owner's URL when there is one."""
         from db import embedded, migrate
@@ -170,7 +171,7 @@ class Bench(Teardown):
             raise SystemExit(f"pool did not open a connection: {pool.stats()['last_connect_error']}")
         return pool
 
-    def hub_lag(self) -> "HubLag":
+    def hub_lag(self) -> HubLag:
         return self.stops(HubLag())
 
 
@@ -361,7 +362,8 @@ class HubLag:
         """The hub's stalls above ``threshold``, as +seconds-from-origin:milliseconds."""
         found = [(t - lag - origin, lag) for t, lag in self.samples
                  if lag >= threshold and since <= t < until and not self._mine(t, lag)]
-        return ", ".join(f"+{at:.1f}s:{lag * 1000:.0f}ms" for at, lag in found[:12]) + (" ..." if len(found) > 12 else "")
+        shown = ", ".join(f"+{at:.1f}s:{lag * 1000:.0f}ms" for at, lag in found[:12])
+        return shown + (" ..." if len(found) > 12 else "")
 
     def stop(self) -> None:
         self._greenlet.kill(block=False)
@@ -467,7 +469,7 @@ class Child:
         self.name = name
         self.log = None
         if log is not None:
-            self.log = open(log, "ab")
+            self.log = open(log, "ab")  # noqa: SIM115 - the child's output for its lifetime: stop() closes it
             if "stdout" in popen:
                 popen.setdefault("stderr", self.log)
             else:
@@ -571,7 +573,8 @@ def py_spy(pid: int, out: str, *options: str, stderr: Any = subprocess.DEVNULL) 
                             stdout=subprocess.DEVNULL, stderr=stderr)
 
 
-def collapsed_stacks(path: str, frame_name: Callable[[str], str]) -> tuple[int, collections.Counter, collections.Counter]:
+def collapsed_stacks(path: str,
+                     frame_name: Callable[[str], str]) -> tuple[int, collections.Counter, collections.Counter]:
     """py-spy's raw output: total samples, samples by leaf function (self time), and by function
     anywhere on the stack (inclusive time), each frame named by ``frame_name``."""
     own: collections.Counter = collections.Counter()

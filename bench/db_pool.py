@@ -48,7 +48,8 @@ import logging  # noqa: E402
 import pstats  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
-from typing import Any, Callable  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from typing import Any  # noqa: E402
 
 import gevent  # noqa: E402
 import gevent.queue  # noqa: E402

@@ -119,7 +119,8 @@ import signal  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
-from typing import Any, Callable  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from typing import Any  # noqa: E402
 
 import gevent  # noqa: E402
 import gevent.event  # noqa: E402
@@ -190,8 +191,8 @@ class FastAi:
         self._server.start()
         self.base_url = f"http://127.0.0.1:{self._server.server_port}/v1"
         created = int(time.time())
-        self._prefix = ('{"id":"chatcmpl-bench","object":"chat.completion","created":%d,"model":"bench-model",'
-                        '"choices":[{"index":0,"message":{"role":"assistant","content":' % created).encode()
+        self._prefix = (f'{{"id":"chatcmpl-bench","object":"chat.completion","created":{created},'
+                        '"model":"bench-model","choices":[{"index":0,"message":{"role":"assistant","content":').encode()
         self._suffix = (b'},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":1,'
                         b'"total_tokens":2}}')
 

@@ -64,7 +64,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 if not _NEONIZE_CHILD:
-    from db.green import make_psycopg2_green  # noqa: E402
+    from db.green import make_psycopg2_green
 
     make_psycopg2_green()
 
@@ -84,7 +84,8 @@ import signal  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
 import urllib.request  # noqa: E402
-from typing import Any, Callable  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from typing import Any  # noqa: E402
 
 from bench._harness import (  # noqa: E402
     Bench,
@@ -141,7 +142,7 @@ def neonize_child(clients: int, store_dir: str, dial: bool = True) -> None:
     logging.basicConfig(level=logging.ERROR)
     steps = {"baseline": proc_status()}
     started = time.perf_counter()
-    from neonize.client import NewClient  # noqa: PLC0415 - the import is what is measured
+    from neonize.client import NewClient  # imported here: the import is what is measured
 
     steps["import_seconds"] = time.perf_counter() - started
     steps["imported"] = proc_status()
@@ -200,20 +201,20 @@ def report_neonize(steps: dict[str, Any], clients: int) -> list[str]:
 
     per_new = delta("imported", "created") / (clients + 1)
     head = [
-        f"  import neonize: +{delta('baseline', 'imported') / 1024:.1f} MB RSS once "
-        f"(anon +{delta('baseline', 'imported', 'RssAnon') / 1024:.1f} MB, file-backed "
-        f"+{delta('baseline', 'imported', 'RssFile') / 1024:.1f} MB), {steps['import_seconds']:.2f} s",
-        f"  NewClient, no connect ({clients + 1} clients): {per_new:.1f} KB per client "
-        "(Python objects only: goneonize creates nothing until connect)",
+        (f"  import neonize: +{delta('baseline', 'imported') / 1024:.1f} MB RSS once "
+         f"(anon +{delta('baseline', 'imported', 'RssAnon') / 1024:.1f} MB, file-backed "
+         f"+{delta('baseline', 'imported', 'RssFile') / 1024:.1f} MB), {steps['import_seconds']:.2f} s"),
+        (f"  NewClient, no connect ({clients + 1} clients): {per_new:.1f} KB per client "
+         "(Python objects only: goneonize creates nothing until connect)"),
     ]
     if "all_dialed" not in steps:
         return head + ["  (no dial attempted: smoke run)"]
     per_dialed = delta("first_dialed", "all_dialed") / clients
     return head + [
         f"  first offline dial: +{delta('created', 'first_dialed') / 1024:.1f} MB once (Go runtime warm-up)",
-        f"  each further client after one offline dial (Go client + its sqlite store open): "
-        f"{per_dialed:.0f} KB per client (anon {delta('first_dialed', 'all_dialed', 'RssAnon') / clients:.0f} KB); "
-        f"stores created: {steps['stores']}; dial errors: {steps['dial_errors']}",
+        (f"  each further client after one offline dial (Go client + its sqlite store open): "
+         f"{per_dialed:.0f} KB per client (anon {delta('first_dialed', 'all_dialed', 'RssAnon') / clients:.0f} KB); "
+         f"stores created: {steps['stores']}; dial errors: {steps['dial_errors']}"),
         "  (a logged-in client also holds keys, app state and a websocket: not measurable offline)",
     ]
 
@@ -373,13 +374,13 @@ class ProcessSim(Child):
 
 
 def histogram(times: list[float], origin: float, until: float, marks: dict[int, str], rate: float) -> list[str]:
-    buckets = collections.Counter(int(math.floor(t - origin)) for t in times if t >= origin)
-    last = max([int(math.floor(until - origin))] + list(buckets))
+    buckets = collections.Counter(math.floor(t - origin) for t in times if t >= origin)
+    last = max([math.floor(until - origin)] + list(buckets))
     scale = max(1.0, max(buckets.values(), default=1) / 50)
     lines = []
-    for second in range(0, last + 1):
+    for second in range(last + 1):
         n = buckets.get(second, 0)
-        bar = "#" * int(round(n / scale))
+        bar = "#" * round(n / scale)
         flag = "  OVER" if n > rate else ""
         mark = f"  <- {marks[second]}" if second in marks else ""
         lines.append(f"  {second:>4}s {n:>5} {bar}{flag}{mark}")
@@ -705,13 +706,13 @@ def report_attempts(run: Run, o: Outage) -> tuple[int, int, float, list[float]]:
     cut, recovered, back, times = o.cut, o.recovered, o.back, o.attempts
     during = [t for t in times if t < recovered]
     after = [t for t in times if t >= recovered]
-    marks = {0: "outage", int(math.floor(recovered - cut)): "recover"}
+    marks = {0: "outage", math.floor(recovered - cut): "recover"}
     if back is not None:
-        marks.setdefault(int(math.floor(back - cut)), "all connected")
+        marks.setdefault(math.floor(back - cut), "all connected")
     print("  connection attempts per second (seconds from the cut):")
     for line in histogram(times, cut, o.end, marks, args.rate):
         print(line)
-    fixed = collections.Counter(int(math.floor(t - cut)) for t in times)
+    fixed = collections.Counter(math.floor(t - cut) for t in times)
     fixed_max = max(fixed.values(), default=0)
     sliding_max, sliding_at = max_in_window(times)
     print(f"  attempts: {len(during)} during the outage ({len(during) / args.outage:.0f}/s), {len(after)} "

@@ -318,7 +318,7 @@ def bare_main() -> int:
         # The same frame the project writes: id, event type, and StoredEvent.as_json() as data.
         data = {
             "id": event["id"], "type": EVENT_TYPE, "bot_id": None, "payload": event["payload"],
-            "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            "created_at": datetime.datetime.now(datetime.UTC).isoformat(),
         }
         frame = f"id: {event['id']}\nevent: {EVENT_TYPE}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
         encoded = frame.encode()
@@ -677,7 +677,7 @@ def machine() -> str:
     model = ""
     try:
         with open("/proc/cpuinfo") as fh:
-            model = next((l.split(":", 1)[1].strip() for l in fh if l.startswith("model name")), "")
+            model = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), "")
     except OSError:
         pass
     import gevent as gv
