@@ -41,7 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="apply pending database migrations and exit")
     create = sub.add_parser("create-tenant", help="create a tenant and print its first API key once")
     create.add_argument("name")
-    create.add_argument("--admin-email", help="also make this person its admin and print their one-time set-password link")
+    create.add_argument("--admin-email",
+                        help="also make this person its admin and print their one-time set-password link")
     reset = sub.add_parser("reset-password", help="print a one-time password-reset link for a dashboard account")
     reset.add_argument("email")
     sub.add_parser("simulator", help="run the WhatsApp network simulator (a test and demo tool)")

@@ -207,7 +207,7 @@ class Actor(pykka.ThreadingActor):
                 response = self._handle_receive(envelope.message)
                 if envelope.reply_to is not None:
                     envelope.reply_to.set(response)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - an ask's error goes to its caller, a tell's fails the actor
                 if envelope.reply_to is not None:
                     envelope.reply_to.set_exception()
                     continue

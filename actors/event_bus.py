@@ -140,7 +140,8 @@ class _BusCollector(Collector):
         depth.add_metric(["max"], deepest)
         yield by_kind
         yield depth
-        yield GaugeMetricFamily("events_dispatched_id", "Last event id this process dispatched", value=self.bus.high or 0)
+        yield GaugeMetricFamily("events_dispatched_id", "Last event id this process dispatched",
+                                value=self.bus.high or 0)
 
 
 class EventBus(Actor):

@@ -327,7 +327,7 @@ class Unit:
         self._begun = False
 
     def __enter__(self) -> Unit:
-        self._conn = self._pool._acquire()
+        self._conn = self._pool._acquire()  # noqa: SLF001 - a unit is the pool's own part
         self._cur = self._conn.raw.cursor()
         return self
 
@@ -352,7 +352,7 @@ class Unit:
             if exc_type is None:
                 raise
         finally:
-            self._pool._release(conn, broken, lost=_connection_lost(conn, exc))
+            self._pool._release(conn, broken, lost=_connection_lost(conn, exc))  # noqa: SLF001 - the pool's own part
 
     @property
     def connection(self) -> Any:
@@ -365,7 +365,7 @@ class Unit:
             cur.execute(sql, params)
         else:
             self._begun = True
-            cur.execute(self._pool._begin_prefix(cur, self.tenant_id) + cur.mogrify(sql, params))
+            cur.execute(self._pool._begin_prefix(cur, self.tenant_id) + cur.mogrify(sql, params))  # noqa: SLF001
         return cur
 
     def one(self, sql: str, params: Any = None) -> Any:

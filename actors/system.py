@@ -50,7 +50,8 @@ class System:
         self.bus: pykka.ActorRef[EventBus] | None = None
         self.bus_metrics: StreamMetrics | None = None
         self._publish: Publisher | None = None
-        self.notices: NoticePublisher | None = None  # batched, never-waited publisher for high-volume notices (pipelines)
+        # The batched, never-waited publisher for high-volume notices (pipelines).
+        self.notices: NoticePublisher | None = None
         self._media_store: MediaStore | None = None
         self._stops: list[tuple[str, Callable[[], object]]] = []
         self.sentry_enabled = False

@@ -13,8 +13,8 @@ and turns their failures into two kinds.
   it gets no byte of an answer (``RemoteDisconnected``, a reset or a broken pipe), and the request
   goes once more on a fresh connection, which the server never saw it on.
 - https with the standard ``ssl`` module's certificate and host name checks (``SSL_CERT_FILE`` or
-  ``SSL_CERT_DIR`` when set, else certifi's roots when installed, else the system's). Through an ``http://`` proxy when one is given: requests in
-  absolute form for http, a ``CONNECT`` tunnel for https.
+  ``SSL_CERT_DIR`` when set, else certifi's roots when installed, else the system's). Through an
+  ``http://`` proxy when one is given: requests in absolute form for http, a ``CONNECT`` tunnel for https.
 - The answer's body is read up to ``max_body`` bytes; a larger one is refused (``BodyTooLarge``)
   and its connection closed.
 - Failures: ``TransportTimeout`` (a socket timeout, while connecting, sending or waiting) and

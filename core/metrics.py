@@ -104,7 +104,8 @@ class PipelineMetrics:
     """What the message pipeline records: messages in and out by bot, dead letters, AI latency and
     errors, the AI breaker's state, and the outbox's depth and age (read at scrape time)."""
 
-    def __init__(self, registry: CollectorRegistry, outbox_stats: Callable[[], dict], breaker_state: Callable[[], str]) -> None:
+    def __init__(self, registry: CollectorRegistry, outbox_stats: Callable[[], dict],
+                 breaker_state: Callable[[], str]) -> None:
         self.messages = Counter("messages", "Messages by direction and bot", ["direction", "bot"], registry=registry)
         self.dead_letters = Counter("outbox_dead_letters", "Outgoing messages that became dead letters", ["bot"],
                                     registry=registry)

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import datetime
 import json
-from typing import Any, Optional
+from typing import Any
 
 from db.bots import NOTIFY_CHANNEL
 
-Before = Optional[tuple[datetime.datetime, str | None]]
+Before = tuple[datetime.datetime, str | None] | None
 
 PREVIEW_CHARS = 100
 

@@ -268,8 +268,9 @@ def claim_many(pool: Any, tenant_id: str, items: list[tuple[str, int, Sequence[s
     sent with the attempt counted — recorded before the send, so a crash mid-send leaves a row that
     says so. The state is checked again in the UPDATE itself: a row recorded as sent while the claim
     waited for its lock is re-read there and left alone (the CTE's check alone used the old snapshot
-    and turned such a row back to 'sending'). ``Outgoing.state`` is the state before the claim: 'sending' means an earlier attempt's
-    outcome is unknown (ask the network before resending); ``attempts`` counts earlier attempts."""
+    and turned such a row back to 'sending'). ``Outgoing.state`` is the state before the claim:
+    'sending' means an earlier attempt's outcome is unknown (ask the network before resending);
+    ``attempts`` counts earlier attempts."""
     left_out = sorted({outbox_id for item in items for outbox_id in item[2]})
     rows = pool.query(tenant_id, _CLAIM, ([i[0] for i in items], [i[1] for i in items], left_out), repeatable=True,
                       durable=False)  # lost in a crash, the attempt is redone under the same message id

@@ -22,7 +22,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol, Union
+from typing import Any, BinaryIO, Protocol
 
 from core.config import ConfigError
 
@@ -31,7 +31,7 @@ CHUNK = 64 * 1024
 # still running in any process sharing DATA_DIR, so it is removed when a store is opened.
 STALE_PARTIAL = 3600.0
 
-Data = Union[bytes, bytearray, memoryview, BinaryIO]
+Data = bytes | bytearray | memoryview | BinaryIO
 KEY = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/[0-9]{4}/[0-9]{2}/[0-9a-f]{32}$")
 
 
@@ -188,7 +188,7 @@ class LocalStore:
 
     def open(self, key: str) -> Reader:
         try:
-            handle = open(self._path(key), "rb")
+            handle = open(self._path(key), "rb")  # noqa: SIM115 - the Reader closes it
         except FileNotFoundError:
             raise ObjectMissing(self.name, key) from None
         return Reader(iter(lambda: handle.read(CHUNK), b""), handle.close)

@@ -510,7 +510,7 @@ class Simulator:
             raise SimulatorError(409, "the bot is not showing a QR code")
         if code is not None and code != bot.qr:
             raise SimulatorError(409, "that QR code is not the current one (expired?)")
-        phone = protocol.phone_digits(phone) if phone else "1555" + "%07d" % (zlib.crc32(bot_id.encode()) % 10**7)
+        phone = protocol.phone_digits(phone) if phone else "1555" + f"{zlib.crc32(bot_id.encode()) % 10**7:07d}"
         return self._pair(bot, conn, phone)
 
     def enter_pair_code(self, bot_id: str, code: str | None = None) -> str:

@@ -115,9 +115,8 @@ class SSEParser:
             if "\x00" not in value:
                 self.last_event_id = value
                 self._frame_id = value
-        elif name == "retry":
-            if value.isdigit():
-                return Retry(int(value), at)
+        elif name == "retry" and value.isdigit():
+            return Retry(int(value), at)
         return None
 
     def _dispatch(self, at: float) -> Event | None:
@@ -186,7 +185,8 @@ class SSEClient:
     ) -> None:
         parts = urlsplit(base_url)
         self.host, self.port = parts.hostname, parts.port or 80
-        target = path + ("?" + urlencode(list(params.items()) if isinstance(params, dict) else list(params)) if params else "")
+        query = urlencode(list(params.items()) if isinstance(params, dict) else list(params)) if params else ""
+        target = path + ("?" + query if params else "")
         send = {"Host": f"{self.host}:{self.port}", "Accept": "text/event-stream", "Cache-Control": "no-cache"}
         if key is not None:
             send["Authorization"] = f"Bearer {key}"

@@ -517,7 +517,8 @@ def tls(tmp_path):
 def test_an_https_provider_with_a_trusted_certificate_answers(tls, make_client):
     with OpenAiServer(tls=tls) as secure:
         secure.script(reply("secure"))
-        assert make_client(ai_base_url=secure.base_url + "/v1", ssl_context=tls.client_context()).reply(HELLO) == "secure"
+        client = make_client(ai_base_url=secure.base_url + "/v1", ssl_context=tls.client_context())
+        assert client.reply(HELLO) == "secure"
 
 
 def test_an_https_provider_whose_certificate_is_not_trusted_is_a_connection_error(tls, make_client):

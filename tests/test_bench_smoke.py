@@ -114,7 +114,8 @@ def test_benchmark_smoke_run(script):
         assert not held, f"{script} --smoke left processes running: {held}{report}"
         wait_until(  # processes that are exiting right now get a few seconds
             lambda: not _leftovers(marker, tmp_dir), 5, f"the processes {script} --smoke started to exit",
-            interval=0.2, detail=lambda: f"{script} --smoke left processes running: {_leftovers(marker, tmp_dir)}{report}",
+            interval=0.2,
+            detail=lambda: f"{script} --smoke left processes running: {_leftovers(marker, tmp_dir)}{report}",
         )
         # pgserver keeps its cross-process lock file in the user's runtime directory, which platformdirs puts
         # in TMPDIR (runtime-<uid>) without a usable XDG_RUNTIME_DIR: shared by every pgserver user, not ours.

@@ -14,7 +14,8 @@ from db import conversations, pipeline_store
 from tests.waiting import wait_until
 from transports.events import MessageReceived
 
-INJECTIONS = ["'; DROP TABLE messages; --", "x' OR '1'='1", "1); DELETE FROM tenants; --", "\\'; SELECT pg_sleep(5); --"]
+INJECTIONS = ["'; DROP TABLE messages; --", "x' OR '1'='1", "1); DELETE FROM tenants; --",
+              "\\'; SELECT pg_sleep(5); --"]
 PHONE = "4915123456789"
 JID = PHONE + "@s.whatsapp.net"
 T0 = 1_700_000_000.0  # fixed WhatsApp timestamps for inbound messages: a known order

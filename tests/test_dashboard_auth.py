@@ -123,14 +123,16 @@ def test_an_unknown_email_is_slowed_exactly_like_a_known_one(web, pg):
 
 def test_ten_failures_lock_the_email_for_the_lockout_and_say_so_in_minutes(web, shop, pg):
     key = "email:" + accounts.token_hash(shop.admin.email).hex()
-    superuser_sql(pg, "INSERT INTO sign_in_failures (key, failures, first_at, last_at) VALUES (%s, 10, now(), now())", (key,))
+    superuser_sql(pg, "INSERT INTO sign_in_failures (key, failures, first_at, last_at) VALUES (%s, 10, now(), now())",
+                  (key,))
     response = Visitor(web.url).sign_in(shop.admin.email)
     assert response.status_code == 429
     assert "Try again in 15 minutes." in response.text
 
 
 def test_many_failures_from_one_address_refuse_every_email_from_it(web, shop, pg):
-    superuser_sql(pg, "INSERT INTO sign_in_failures (key, failures, first_at, last_at) VALUES ('addr:127.0.0.1', 100, now(), now())"
+    superuser_sql(pg, "INSERT INTO sign_in_failures (key, failures, first_at, last_at)"
+                  " VALUES ('addr:127.0.0.1', 100, now(), now())"
                   " ON CONFLICT (key) DO UPDATE SET failures = 100, last_at = now()")
     try:
         response = Visitor(web.url).sign_in(shop.agent.email)
@@ -214,7 +216,7 @@ def test_the_session_cookie_is_secure_when_the_public_address_is_https(settings,
                            data={"email": shop.admin.email, "password": PASSWORD, "csrf_token": token},
                            headers={"Origin": "https://bots.example.com"})
     assert response.status_code == 303
-    cookie = [h for h in response.headers.getlist("Set-Cookie") if h.startswith("wabot_session=")][0]
+    cookie = next(h for h in response.headers.getlist("Set-Cookie") if h.startswith("wabot_session="))
     assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie
 
 
@@ -332,14 +334,17 @@ def test_a_reset_link_sets_a_new_password_and_ends_the_persons_other_sessions(we
     page = shop.admin.post(f"/app/admin/members/{shop.agent.user_id}/link")
     assert page.status_code == 200 and "Password reset" in page.text
     path = "/auth/link/" + re.search(r"/auth/link/(wbl_[^\"]+)", page.text).group(1)
-    done = Visitor(web.url).submit(path, {"password": "my brand new password", "password_again": "my brand new password"})
+    done = Visitor(web.url).submit(path, {"password": "my brand new password",
+                                          "password_again": "my brand new password"})
     assert done.status_code == 303
     assert shop.agent.get("/app/inbox").status_code == 302  # the old session is gone
     assert Visitor(web.url).sign_in(shop.agent.email, PASSWORD).status_code == 401
     assert Visitor(web.url).sign_in(shop.agent.email, "my brand new password").status_code == 303
 
 
-def test_an_admin_cannot_reset_the_password_of_someone_who_belongs_to_another_tenant_too(web, shop, make_tenant, make_member):
+def test_an_admin_cannot_reset_the_password_of_someone_who_belongs_to_another_tenant_too(
+    web, shop, make_tenant, make_member
+):
     other_tenant, _ = make_tenant()
     shared = make_member(other_tenant, "admin")
     member = make_member(shop.tenant_id, "agent", shared.email)

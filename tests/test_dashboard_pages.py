@@ -187,8 +187,8 @@ def test_a_conversation_shows_media_quotes_ticks_and_a_failed_send_with_a_retry(
     superuser_sql(pg, "UPDATE outbox SET state = 'dead', last_error = 'recipient refused by the network' WHERE id = %s",
               (failed,))
     superuser_sql(pg, "UPDATE messages SET status = 'failed' WHERE outbox_id = %s", (failed,))
-    superuser_sql(pg, "UPDATE messages SET status = 'read' WHERE contact_id = %s AND direction = 'out' AND kind = 'image'",
-              (question.contact_id,))
+    superuser_sql(pg, "UPDATE messages SET status = 'read'"
+                      " WHERE contact_id = %s AND direction = 'out' AND kind = 'image'", (question.contact_id,))
     page = shop.agent.get(f"/app/inbox/{question.contact_id}").text
     assert f'<img src="/app/media/{image}"' in page
     assert "<blockquote>Which colour?</blockquote>" in page
@@ -198,7 +198,8 @@ def test_a_conversation_shows_media_quotes_ticks_and_a_failed_send_with_a_retry(
     assert retried.status_code == 200 and "Not delivered" not in retried.text
     assert superuser_sql(pg, "SELECT state FROM outbox WHERE id = %s", (failed,)) == [("pending",)]
     media = shop.viewer.get(f"/app/media/{image}")
-    assert media.content == b"\x89PNG\r\n\x1a\n...." and media.headers["Content-Security-Policy"] == "default-src 'none'; sandbox"
+    assert media.content == b"\x89PNG\r\n\x1a\n...."
+    assert media.headers["Content-Security-Policy"] == "default-src 'none'; sandbox"
 
 
 def test_older_messages_are_reached_by_paging(web, shop, bot):
@@ -346,12 +347,13 @@ def test_trying_the_ai_shows_the_providers_error(web, shop, bot, ai_web):
 def test_dead_letters_are_listed_with_their_reason_and_all_of_a_bots_can_be_retried(web, shop, bot, pg):
     ids = [shop.api.post(f"/bots/{bot}/messages", json={"to": "15550003333", "text": f"m{n}"}).json()["outbox_id"]
            for n in range(3)]
-    superuser_sql(pg, "UPDATE outbox SET state = 'dead', last_error = 'number not on WhatsApp' WHERE id = ANY(%s::uuid[])",
-              (ids,))
+    superuser_sql(pg, "UPDATE outbox SET state = 'dead', last_error = 'number not on WhatsApp'"
+                      " WHERE id = ANY(%s::uuid[])", (ids,))
     page = shop.agent.get(f"/app/outbox?bot={bot}").text
     assert page.count("number not on WhatsApp") == 3 and "Retry all" in page
     assert shop.agent.post("/app/outbox/retry-all", {"bot": bot}).status_code == 303
-    assert {r[0] for r in superuser_sql(pg, "SELECT state FROM outbox WHERE id = ANY(%s::uuid[])", (ids,))} == {"pending"}
+    states = {r[0] for r in superuser_sql(pg, "SELECT state FROM outbox WHERE id = ANY(%s::uuid[])", (ids,))}
+    assert states == {"pending"}
     assert "3 failed messages queued again" in shop.agent.get(f"/app/outbox?bot={bot}&retried=3").text
 
 
@@ -379,14 +381,15 @@ def test_an_invite_link_is_shown_once_and_the_last_admin_cannot_be_demoted(web, 
 def test_a_new_api_key_is_shown_once_works_for_the_api_and_can_be_revoked(web, shop):
     page = shop.admin.post("/app/admin/keys", {"name": "crm"}).text
     key = re.search(r'value="(wbk_[^"]+)"', page).group(1)
-    assert requests.get(f"{web.url}/api/v1/tenant", headers={"Authorization": f"Bearer {key}"}, timeout=10).status_code == 200
+    bearer = {"Authorization": f"Bearer {key}"}
+    assert requests.get(f"{web.url}/api/v1/tenant", headers=bearer, timeout=10).status_code == 200
     listed = shop.admin.get("/app/admin/keys").text
     assert key not in listed and key[:10] in listed
     key_id = re.search(r'/app/admin/keys/([0-9a-f-]+)/revoke"[^>]*>\s*<input[^>]*>\s*<button', listed)
     key_ids = re.findall(r'id="key-([0-9a-f-]+)"[^<]*<td data-label="Name">crm', listed)
     assert key_id and key_ids
     assert shop.admin.post(f"/app/admin/keys/{key_ids[0]}/revoke", {"confirm": "yes"}).status_code == 303
-    assert requests.get(f"{web.url}/api/v1/tenant", headers={"Authorization": f"Bearer {key}"}, timeout=10).status_code == 401
+    assert requests.get(f"{web.url}/api/v1/tenant", headers=bearer, timeout=10).status_code == 401
 
 
 def test_the_status_page_shows_the_database_and_pool_and_says_when_no_supervisor_runs(web, shop):
@@ -485,8 +488,8 @@ def _inside_label(html, tag):
 
 
 def test_the_bots_list_shows_the_state_reason_attempt_countdown_and_ban(web, shop, bot, pg):
-    superuser_sql(pg, "UPDATE bots SET desired_state = 'running', state = 'backing_off', reason = 'network unreachable',"
-                      " attempt = 3, next_retry_at = now() + interval '40 seconds',"
+    superuser_sql(pg, "UPDATE bots SET desired_state = 'running', state = 'backing_off',"
+                      " reason = 'network unreachable', attempt = 3, next_retry_at = now() + interval '40 seconds',"
                       " banned_until = now() + interval '2 hours' WHERE id = %s", (bot,))
     row = shop.viewer.get(f"/app/bots/{bot}/row", headers={"HX-Request": "true"}).text
     assert "backing off" in row and "network unreachable" in row and "attempt 3" in row

@@ -53,7 +53,8 @@ REQUESTS = [
       "rules-0-reply": "9 to 5", "rules-0-enabled": "on"}, roles.CONFIGURE),
     ("edit rules", "POST", "/app/bots/{bot}/rules", {"action": "add", "count": "0"}, roles.CONFIGURE),
     ("ai settings", "GET", "/app/bots/{bot}/ai", None, roles.READ),
-    ("save ai", "POST", "/app/bots/{bot}/ai", {"action": "save", "enabled": "on", "temperature": "0.5"}, roles.CONFIGURE),
+    ("save ai", "POST", "/app/bots/{bot}/ai", {"action": "save", "enabled": "on", "temperature": "0.5"},
+     roles.CONFIGURE),
     ("try ai", "POST", "/app/bots/{bot}/ai", {"action": "try", "sample": "customer: hi"}, roles.CONFIGURE),
     ("members", "GET", "/app/admin/members", None, roles.ADMIN),
     ("invite", "POST", "/app/admin/members", {"email": "invited-{uid}@example.test", "role": "agent"}, roles.ADMIN),
@@ -79,8 +80,8 @@ def _fingerprint(pg, tenant_id):
         with conn.cursor() as cur:
             parts = []
             for sql in (
-                "SELECT id, name, desired_state, command_seq, rules::text, ai::text, pair_seq FROM bots"
-                " WHERE tenant_id = %s ORDER BY id",
+                ("SELECT id, name, desired_state, command_seq, rules::text, ai::text, pair_seq FROM bots"
+                 " WHERE tenant_id = %s ORDER BY id"),
                 "SELECT id, paused, paused_by, phone_hold_until FROM contacts WHERE tenant_id = %s ORDER BY id",
                 "SELECT id, state, attempts FROM outbox WHERE tenant_id = %s ORDER BY id",
                 "SELECT id, status FROM messages WHERE tenant_id = %s ORDER BY id",
@@ -164,5 +165,6 @@ def test_every_dashboard_route_is_in_the_matrix(settings, pool):
         if not rule.endpoint.startswith("dashboard.") or rule.endpoint in PUBLIC:
             continue
         assert getattr(app.view_functions[rule.endpoint], "permission", None), f"{rule.endpoint} names no permission"
-        missing += [f"{m} {rule.rule}" for m in sorted(rule.methods - {"HEAD", "OPTIONS"}) if (rule.endpoint, m) not in tried]
+        missing += [f"{m} {rule.rule}" for m in sorted(rule.methods - {"HEAD", "OPTIONS"})
+                    if (rule.endpoint, m) not in tried]
     assert not missing, f"routes the matrix does not try: {missing}"

@@ -1,7 +1,8 @@
 """The API fuzzed with schemathesis (v4) from its own OpenAPI document: every phase, stateful included
 (following the document's links: create a bot, then read, change and delete it; send a message, then
-read its outbox row), as tenant A while tenant B's objects exist, with paths naming A's, B's and made-up ids. No 5xx, no response outside its own
-schema, no invalid request accepted, and nothing of tenant B's in any answer (tests/fuzz_hooks.py).
+read its outbox row), as tenant A while tenant B's objects exist, with paths naming A's, B's and made-up
+ids. No 5xx, no response outside its own schema, no invalid request accepted, and nothing of tenant B's
+in any answer (tests/fuzz_hooks.py).
 
 The streams are left out (they never end; tests/test_sse.py and tests/test_ws.py cover them), and so is
 the pair-code request: its answer comes from a running session, and without one it is the documented

@@ -105,7 +105,7 @@ def moto():
 @pytest.fixture
 def bucket(moto):
     name = f"media-{uuid.uuid4().hex[:12]}"
-    client = boto3.client("s3", endpoint_url="http://%s:%d" % moto, region_name="us-east-1", **CREDENTIALS,
+    client = boto3.client("s3", endpoint_url="http://{}:{:d}".format(*moto), region_name="us-east-1", **CREDENTIALS,
                           config=Config(s3={"addressing_style": "path"}))
     client.create_bucket(Bucket=name)
     return name, client
@@ -176,7 +176,7 @@ def _s3(endpoint, bucket_name, max_bytes=MiB, **options):
 
 def test_the_s3_store_gives_back_the_bytes_it_kept(moto, bucket):
     name, client = bucket
-    store = _s3("http://%s:%d" % moto, name)
+    store = _s3("http://{}:{:d}".format(*moto), name)
     data = os.urandom(300 * 1024)
     stored = store.put(_tenant(), data, "application/pdf", "invoice.pdf")
     assert (stored.backend, stored.size, stored.sha256) == ("s3", len(data), hashlib.sha256(data).hexdigest())
@@ -238,7 +238,7 @@ def test_an_s3_endpoint_that_comes_up_during_the_retries_is_reached(moto, bucket
 def test_with_an_endpoint_set_new_media_go_to_s3_and_local_media_stay_readable(moto, bucket, tmp_path):
     base = {"DATA_DIR": str(tmp_path)}
     kept_locally = store_from_settings(config.load(base)).put(_tenant(), b"old", "text/plain")
-    s3_env = {**base, "MEDIA_S3_ENDPOINT": "http://%s:%d" % moto, "MEDIA_S3_BUCKET": bucket[0],
+    s3_env = {**base, "MEDIA_S3_ENDPOINT": "http://{}:{:d}".format(*moto), "MEDIA_S3_BUCKET": bucket[0],
               "MEDIA_S3_ACCESS_KEY_ID": "test", "MEDIA_S3_SECRET_ACCESS_KEY": "test", "MEDIA_S3_REGION": "us-east-1"}
     store = store_from_settings(config.load(s3_env))
     assert store.put(_tenant(), b"new", "text/plain").backend == "s3"

@@ -81,7 +81,7 @@ def test_the_event_stream_is_described_as_text_event_stream_with_its_types_and_r
 
 def test_request_bodies_have_examples_and_links_join_create_bot_to_its_bot(document):
     _app, doc = document
-    for path, method, op in _operations(doc):
+    for _path, _method, op in _operations(doc):
         if "requestBody" in op and "application/json" in op["requestBody"]["content"]:
             assert op["requestBody"]["content"]["application/json"].get("examples"), op["operationId"]
     links = doc["paths"]["/api/v1/bots"]["post"]["responses"]["201"]["links"]

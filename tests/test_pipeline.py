@@ -3,6 +3,7 @@
 receipts, debounce, duplicates, human takeover, the owner answering from the phone, rate limit, dead
 letters."""
 
+import itertools
 import json
 
 import pytest
@@ -146,7 +147,7 @@ def test_without_debounce_each_ai_answer_sees_the_conversation_so_far(env_no_deb
     bot = _connected_bot(sim, events, pool, tenant, ai=AI_ON)
     for n, text in enumerate(("first", "second", "third"), 1):
         sim.inbound(bot, CUSTOMER, text)
-        events.wait_for(lambda: len(_sent_texts(sim, bot)) == n, what=f"answer {n}")
+        events.wait_for(lambda n=n: len(_sent_texts(sim, bot)) == n, what=f"answer {n}")
     assert [m["content"] for m in ai_server.calls[2].body["messages"][1:]] == [
         "first", "noted", "second", "noted", "third"]
 
@@ -159,7 +160,7 @@ def test_without_debounce_a_message_a_rule_answered_is_not_in_the_next_ai_prompt
     for round_ in range(5):  # back to back, so the second is often stored while the first is answered
         sim.inbound(bot, CUSTOMER, f"What are your hours {round_}")
         sim.inbound(bot, CUSTOMER, f"something else {round_}")
-        events.wait_for(lambda: len(_sent_texts(sim, bot)) == 2 * (round_ + 1), what="both answers")
+        events.wait_for(lambda round_=round_: len(_sent_texts(sim, bot)) == 2 * (round_ + 1), what="both answers")
     for call in ai_server.calls:
         assert "hours" not in call.body["messages"][-1]["content"]
     assert len(ai_server.calls) == 5
@@ -216,7 +217,7 @@ def test_the_send_rate_limit_spaces_messages_after_a_burst(pg, tmp_path, sim, ai
     times = [m["ts"] for m in sim.outbox(bot)]
     assert [m["text"] for m in sim.outbox(bot)] == [f"m{i}" for i in range(5)]
     # Two at once, then one a second (60 per minute).
-    gaps = [b - a for a, b in zip(times[1:], times[2:])]
+    gaps = [b - a for a, b in itertools.pairwise(times[1:])]
     assert all(gap >= 0.9 for gap in gaps), gaps
     assert times[4] - times[0] >= 2.8
 
@@ -263,12 +264,14 @@ def test_inbound_media_is_downloaded_stored_and_linked_from_its_message(env, sim
     from db import media as media_db
 
     sup, events, tenant = env
-    bot = _connected_bot(sim, events, pool, tenant, rules=[{"match": "keyword", "pattern": "receipt", "reply": "thanks"}])
+    bot = _connected_bot(sim, events, pool, tenant,
+                         rules=[{"match": "keyword", "pattern": "receipt", "reply": "thanks"}])
     picture = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40
     sim.inbound(bot, CUSTOMER, "my receipt", media={"kind": "image", "mime": "image/png", "data": picture})
     events.wait_for(lambda: _sent_texts(sim, bot) == ["thanks"], what="the caption answered by the rule")
     row = events.wait_for(lambda: (r := pool.query(
-        tenant, "SELECT kind, body, payload->>'media_id', media_key FROM messages WHERE bot_id = %s AND direction = 'in'",
+        tenant, "SELECT kind, body, payload->>'media_id', media_key FROM messages"
+                " WHERE bot_id = %s AND direction = 'in'",
         (bot,))) and r[0][2] and r[0], what="the media linked from the message")
     kind, caption, media_id, key = row
     assert (kind, caption) == ("image", "my receipt")
@@ -286,7 +289,8 @@ def test_an_image_sent_through_the_api_reaches_the_customer_with_its_caption(env
     media_id, _ = media.save(pool, sup.pipeline_deps.media, tenant, bot, picture, "image/png", "menu.png")
     conv.enqueue(pool, tenant, bot, CUSTOMER_JID, "today's menu", None, media_id=media_id, kind="image")
     sent = events.wait_for(lambda: sim.outbox(bot), what="the image on the network")[0]
-    assert (sent["kind"], sent["mime"], sent["size"], sent["text"]) == ("image", "image/png", len(picture), "today's menu")
+    assert (sent["kind"], sent["mime"], sent["size"], sent["text"]) == (
+        "image", "image/png", len(picture), "today's menu")
     assert sent["filename"] == "menu.png"
 
 

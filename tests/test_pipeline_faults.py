@@ -51,7 +51,9 @@ def _pair(sim, events, pool, tenant, rules=()):
     return bot
 
 
-def test_with_the_database_stopped_for_ten_seconds_500_messages_are_each_stored_once_and_answered_once(pg, tmp_path, pool):
+def test_with_the_database_stopped_for_ten_seconds_500_messages_are_each_stored_once_and_answered_once(
+    pg, tmp_path, pool
+):
     with Simulator("127.0.0.1", 0, False, qr_rotate=0.5, receipt_delay=None) as sim:
         settings = session_settings(pg, str(tmp_path), sim.address, BOT_SEND_RATE="0", WA_LEASE_TTL="60",
                                     DATABASE_ACQUIRE_TIMEOUT="2")

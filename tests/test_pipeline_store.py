@@ -54,7 +54,8 @@ def test_prompt_inputs_give_each_contact_its_unanswered_messages_and_the_history
     a, b = "111@s.whatsapp.net", "222@s.whatsapp.net"
     old = ps.store_many(pool, tenant, [(bot, _msg(a, "earlier", ts=now - 10), None)])
     ps.answer_many(pool, tenant, [(bot, old[0].contact_id, [old[0].message_id], "reply", "rule", None, False)])
-    ps.store_many(pool, tenant, [(bot, _msg(a, "now one", ts=now - 2), None), (bot, _msg(a, "now two", ts=now - 1), None),
+    ps.store_many(pool, tenant, [(bot, _msg(a, "now one", ts=now - 2), None),
+                                 (bot, _msg(a, "now two", ts=now - 1), None),
                                  (bot, _msg(b, "other", ts=now), None)])
     contact_b = pool.query(tenant, "SELECT id FROM contacts WHERE jid = %s", (b,))[0][0]
     inputs = ps.prompt_inputs_many(pool, tenant, [(bot, old[0].contact_id, 10), (bot, str(contact_b), 0)])
@@ -163,7 +164,8 @@ def test_storing_later_hands_the_stored_rows_to_the_callback_once_committed(pool
     tenant, bot = _setup(pool)
     store = ps.PipelineStore(pool)
     outcome = gevent.event.AsyncResult()
-    store.store_later(tenant, bot, [(_msg(text="later"), "c")], None, lambda stored, error: outcome.set((stored, error)))
+    store.store_later(tenant, bot, [(_msg(text="later"), "c")], None,
+                      lambda stored, error: outcome.set((stored, error)))
     stored, error = outcome.get(timeout=10)
     assert error is None and len(stored) == 1 and stored[0].message_id is not None
     assert pool.query(tenant, "SELECT body FROM messages WHERE id = %s", (stored[0].message_id,)) == [("later",)]
@@ -175,7 +177,8 @@ def test_two_answers_to_the_same_message_in_one_statement_queue_one_outbox_row(p
     results = ps.answer_many(pool, tenant, [(bot, stored.contact_id, [stored.message_id], "first", "ai", "c", False),
                                             (bot, stored.contact_id, [stored.message_id], "second", "ai", "c", False)])
     assert sum(r is not None for r in results) == 1
-    assert ps.answer_many(pool, tenant, [(bot, stored.contact_id, [stored.message_id], "late", "ai", None, False)]) == [None]
+    late = (bot, stored.contact_id, [stored.message_id], "late", "ai", None, False)
+    assert ps.answer_many(pool, tenant, [late]) == [None]
     rows = pool.query(tenant, "SELECT count(*) FROM outbox WHERE bot_id = %s", (bot,))
     assert rows[0][0] == 1
 
@@ -202,7 +205,8 @@ def test_marking_sent_does_not_move_a_message_back_from_a_later_receipt(pool):
     row = ps.claim_many(pool, tenant, [(bot, 1, ())])[0][0]
     conv.record_receipt(pool, tenant, bot, [row.wa_message_id], "delivered")
     ps.mark_sent_many(pool, tenant, [(row.id, None)])
-    status = pool.query(tenant, "SELECT status FROM messages WHERE outbox_id = %s AND direction = 'out'", (row.id,))[0][0]
+    status = pool.query(tenant, "SELECT status FROM messages WHERE outbox_id = %s AND direction = 'out'",
+                        (row.id,))[0][0]
     state = pool.query(tenant, "SELECT state FROM outbox WHERE id = %s", (row.id,))[0][0]
     assert (status, state) == ("delivered", "sent")
 

@@ -101,7 +101,8 @@ def test_ten_thousand_borrow_cycles_with_random_failures_and_kills_lose_and_leak
     stats = wait_until(lambda: (s := pool.stats())["idle"] == 6 and s["connecting"] == 0 and s,
                        what="every connection idle again", interval=0.02)
     assert stats["in_use"] == 0 and stats["waiting"] == 0
-    live = pool.query(None, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'wabot' AND usename = current_user")
+    live = pool.query(None, "SELECT count(*) FROM pg_stat_activity"
+                            " WHERE application_name = 'wabot' AND usename = current_user")
     assert live[0][0] >= 6
 
 

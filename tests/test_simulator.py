@@ -636,7 +636,8 @@ def test_the_http_control_api_drives_the_simulator(sim, make):
     phone_id = phone.json()["id"]
     assert events.expect(MessageReceived, skip=[Receipt]).from_me is True
     assert requests.get(f"{url}/bots/bot-1/outbox/{phone_id}", timeout=3).json()["from_phone"] is True
-    assert requests.post(f"{url}/bots/nobody/phone-send", json={"to": "1555", "text": "x"}, timeout=3).status_code == 404
+    assert requests.post(f"{url}/bots/nobody/phone-send", json={"to": "1555", "text": "x"},
+                         timeout=3).status_code == 404
     refuse = {"times": 1, "error": "blocked"}
     requests.post(f"{url}/bots/bot-1/refuse-sends", json=refuse, timeout=3).raise_for_status()
     with pytest.raises(TransportError, match="blocked"):

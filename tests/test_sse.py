@@ -5,6 +5,7 @@ and a database restart under a live stream."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import uuid
@@ -224,7 +225,7 @@ def test_heartbeats_arrive_every_sse_heartbeat_on_an_idle_stream(make_web, tenan
     with SSEClient(web.url, key=key) as client:
         client.wait_comment("keepalive", count=6, timeout=6 * heartbeat + 3)
         times = [c.at for c in client.comments if c.text in ("connected", "keepalive")][:7]
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert all(heartbeat * 0.8 <= gap <= heartbeat + 0.25 for gap in gaps), gaps
     assert abs(sum(gaps) / len(gaps) - heartbeat) < 0.08, gaps
 

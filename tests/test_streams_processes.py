@@ -31,7 +31,7 @@ class Process:
 
     def __init__(self, command: str, env: dict[str, str], log_path) -> None:
         self.log_path = log_path
-        self.log = open(log_path, "wb")
+        self.log = open(log_path, "wb")  # noqa: SIM115 - the process's stdout, closed when it is stopped
         full_env = dict(os.environ)
         full_env.update(env)
         self.proc = subprocess.Popen(

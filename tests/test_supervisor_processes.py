@@ -38,7 +38,7 @@ def _supervisor_process(pg, data_dir, sim_address, log_path):
         WA_RECONNECT_MAX_DELAY="1",
         LOG_LEVEL="info",
     )
-    log = open(log_path, "wb")
+    log = open(log_path, "wb")  # noqa: SIM115 - handed to the child as its stdout and stderr
     return subprocess.Popen([sys.executable, "run.py", "supervisor"], cwd=ROOT, env=env, stdout=log, stderr=log)
 
 

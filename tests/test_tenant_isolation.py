@@ -73,7 +73,7 @@ def test_the_setting_does_not_survive_an_exception_inside_the_unit_of_work(solo,
     a, b = two_tenants
     with pytest.raises(ZeroDivisionError), solo.unit(a) as unit:
         unit.execute("SELECT 1")
-        1 / 0
+        1 / 0  # noqa: B018 - raises inside the unit on purpose
     with pytest.raises(psycopg2.errors.DivisionByZero), solo.unit(a) as unit:
         unit.execute("SELECT 1 / 0")
     assert _setting_between_borrowings(solo)[1] == ""
@@ -173,7 +173,8 @@ def test_the_application_role_is_not_superuser_owner_or_bypassrls(solo):
     rows = solo.query(
         None,
         "SELECT r.rolsuper, r.rolbypassrls, (SELECT count(*) FROM pg_tables t"
-        " WHERE t.schemaname = 'public' AND t.tableowner = current_user) FROM pg_roles r WHERE r.rolname = current_user",
+        " WHERE t.schemaname = 'public' AND t.tableowner = current_user)"
+        " FROM pg_roles r WHERE r.rolname = current_user",
     )
     assert rows == [(False, False, 0)]
 

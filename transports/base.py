@@ -63,7 +63,7 @@ class Transport(abc.ABC):
         """Send an image or document (``kind``) with an optional caption, under a fixed message id."""
         raise TransportError(f"{self.kind} transport cannot send media", permanent=True)
 
-    def ack(self, message_ids: list[str]) -> None:
+    def ack(self, message_ids: list[str]) -> None:  # noqa: B027 - optional: the default does nothing
         """Tell the network these inbound messages are safely stored. Networks that redeliver unacked
         messages (the simulator, at each login) then stop; the default does nothing."""
 

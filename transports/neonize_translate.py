@@ -248,7 +248,7 @@ def media_message_from_ref(ref: str) -> wa.Message:
     if not ref.startswith(_MEDIA_REF_PREFIX):
         raise ValueError("not a neonize media reference")
     kind, _, payload = ref[len(_MEDIA_REF_PREFIX):].partition(":")
-    field = dict((k, f) for f, k in _MEDIA_FIELDS).get(kind)
+    field = {k: f for f, k in _MEDIA_FIELDS}.get(kind)
     if field is None:
         raise ValueError(f"unknown media kind {kind!r}")
     msg = wa.Message()

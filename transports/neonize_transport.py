@@ -187,7 +187,8 @@ class _Bridge:
         ref = self.routes.get(uuid)
         transport = ref() if ref is not None else None
         if transport is not None:
-            transport._hub.loop.run_callback_threadsafe(transport._on_native, uuid, kind, payload)
+            # The bridge is this module's own: it hands each native event to its transport's hub.
+            transport._hub.loop.run_callback_threadsafe(transport._on_native, uuid, kind, payload)  # noqa: SLF001
 
     def _on_qr(self, uuid_ptr, code_ptr) -> None:
         try:
@@ -351,7 +352,8 @@ class NeonizeTransport(Transport):
         subscribed = bytearray(_SUBSCRIBED)
         subscribed_buf = (ctypes.c_char * len(subscribed)).from_buffer(subscribed)
         props = self._device_props.SerializeToString()
-        proxy_struct = self._proxy._to_c_struct() if self._proxy is not None else None
+        # neonize's ProxySettings has no public encoder; its own client calls _to_c_struct() too.
+        proxy_struct = self._proxy._to_c_struct() if self._proxy is not None else None  # noqa: SLF001
         args = (
             quote(str(self.store_path), safe="/").encode(),  # go-sqlite3 decodes %XX in file: URIs
             uuid,

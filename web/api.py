@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from flask import current_app, g, request
 from flask_openapi3 import APIBlueprint, Tag
@@ -93,9 +93,12 @@ class FieldError(ValueError):
         self.reason = reason
 
 
-def body_examples(*bodies: dict[str, Any]) -> dict[str, Any]:
-    """Request-body examples for a model's ``openapi_extra`` (flask-openapi3 puts them on the body)."""
-    return {f"example-{n}": {"value": body} for n, body in enumerate(bodies, 1)}
+def body_config(*bodies: dict[str, Any], **config: Any) -> ConfigDict:
+    """A request model's ``model_config`` with ``bodies`` as examples of its body, under ``openapi_extra``
+    (flask-openapi3 puts them on the request body; pydantic's ``ConfigDict`` does not declare the key,
+    hence the cast), plus pydantic's own ``config`` keys."""
+    examples = {f"example-{n}": {"value": body} for n, body in enumerate(bodies, 1)}
+    return cast(ConfigDict, {"openapi_extra": {"examples": examples}, **config})
 
 
 def uuid_field(description: str, **kwargs: Any) -> Any:
@@ -141,7 +144,8 @@ def _message(error: dict[str, Any], model: type[BaseModel] | None) -> str:
         return "is required"
     if kind == "extra_forbidden":
         allowed = _allowed(model, error["loc"][:-1])
-        return f"unknown field {str(error['loc'][-1])[:100]!r}" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
+        return (f"unknown field {str(error['loc'][-1])[:100]!r}"
+                + (f"; allowed: {', '.join(allowed)}" if allowed else ""))
     if kind == "string_too_short":
         return "must not be empty" if ctx.get("min_length") == 1 else f"must be at least {ctx['min_length']} characters"
     if kind == "too_long" and "max_length" in ctx:
@@ -150,18 +154,23 @@ def _message(error: dict[str, Any], model: type[BaseModel] | None) -> str:
         "string_type": "must be a string", "string_too_long": f"must be at most {ctx.get('max_length')} characters",
         "bool_type": "must be true or false", "bool_parsing": "must be true or false",
         "int_type": "must be a whole number", "int_parsing": "must be a whole number",
-        "int_from_float": "must be a whole number", "float_type": "must be a number", "float_parsing": "must be a number",
-        "dict_type": "must be an object", "model_type": "must be an object", "model_attributes_type": "must be an object",
+        "int_from_float": "must be a whole number",
+        "float_type": "must be a number", "float_parsing": "must be a number",
+        "dict_type": "must be an object", "model_type": "must be an object",
+        "model_attributes_type": "must be an object",
         "list_type": "must be a list", "uuid_parsing": "must be a UUID", "uuid_type": "must be a UUID",
         "literal_error": f"must be one of {ctx.get('expected', '').replace(' or ', ', ')}",
         "enum": f"must be one of {ctx.get('expected', '').replace(' or ', ', ')}",
-        "greater_than_equal": f"must be at least {ctx.get('ge')}", "less_than_equal": f"must be at most {ctx.get('le')}",
+        "greater_than_equal": f"must be at least {ctx.get('ge')}",
+        "less_than_equal": f"must be at most {ctx.get('le')}",
         "greater_than": f"must be more than {ctx.get('gt')}", "less_than": f"must be less than {ctx.get('lt')}",
     }
     return simple.get(kind, error["msg"])
 
 
-def first_problem(exc: ValidationError, model: type[BaseModel] | None, prefix: Sequence[Any] = ()) -> tuple[str | None, str]:
+def first_problem(
+    exc: ValidationError, model: type[BaseModel] | None, prefix: Sequence[Any] = ()
+) -> tuple[str | None, str]:
     """(field path, message) of the first problem a model found, as the API reports it. A validator
     may raise an error that names its own field (``sansio.rules.RuleError``: ``rules[2].pattern``)."""
     first = exc.errors(include_url=False)[0]
@@ -245,9 +254,9 @@ def _admit() -> None:
     if auth != "none":
         _authenticate(allow_session=auth == "key_or_session")
         _check_scope(getattr(view, "scope", None))
-    if request.method in ("POST", "PUT", "PATCH") and not getattr(view, "raw_body", False) and request.data:
-        if not isinstance(request.get_json(silent=True), dict):
-            raise ApiError(400, "invalid_json", "request body must be a JSON object")
+    if (request.method in ("POST", "PUT", "PATCH") and not getattr(view, "raw_body", False) and request.data
+            and not isinstance(request.get_json(silent=True), dict)):
+        raise ApiError(400, "invalid_json", "request body must be a JSON object")
 
 
 def _authenticate(allow_session: bool) -> None:
@@ -262,7 +271,8 @@ def _authenticate(allow_session: bool) -> None:
             g.tenant_id, g.person, g.scopes = person.tenant_id, person, ("read",)
             context.set_current(context.current()._replace(tenant_id=person.tenant_id))
             return
-        raise ApiError(401, "unauthorized", "missing API key: send 'Authorization: Bearer <key>' (or sign in to the dashboard)")
+        raise ApiError(401, "unauthorized",
+                       "missing API key: send 'Authorization: Bearer <key>' (or sign in to the dashboard)")
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise ApiError(401, "unauthorized", "missing API key: send 'Authorization: Bearer <key>'")

@@ -89,7 +89,8 @@ def install(app: Flask, metrics: Any) -> None:
         # The view's tenant binding (web.auth) has been unwound by the time Flask calls this handler;
         # restore it so the log line and the Sentry event say whose request failed.
         with context.bound(tenant_id=g.get("tenant_id") or context.current().tenant_id):
-            log.exception("unhandled error in request", extra={"error": repr(exc)})
+            # Flask calls this inside its own except block: the traceback is there to log.
+            log.exception("unhandled error in request", extra={"error": repr(exc)})  # noqa: LOG004
             metrics.errors.labels(type(exc).__name__, "http").inc()
             sentry.capture(exc, where="http")
             if _for_people():

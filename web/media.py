@@ -98,7 +98,8 @@ def upload_media(query: MediaQuery) -> Any:
 @operation(blueprint, "get", "/media/<media_id>", scope="read", operation_id="getMedia",
            summary="A media object's bytes", description="Served as inert content: `X-Content-Type-Options: nosniff`,"
            " `Content-Security-Policy: default-src 'none'; sandbox`.",
-           responses={200: {"description": "the bytes, with the MIME type recorded at upload"}, **error_responses(404, 503)})
+           responses={200: {"description": "the bytes, with the MIME type recorded at upload"},
+                      **error_responses(404, 503)})
 def get_media(path: MediaPath) -> Any:
     return media_response(system().pool, g.tenant_id, v.uuid_arg(path.media_id, "media"))
 

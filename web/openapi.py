@@ -128,7 +128,8 @@ _ERRORS: dict[str, dict[int, list[tuple[str, dict[str, Any], dict[str, Any]]]]] 
     },
     "createApiKey": {
         400: [("an unknown scope", {"key": "full", "body": {"name": "crm", "scopes": ["admin"]}},
-               {"code": "invalid_input", "field": "scopes", "message": "unknown scope 'admin'; one of read, send, manage"})],
+               {"code": "invalid_input", "field": "scopes",
+                "message": "unknown scope 'admin'; one of read, send, manage"})],
     },
     "createUser": {
         400: [("not an email address", {"key": "full", "body": {"email": "ana"}},
@@ -159,7 +160,8 @@ _LINKS = {
         "RetryOutbox": ("retryOutbox", {"outbox_id": "$response.body#/outbox_id"}),
         "ListMessages": ("listMessages", {"bot_id": "$request.path.bot_id", "contact": "$response.body#/to"}),
         "PauseConversation": ("pauseConversation", {"bot_id": "$request.path.bot_id", "contact": "$response.body#/to"}),
-        "ResumeConversation": ("resumeConversation", {"bot_id": "$request.path.bot_id", "contact": "$response.body#/to"}),
+        "ResumeConversation": ("resumeConversation",
+                               {"bot_id": "$request.path.bot_id", "contact": "$response.body#/to"}),
     },
     ("uploadMedia", 201): {
         "GetMedia": ("getMedia", {"media_id": "$response.body#/id"}),
@@ -218,9 +220,11 @@ def complete(generated: dict[str, Any]) -> dict[str, Any]:
                                     ("type", "only these event types"), ("token", "the key, for browsers"))],
         "responses": {"101": {"description": "switching protocols: the WebSocket"},
                       "400": {"description": "not an upgrade request (websocket_required)",
-                              "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}},
+                              "content": {"application/json": {
+                                  "schema": {"$ref": "#/components/schemas/ErrorBody"}}}},
                       "401": {"description": "no or an unknown key",
-                              "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}}}}
+                              "content": {"application/json": {
+                                  "schema": {"$ref": "#/components/schemas/ErrorBody"}}}}}}}
     doc["paths"]["/api/v1/openapi.json"] = {"get": {
         "tags": ["Tenant"], "operationId": "getOpenApi", "summary": "This document", "security": [],
         "responses": {"200": {"description": "the OpenAPI 3.1 document", "content": {"application/json": {
@@ -231,7 +235,7 @@ def complete(generated: dict[str, Any]) -> dict[str, Any]:
     for item in doc["paths"].values():
         for op in item.values():
             op.setdefault("parameters", []).append(request_id)
-            for status, response in op["responses"].items():
+            for response in op["responses"].values():
                 response.setdefault("headers", {})["X-Request-ID"] = {
                     "description": "the request's id", "schema": {"type": "string"}}
     doc["components"]["schemas"].pop("ValidationErrorModel", None)

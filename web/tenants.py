@@ -36,7 +36,8 @@ def whoami() -> Any:
 
 
 def _user(row: Any) -> dict[str, Any]:
-    return {"id": str(row[0]), "email": row[1], "display_name": row[2], "role": row[3], "created_at": row[4].isoformat()}
+    return {"id": str(row[0]), "email": row[1], "display_name": row[2], "role": row[3],
+            "created_at": row[4].isoformat()}
 
 
 @operation(blueprint, "get", "/users", scope="read", summary="The tenant's users (dashboard members)",

@@ -139,7 +139,8 @@ def _authenticate(pool: Any, headers: Any, args: Any, environ: dict | None = Non
             return caller
     if key is None:
         raise ApiError(
-            401, "unauthorized", "missing API key: send 'Authorization: Bearer <key>' or the query parameter token=<key>"
+            401, "unauthorized",
+            "missing API key: send 'Authorization: Bearer <key>' or the query parameter token=<key>",
         )
     found = tenants.authenticate_with_scopes(pool, key)
     if found is None:

@@ -65,7 +65,7 @@ class Platform:
         self.url = wait_until(self._listening, timeout=60, what="the platform listening")
 
     def _start(self, name, *args):
-        log = open(os.path.join(self.data_dir, f"{name}.log"), "w+")
+        log = open(os.path.join(self.data_dir, f"{name}.log"), "w+")  # noqa: SIM115 - the process's, closed with it
         process = subprocess.Popen([sys.executable, RUN, *args], env=self.env, cwd=self.data_dir, stdout=log,
                                    stderr=subprocess.STDOUT, text=True)
         process.log = log
@@ -140,7 +140,8 @@ def browser():
     scratch = tempfile.mkdtemp(prefix="wabot-chromium-")  # Chromium leaves files in TMPDIR: keep them here
     with sync_playwright() as p:
         # Playwright gives every launch a new, empty profile of its own.
-        launched = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, env={**os.environ, "TMPDIR": scratch})
+        launched = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
+                                     env={**os.environ, "TMPDIR": scratch})
         try:
             yield launched
         finally:

@@ -42,7 +42,10 @@ def day(platform, browser, shots):
     d.page.set_default_timeout(TIMEOUT)
     d.errors = []
     d.page.on("pageerror", lambda exc: d.errors.append(str(exc)))
-    d.page.add_init_script("document.addEventListener('securitypolicyviolation', e => console.error('CSP ' + e.violatedDirective + ' on ' + (e.target && e.target.outerHTML ? e.target.outerHTML.slice(0, 200) : e.target) + ' sample ' + e.sample))")
+    d.page.add_init_script(
+        "document.addEventListener('securitypolicyviolation', e => console.error('CSP ' + e.violatedDirective"
+        " + ' on ' + (e.target && e.target.outerHTML ? e.target.outerHTML.slice(0, 200) : e.target)"
+        " + ' sample ' + e.sample))")
     d.page.on("console", lambda msg: d.errors.append(f"{d.page.url}: {msg.text} at {msg.location}")
               if msg.type == "error" else None)
     yield d
@@ -268,7 +271,8 @@ def test_the_event_monitor_filters_by_type_pauses_and_resumes_without_a_gap(day)
     page.fill("#ev-type", "message.in")
     page.click("#event-filter button[type=submit]")
     expect(page).to_have_url(re.compile(r"type=message\.in"))
-    day.platform.sim("POST", f"/bots/{day.bot_id}/inbound", **{"from": "4915112345678", "text": "croissant for Berlin?"})
+    day.platform.sim("POST", f"/bots/{day.bot_id}/inbound",
+                     **{"from": "4915112345678", "text": "croissant for Berlin?"})
     rows = page.locator("#event-rows tr")
     expect(rows.first).to_contain_text("croissant for Berlin?")
     wait_until(lambda: len(customer_outbox(day, "4915112345678")) == 1, what="the bot answering Berlin")
@@ -344,12 +348,14 @@ def test_a_viewer_accepts_an_invitation_on_a_phone_and_sees_no_composer_and_may_
         assert mobile.locator("#composer").count() == 0 and mobile.locator("#takeover-button").count() == 0
         shot(day, "mobile-conversation", page=mobile)
         token = mobile.evaluate("JSON.parse(document.body.getAttribute('hx-headers'))['X-CSRF-Token']")
-        before = len(api(day, "GET", "/outbox?state=pending")["outbox"]) + len(api(day, "GET", "/outbox?state=sent")["outbox"])
+        before = (len(api(day, "GET", "/outbox?state=pending")["outbox"])
+                  + len(api(day, "GET", "/outbox?state=sent")["outbox"]))
         refused = mobile.request.post(f"{day.platform.url}/app/inbox/{day.contact_id}/send",
                                       form={"text": "viewer was here", "csrf_token": token},
                                       headers={"Origin": day.platform.url})
         assert refused.status == 403
-        after = len(api(day, "GET", "/outbox?state=pending")["outbox"]) + len(api(day, "GET", "/outbox?state=sent")["outbox"])
+        after = (len(api(day, "GET", "/outbox?state=pending")["outbox"])
+                 + len(api(day, "GET", "/outbox?state=sent")["outbox"]))
         assert after == before
     finally:
         phone.close()

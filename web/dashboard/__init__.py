@@ -150,7 +150,8 @@ def can(permission: str) -> bool:
 def _globals() -> dict[str, Any]:
     person = session.current()
     return {"person": person, "csrf": csrf_value(), "asset": asset,
-            "when": when, "phone": phone, "filesize": filesize, "holder": holder, "compact_json": compact_json, "roles": roles, "settings": session.root().settings}
+            "when": when, "phone": phone, "filesize": filesize, "holder": holder, "compact_json": compact_json,
+            "roles": roles, "settings": session.root().settings}
 
 
 @blueprint.after_request

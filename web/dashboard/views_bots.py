@@ -94,7 +94,8 @@ def create_bot(person: Person) -> Any:
         name = v.text({"name": form["name"]}, "name", max_len=200)
         options = TransportOptions.model_validate(options).stored()
     except (ApiError, ValidationError) as exc:
-        field, message = (exc.field, exc.message) if isinstance(exc, ApiError) else api.first_problem(exc, TransportOptions)
+        field, message = ((exc.field, exc.message) if isinstance(exc, ApiError)
+                          else api.first_problem(exc, TransportOptions))
         found = bots_db.list_all(pool, person.tenant_id)
         return render_template("bots.html", bots=found, form=form, error=message, field=field, confirm=CONFIRM), 400
     bot = bots_db.create(pool, person.tenant_id, name, options)
@@ -168,8 +169,8 @@ def bot_pair_code(person: Person, bot_id: str) -> Any:
     code, error = None, None
     try:
         phone = schemas_bots.phone_digits(request.form.get("phone", ""))
-        code = bots_api.request_pair_code(session.root().pool, person.tenant_id, found["id"], phone,
-                                          float(current_app.config.get("PAIR_CODE_TIMEOUT", bots_api.PAIR_CODE_TIMEOUT)))
+        timeout = float(current_app.config.get("PAIR_CODE_TIMEOUT", bots_api.PAIR_CODE_TIMEOUT))
+        code = bots_api.request_pair_code(session.root().pool, person.tenant_id, found["id"], phone, timeout)
     except ValueError as exc:
         error = str(exc)
     except ApiError as exc:

@@ -75,7 +75,8 @@ def inbox_row(person: Person) -> Any:
     if request.args.get("contact"):
         found = dashboard.conversation(pool, person.tenant_id, session.path_id(request.args["contact"], "conversation"))
     else:
-        found = dashboard.conversation(pool, person.tenant_id, bot_id=session.path_id(request.args.get("bot", ""), "bot"),
+        found = dashboard.conversation(pool, person.tenant_id,
+                                       bot_id=session.path_id(request.args.get("bot", ""), "bot"),
                                        jid=request.args.get("jid", "")[:300])
     if found is None:
         return "", 204  # nothing to show (yet): the page keeps what it has
@@ -118,7 +119,8 @@ def message_fragment(person: Person, contact_id: str) -> Any:
     contact = _contact(person, contact_id)
     pool = session.root().pool
     if request.args.get("id"):
-        found = dashboard.message(pool, person.tenant_id, contact["id"], message_id=session.path_id(request.args["id"], "message"))
+        found = dashboard.message(pool, person.tenant_id, contact["id"],
+                                  message_id=session.path_id(request.args["id"], "message"))
     else:
         found = dashboard.message(pool, person.tenant_id, contact["id"],
                                   outbox_id=session.path_id(request.args.get("outbox", ""), "message"))
@@ -154,8 +156,8 @@ def send(person: Person, contact_id: str) -> Any:
     except ValueError as exc:
         return _send_failed(person, contact, f"The message {exc}.", request.form.get("text", ""), 400)
     except ApiError as exc:
-        return _send_failed(person, contact, exc.message[:1].upper() + exc.message[1:] + ".", request.form.get("text", ""),
-                            exc.status)
+        return _send_failed(person, contact, exc.message[:1].upper() + exc.message[1:] + ".",
+                            request.form.get("text", ""), exc.status)
     try:
         outbox_id = conversations.enqueue(pool, tenant_id, contact["bot_id"], contact["jid"], text or "",
                                           context.correlation_id(), media_id=media_id, kind=kind,

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from web.api import Model, QueryModel, body_examples, uuid_field
+from web.api import Model, QueryModel, body_config, uuid_field
 from web.schemas.common import Text, Timestamp
 
 PROXY_SCHEMES = ("http", "https", "socks5")
@@ -88,8 +88,8 @@ class TransportOptions(Model):
 
 
 class BotCreate(Model):
-    model_config = {"openapi_extra": {"examples": body_examples({"name": "Front desk", "transport_options": {
-        "phone": "+49 151 23456789", "auto_start": True}})}}
+    model_config = body_config({"name": "Front desk", "transport_options": {
+        "phone": "+49 151 23456789", "auto_start": True}})
 
     name: Text(200, description="1–200 characters, surrounding spaces trimmed")  # type: ignore[valid-type]
     transport_options: TransportOptions | None = None
@@ -98,8 +98,7 @@ class BotCreate(Model):
 class BotUpdate(Model):
     """Only what is sent changes; ``transport_options`` replaces the stored options as a whole."""
 
-    model_config = {"openapi_extra": {"examples": body_examples({"name": "Front desk (main)"})},
-                    "json_schema_extra": {"minProperties": 1}}
+    model_config = body_config({"name": "Front desk (main)"}, json_schema_extra={"minProperties": 1})
 
     name: Text(200) | None = None  # type: ignore[valid-type]
     transport_options: TransportOptions | None = None
@@ -159,7 +158,7 @@ class Qr(BaseModel):
 
 
 class PairCodeRequest(Model):
-    model_config = {"openapi_extra": {"examples": body_examples({"phone": "+49 151 23456789"})}}
+    model_config = body_config({"phone": "+49 151 23456789"})
 
     phone: str = Field(description="8–15 digits with the country code; '+', spaces and dashes are dropped")
 

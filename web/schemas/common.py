@@ -32,7 +32,9 @@ def _text_check(max_len: int, blank_ok: bool) -> Any:
     return check
 
 
-def Text(max_len: int = 200, *, blank_ok: bool = False, description: str = "", examples: list[Any] | None = None) -> Any:
+def Text(
+    max_len: int = 200, *, blank_ok: bool = False, description: str = "", examples: list[Any] | None = None
+) -> Any:
     """A string, surrounding spaces trimmed, 1..max_len characters (0.. with ``blank_ok``), no NUL."""
     return Annotated[str, BeforeValidator(_text_check(max_len, blank_ok)),
                      Field(min_length=0 if blank_ok else 1, max_length=max_len, description=description,

@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from sansio import recipients
 from sansio import rules as rules_mod
-from web.api import FieldError, Model, PathModel, body_examples, uuid_field
+from web.api import FieldError, Model, PathModel, body_config, uuid_field
 from web.schemas.common import Paging, Timestamp
 
 CAPTION_MAX = 1024
@@ -29,13 +29,13 @@ def _uuid(value: Any) -> str:
 class SendMessage(Model):
     """Either ``text``, or ``media_id`` (an uploaded media object) with an optional ``caption``."""
 
-    model_config = {"openapi_extra": {"examples": body_examples({"to": "+49 151 23456789", "text": "Your order is ready."},
-                                                       {"to": "4915123456789", "media_id": "8d7c…",
-                                                        "caption": "the invoice"})}}
+    model_config = body_config({"to": "+49 151 23456789", "text": "Your order is ready."},
+                               {"to": "4915123456789", "media_id": "8d7c…", "caption": "the invoice"})
 
-    to: str = Field(pattern=r"^\s*([0-9+ -]{8,60}|[0-9]{8,15}@[sS]\.[wW][hH][aA][tT][sS][aA][pP][pP]\.[nN][eE][tT])\s*$",
-                    description="the customer: 8–15 digits with the country code ('+', spaces and dashes dropped),"
-                                " or a jid <digits>@s.whatsapp.net; groups are refused")
+    to: str = Field(
+        pattern=r"^\s*([0-9+ -]{8,60}|[0-9]{8,15}@[sS]\.[wW][hH][aA][tT][sS][aA][pP][pP]\.[nN][eE][tT])\s*$",
+        description="the customer: 8–15 digits with the country code ('+', spaces and dashes dropped),"
+                    " or a jid <digits>@s.whatsapp.net; groups are refused")
     text: str | None = Field(None, min_length=1, max_length=recipients.TEXT_MAX,
                              description="1–4096 characters, not blank, sent as written")
     media_id: str | None = uuid_field("a media object of this tenant (POST /api/v1/media)", default=None)
@@ -164,9 +164,9 @@ class Rules(BaseModel):
 class RulesUpdate(Model):
     """The whole list (``[]`` removes every rule). Patterns that can take exponential time are refused."""
 
-    model_config = {"openapi_extra": {"examples": body_examples({"rules": [
+    model_config = body_config({"rules": [
         {"match": "keyword", "pattern": "opening hours", "reply": "9 to 5, Monday to Saturday"},
-        {"match": "regex", "pattern": r"deliver(y|ies)?", "reply": "We deliver within the city.", "enabled": False}]})}}
+        {"match": "regex", "pattern": r"deliver(y|ies)?", "reply": "We deliver within the city.", "enabled": False}]})
 
     rules: list[RuleModel] = Field(max_length=rules_mod.MAX_RULES)
 
@@ -202,8 +202,8 @@ class AiView(BaseModel):
 class AiUpdate(Model):
     """Replaces the settings (``{}`` turns AI off); a GET body may be sent back as is."""
 
-    model_config = {"openapi_extra": {"examples": body_examples({"ai": {"enabled": True, "system_prompt": "You are the"
-                                                               " bakery's assistant.", "temperature": 0.3}})}}
+    model_config = body_config({"ai": {"enabled": True, "system_prompt": "You are the bakery's assistant.",
+                                       "temperature": 0.3}})
 
     ai: AiSettings
     provider_configured: bool | None = Field(None, strict=True, description="ignored (a GET body sent back)")

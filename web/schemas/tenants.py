@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from web.api import SCOPES, Model, PathModel, body_examples, uuid_field
+from web.api import SCOPES, Model, PathModel, body_config, uuid_field
 from web.schemas.common import Text, Timestamp
 
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}$")
@@ -34,8 +34,7 @@ class UserList(BaseModel):
 
 
 class UserCreate(Model):
-    model_config = {"openapi_extra": {"examples": body_examples({"email": "ana@shop.example", "display_name": "Ana",
-                                                        "role": "agent"})}}
+    model_config = body_config({"email": "ana@shop.example", "display_name": "Ana", "role": "agent"})
 
     email: str = Field(max_length=320, pattern=r"^[^@\s]{1,64}@[^@\s]{1,255}$",
                        description="an email address (stored lower-case)")
@@ -85,7 +84,7 @@ class ApiKeyList(BaseModel):
 
 
 class ApiKeyCreate(Model):
-    model_config = {"openapi_extra": {"examples": body_examples({"name": "order system", "scopes": ["read", "send"]})}}
+    model_config = body_config({"name": "order system", "scopes": ["read", "send"]})
 
     name: Text(200, blank_ok=True) = ""  # type: ignore[valid-type]
     scopes: list[Scope] | None = Field(None, min_length=1, description="limit the key to these scopes: "
