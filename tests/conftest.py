@@ -25,6 +25,30 @@ from core import config  # noqa: E402
 from db import embedded, migrate  # noqa: E402
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Stop every actor a test left running, so a failing test fails the run instead of hanging it.
+
+    A test that fails part-way can leave actors waiting on their mailboxes; their greenlets keep the
+    interpreter from exiting after pytest has printed its summary (CI once waited out its whole limit
+    so). They are named, so the leak is seen, then stopped (killed if stopping takes too long)."""
+    import pykka
+
+    from actors.base import actor_of
+
+    left = pykka.ActorRegistry.get_all()
+    if left:
+        names = sorted({ref.actor_class.__name__ for ref in left})
+        print(f"\nactors still running at the end of the tests: {len(left)} ({', '.join(names)}); stopping them")
+    for ref in left:
+        try:
+            ref.stop(block=True, timeout=2)
+        except Exception:  # noqa: BLE001 - stuck or already gone: kill what is left, then exit
+            try:
+                actor_of(ref).kill()
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+
+
 @pytest.fixture(scope="session")
 def pg(tmp_path_factory):
     """The embedded PostgreSQL, migrated, shared by the whole test session."""
