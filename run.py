@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     if command == "simulator":
         from simulator.main import serve
 
-        return serve(settings) or 0
+        serve(settings)
+        return 0
 
     from actors.system import StartupError, System
 

@@ -25,7 +25,7 @@ import logging
 import queue
 import sys
 from collections.abc import Callable
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, cast
 
 import gevent
 import gevent.event
@@ -48,7 +48,8 @@ class ActorCrashed(RuntimeError):
 
 
 class _ContextInbox(queue.Queue):
-    """Unbounded queue underneath; the bound is enforced here so stop requests always get in."""
+    """Unbounded queue underneath; the bound is enforced here so stop requests always get in. Holds
+    ``(envelope, the sender's context.WorkContext)`` pairs."""
 
     def __init__(self, bound: int) -> None:
         super().__init__()
@@ -109,9 +110,17 @@ class GreenFuture(pykka.Future):
         self._get_hook = func
 
 
+def current_greenlet() -> gevent.Greenlet:
+    """``gevent.getcurrent()``, typed as what it is here: under monkey patching an actor's thread, and
+    a request's handler that runs an actor inline, are gevent greenlets."""
+    return cast(gevent.Greenlet, gevent.getcurrent())
+
+
 class Actor(pykka.ThreadingActor):
     mailbox_size: int = 0
     """Largest number of queued messages; 0 means unbounded."""
+
+    actor_inbox: _ContextInbox
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -146,7 +155,7 @@ class Actor(pykka.ThreadingActor):
         thread and drives the mailbox with ``receive_inline``. Meant for an actor that exists to feed
         one connection (a stream subscriber), where the connection's greenlet would otherwise only wait
         on the actor: it saves a greenlet and two switches per message. End with ``finish_inline``."""
-        self._greenlet = gevent.getcurrent()
+        self._greenlet = current_greenlet()
         pykka.ActorRegistry.register(self.actor_ref)
         self.on_start()
         return self.actor_ref
@@ -175,7 +184,8 @@ class Actor(pykka.ThreadingActor):
 
     # -- pykka internals, replaced ----------------------------------------------------------------
 
-    def _create_actor_inbox(self) -> Any:
+    # pykka's is a staticmethod; this one reads the class's mailbox_size (pykka calls it on the instance).
+    def _create_actor_inbox(self) -> _ContextInbox:  # type: ignore[override]
         return _ContextInbox(self.mailbox_size)
 
     @staticmethod
@@ -183,7 +193,7 @@ class Actor(pykka.ThreadingActor):
         return GreenFuture()
 
     def _actor_loop(self) -> None:
-        self._greenlet = gevent.getcurrent()
+        self._greenlet = current_greenlet()
         reason: BaseException | None = None
         try:
             try:

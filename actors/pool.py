@@ -98,7 +98,7 @@ class _Shared:
         self.size = size
         self.idle: collections.deque[_Conn] = collections.deque()
         self.in_use: dict[int, _Conn] = {}
-        self.waiters: collections.deque[gevent.event.AsyncResult] = collections.deque()
+        self.waiters: collections.deque[gevent.event.AsyncResult[_Conn]] = collections.deque()
         self.closed = False
         self.connecting = 0
         self.acquired_total = 0
@@ -333,6 +333,7 @@ class Unit:
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         conn = self._conn
+        assert conn is not None  # __enter__ set it
         self._conn = None
         broken = False
         try:
@@ -356,6 +357,7 @@ class Unit:
 
     @property
     def connection(self) -> Any:
+        assert self._conn is not None, "the unit is not open"
         return self._conn.raw
 
     def execute(self, sql: str, params: Any = None) -> Any:
@@ -510,7 +512,7 @@ class Pool:
 
     def _wait(self, timeout: float, holder: Any, started: float) -> _Conn:
         shared = self._shared
-        waiter = gevent.event.AsyncResult()
+        waiter: gevent.event.AsyncResult[_Conn] = gevent.event.AsyncResult()
         shared.waiters.append(waiter)
         try:
             conn = waiter.get(timeout=timeout)
@@ -527,9 +529,11 @@ class Pool:
         except BaseException:
             # Killed while waiting: give back a connection that was handed over meanwhile.
             self._forget_waiter(waiter)
-            if waiter.successful():
-                self._release(waiter.value, False, borrowed=False)
+            handed = waiter.value
+            if waiter.successful() and handed is not None:  # only connections are handed over
+                self._release(handed, False, borrowed=False)
             raise
+        assert conn is not None  # only connections are handed over
         now = time.monotonic()
         shared.waited_total += 1
         shared.acquire_wait_seconds += now - started

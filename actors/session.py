@@ -343,7 +343,7 @@ class BotSession(Actor):
         bots_db.write_fields(self.deps.pool, self.tenant_id, self.bot_id, self.deps.owner, paired=False,
                              qr_code=None)
 
-    def _to_pipeline(self, event: tev.Event) -> None:
+    def _to_pipeline(self, event: tev.MessageReceived | tev.Receipt) -> None:
         if self.pipeline is None:
             return  # nothing to store it with; unacked, the network keeps it
         if isinstance(event, tev.MessageReceived):

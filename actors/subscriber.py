@@ -22,7 +22,7 @@ from typing import Any
 
 import gevent
 
-from actors.base import Actor
+from actors.base import Actor, current_greenlet
 from actors.event_bus import Deliver
 
 
@@ -49,7 +49,7 @@ class Subscriber(Actor):
 
     def bind_writer(self) -> None:
         """The calling greenlet takes the messages and writes them (the one killed if it hangs)."""
-        self._greenlet = gevent.getcurrent()
+        self._greenlet = current_greenlet()
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Deliver):

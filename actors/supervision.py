@@ -82,7 +82,7 @@ class LeaseKeeper(Actor):
         # The first round runs as a message: on_start must return before the parent is fully up.
         self.actor_ref.tell(_Round())
         if self.listen_dsn:
-            self._listener = gevent.spawn(self._listen_forever)
+            self._listener = gevent.spawn(self._listen_forever, self.listen_dsn)
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, _Round):
@@ -118,6 +118,7 @@ class LeaseKeeper(Actor):
     def _round(self) -> None:
         if self._ticker is not None:
             self._ticker.kill(block=False)
+        held: list[tuple[str, str, str]] | None  # None: this round could not lease
         try:
             held, share = bots_db.lease(self.deps.pool, self.deps.owner, self.lease_seconds, MAX_CLAIMS_PER_ROUND)
         except Exception as exc:  # noqa: BLE001 - the database may be down; sessions keep running
@@ -204,9 +205,9 @@ class LeaseKeeper(Actor):
 
     # -- LISTEN ------------------------------------------------------------------------------------
 
-    def _listen_forever(self) -> None:
+    def _listen_forever(self, dsn: str) -> None:
         listen_forever(
-            self.listen_dsn,
+            dsn,
             bots_db.NOTIFY_CHANNEL,
             on_notify=lambda bot_id: _tell_quietly(self.actor_ref, _Notified(bot_id)),
             # Catch up on anything said while we were not listening.

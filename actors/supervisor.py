@@ -338,9 +338,9 @@ class Supervisor(Actor):
             return exc
         if not isinstance(actor, Actor):
             ref.stop(block=False)
-            exc = TypeError(f"child {name!r} is a {type(actor).__name__}, not an actors.base.Actor")
-            self._start_failed(child, exc)
-            return exc
+            wrong = TypeError(f"child {name!r} is a {type(actor).__name__}, not an actors.base.Actor")
+            self._start_failed(child, wrong)
+            return wrong
         incarnation = _Incarnation(ref, actor)
         child.incarnation = incarnation
         actor.watch(functools.partial(self._death_signal, name, incarnation))

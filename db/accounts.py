@@ -278,7 +278,7 @@ def operator_reset(pool: Any, email: str, ttl: float) -> str:
     """A password-reset link's token for the account with ``email`` (``LookupError`` if none)."""
     found = account_by_email(pool, email)
     tenants = memberships(pool, found[0]) if found else []
-    if not tenants:
+    if not found or not tenants:
         raise LookupError(f"no dashboard account with a membership has the email {email!r}")
     tenant_id = tenants[0]["tenant_id"]
     rows = pool.query(tenant_id, "SELECT id FROM users WHERE account_id = %s", (found[0],))

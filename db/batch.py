@@ -25,10 +25,11 @@ joins it), trading a little of its own latency for fewer statements.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import gevent
 import gevent.event
@@ -54,7 +55,7 @@ class _Call:
     def __init__(self, items: list[Any], wait: bool, on_done: Callable[..., None] | None = None,
                  with_results: bool = False) -> None:
         self.items = items
-        self.done = gevent.event.AsyncResult() if wait else None
+        self.done: gevent.event.AsyncResult[Any] | None = gevent.event.AsyncResult() if wait else None
         self.settled = False  # succeeded or failed; a submitted call has no ``done`` to ask
         # A submitted call's outcome: on_done(None or the exception), or with_results
         # on_done(results, None) / on_done(None, exception).
@@ -83,8 +84,9 @@ class Coalescer(Generic[Item, Result]):
         """Run ``items`` (with whatever else is waiting for this tenant); their results, in order."""
         if not items:
             return []
-        call = self._queue(tenant_id, _Call(list(items), wait=True))
-        return call.done.get()
+        done = self._queue(tenant_id, _Call(list(items), wait=True)).done
+        assert done is not None  # a waiting call has one
+        return cast("list[Result]", done.get())  # what _succeed set, or get() raises what _fail set
 
     def one(self, tenant_id: str, item: Item) -> Result:
         return self.call(tenant_id, [item])[0]
@@ -132,7 +134,7 @@ class Coalescer(Generic[Item, Result]):
         if tenant_id not in self._flushers:
             flusher = gevent.spawn(self._flush_tenant, tenant_id)
             # Killed before it first ran, a flusher never reaches its own clean-up below.
-            flusher.link(lambda dead, tenant=tenant_id: self._flusher_ended(tenant, dead))
+            flusher.link(functools.partial(self._flusher_ended, tenant_id))
             self._flushers[tenant_id] = flusher
         return call
 
@@ -211,25 +213,25 @@ class Coalescer(Generic[Item, Result]):
             self._observe(self.name, len(items))
         return results
 
-    def _succeed(self, call: _Call, results: list[Any]) -> None:
+    def _succeed(self, call: _Call, results: Sequence[Any]) -> None:
         call.settled = True
         if call.done is not None:
             call.done.set(results)
         elif call.on_done is not None:
-            self._tell(call, (results, None) if call.with_results else (None,))
+            self._tell(call.on_done, (results, None) if call.with_results else (None,))
 
     def _fail(self, call: _Call, exc: Exception) -> None:
         call.settled = True
         if call.done is not None:
             call.done.set_exception(exc)
         elif call.on_done is not None:
-            self._tell(call, (None, exc) if call.with_results else (exc,))
+            self._tell(call.on_done, (None, exc) if call.with_results else (exc,))
         else:
             log.warning("queued work failed", extra={"operation": self.name, "items": len(call.items),
                                                       "error": repr(exc)})
 
-    def _tell(self, call: _Call, outcome: tuple) -> None:
+    def _tell(self, on_done: Callable[..., None], outcome: tuple) -> None:
         try:
-            call.on_done(*outcome)
+            on_done(*outcome)
         except Exception:  # one caller's callback must not fail the others' calls
             log.exception("outcome callback raised", extra={"operation": self.name})

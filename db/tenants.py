@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 KEY_PREFIX = "wbk_"
@@ -43,7 +44,9 @@ def create_tenant(pool: Any, name: str, key_name: str = "default") -> tuple[str,
     return tenant_id, key
 
 
-def create_key(pool: Any, tenant_id: str, key_name: str = "", scopes: list[str] | None = None) -> tuple[str, str, str]:
+def create_key(
+    pool: Any, tenant_id: str, key_name: str = "", scopes: Sequence[str] | None = None
+) -> tuple[str, str, str]:
     """Add an API key to the tenant, limited to ``scopes`` (None: full access); returns (key id,
     prefix, key). The key is not stored in clear."""
     key = new_key()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import tempfile
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import boto3
 import botocore.exceptions
@@ -95,7 +95,8 @@ class S3Store:
     ) -> None:
         self.bucket = bucket
         self.max_bytes = max_bytes
-        self._retry = dict(attempts=attempts, initial=initial_backoff, maximum=max_backoff, deadline=deadline)
+        self._retry: dict[str, Any] = dict(attempts=attempts, initial=initial_backoff, maximum=max_backoff,
+                                           deadline=deadline)
         config = Config(
             s3={"addressing_style": "path"},
             retries={"total_max_attempts": 1, "mode": "standard"},  # core.retry does the retrying

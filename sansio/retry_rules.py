@@ -33,7 +33,8 @@ NEVER_TRANSIENT = (
 
 
 # Exceptions raised by the server carry pgcode; the same classes built locally do not, so map back.
-_SQLSTATE_OF_CLASS = {psycopg2.errors.lookup(code): code for code in TRANSIENT_SQLSTATES}
+_SQLSTATE_OF_CLASS: dict[type[BaseException], str] = {
+    psycopg2.errors.lookup(code): code for code in TRANSIENT_SQLSTATES}
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -47,12 +47,12 @@ from typing import Any
 try:  # Python 3.11+: the parser behind re.compile; only read, to inspect a pattern's structure.
     from re import _parser as _sre_parse  # type: ignore[attr-defined]
 except ImportError:  # pragma: no cover - older interpreters
-    import sre_parse as _sre_parse  # type: ignore[no-redef]
+    import sre_parse as _sre_parse
 
 try:
     import regex as _regex_engine  # optional: gives matching a timeout
 except ImportError:  # pragma: no cover - depends on the environment
-    _regex_engine = None
+    _regex_engine = None  # type: ignore[assignment]  # optional: None when regex is not installed
 
 MAX_RULES = 200
 MAX_PATTERN = 500

@@ -269,6 +269,7 @@ def _disconnected(s: SessionState, e: tev.Disconnected, now: float, rng: Rng) ->
         new = SessionState(backoff=backoff, state=State.BACKING_OFF, reason=decision.reason, next_retry_at=at)
         return _move(s, new, [CloseTransport()], [ScheduleRetry(at, RetryDue(at))])
     if decision.action is Action.WAIT_UNTIL:
+        assert decision.resume_in is not None  # a WAIT_UNTIL decision always says when
         until = now + decision.resume_in
         new = SessionState(
             backoff=backoff,

@@ -189,7 +189,9 @@ class Simulator:
         # A fixed port is reused across outages, so clients find the network again on recovery.
         self._server = StreamServer((self.host, self._port), self._handle)
         self._server.start()
-        self._port = self._server.server_port
+        port = self._server.server_port
+        assert port is not None  # it listens
+        self._port = port
 
     @property
     def port(self) -> int:

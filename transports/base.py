@@ -55,8 +55,9 @@ class Transport(abc.ABC):
         """Ask the network for a pair code for ``phone`` (digits, international form)."""
 
     @abc.abstractmethod
-    def send_text(self, to: str, text: str, message_id: str) -> None:
-        """Send a text with a message id fixed by the caller (idempotent where the network allows)."""
+    def send_text(self, to: str, text: str, message_id: str) -> str | None:
+        """Send a text with a message id fixed by the caller (idempotent where the network allows);
+        the id the network assigned, where it reports one."""
 
     def send_media(self, to: str, kind: str, data: bytes, mime_type: str, caption: str, filename: str,
                    message_id: str) -> Any:

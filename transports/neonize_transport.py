@@ -242,12 +242,12 @@ def _go_log_level(option: Any) -> bytes:
         if level not in ("DEBUG", "INFO", "WARN", "ERROR"):
             raise ValueError(f"log_level {option!r} is not one of DEBUG, INFO, WARN, ERROR")
         return level.encode()
-    level = logging.getLogger("whatsmeow").getEffectiveLevel()
-    if level <= logging.DEBUG:
+    effective = logging.getLogger("whatsmeow").getEffectiveLevel()
+    if effective <= logging.DEBUG:
         return b"DEBUG"
-    if level <= logging.INFO:
+    if effective <= logging.INFO:
         return b"INFO"
-    if level <= logging.WARNING:
+    if effective <= logging.WARNING:
         return b"WARN"
     return b"ERROR"
 
@@ -563,8 +563,8 @@ class NeonizeTransport(Transport):
         uuid = self._uuid
         if uuid is None:
             raise TransportError("not connected")
-        result = gevent.event.AsyncResult()
-        abandoned = []
+        result: gevent.event.AsyncResult[Any] = gevent.event.AsyncResult()
+        abandoned: list[bool] = []
 
         def body() -> None:
             try:

@@ -65,7 +65,8 @@ class _Conn:
         self.quiet = False  # set by close()/logout(): this connection reports nothing any more
         self.greenlet: Any = None
         self.lock = gevent.lock.Semaphore()  # writers: the actor (requests) and the reader (pings, acks)
-        self.pending: dict[int, gevent.event.AsyncResult] = {}
+        # rid -> the request's reply; read with the rid a reply frame names (any JSON value, or none)
+        self.pending: dict[Any, gevent.event.AsyncResult[dict[str, Any]]] = {}
         self.next_rid = 1
         self.ready = gevent.event.Event()  # set once the server answered hello, or the connection ended
         self.jid: str | None = None
@@ -374,7 +375,7 @@ class SimulatorTransport(Transport):
     def _request(self, conn: _Conn, frame: dict) -> dict:
         rid = conn.next_rid
         conn.next_rid += 1
-        result = gevent.event.AsyncResult()
+        result: gevent.event.AsyncResult[dict[str, Any]] = gevent.event.AsyncResult()
         conn.pending[rid] = result
         try:
             self._write(conn, {**frame, "rid": rid})
@@ -385,6 +386,7 @@ class SimulatorTransport(Transport):
             raise TransportError(f"connection failed: {exc}") from None
         finally:
             conn.pending.pop(rid, None)
+        assert reply is not None  # only reply frames are set
         if not reply.get("ok"):
             error = reply.get("error") or "refused by the network"
             # "not logged in" is the link's state, not a verdict on the request.

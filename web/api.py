@@ -20,7 +20,7 @@ What this module adds to the library:
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 from flask import current_app, g, request
@@ -36,7 +36,7 @@ SCOPE_MEANING = {
     "send": "write to customers: send messages, upload media, take conversations over, retry failed sends",
     "manage": "change the tenant: bots (create, start, stop, pair, delete), rules, AI settings, users and API keys",
 }
-SECURITY_SCHEME = {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "wbk_…",
+SECURITY_SCHEME: dict[str, Any] = {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "wbk_…",
                               "description": "An API key: `Authorization: Bearer wbk_…`. A key may be limited to "
                                              "scopes (read, send, manage); each operation names the one it needs."}}
 
@@ -136,7 +136,7 @@ def _model_of(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def _message(error: dict[str, Any], model: type[BaseModel] | None) -> str:
+def _message(error: Mapping[str, Any], model: type[BaseModel] | None) -> str:
     kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
     if kind in ("value_error", "assertion_error"):
         return str(ctx.get("error") or error["msg"]).removeprefix("Value error, ")
@@ -175,8 +175,9 @@ def first_problem(
     may raise an error that names its own field (``sansio.rules.RuleError``: ``rules[2].pattern``)."""
     first = exc.errors(include_url=False)[0]
     raised = (first.get("ctx") or {}).get("error")
-    if getattr(raised, "field", None) and getattr(raised, "reason", None):
-        return raised.field, raised.reason
+    field, reason = getattr(raised, "field", None), getattr(raised, "reason", None)
+    if field and reason:
+        return field, reason
     return field_path((*prefix, *first["loc"])), _message(first, model)
 
 

@@ -78,12 +78,13 @@ def create_app(system: WebRoot) -> Flask:
     settings = system.settings
     app.config.update(MAX_CONTENT_LENGTH=settings.http_max_body, JSON_SORT_KEYS=False)
     app.extensions["wabot"] = system
-    app.wsgi_app = _ChunkedBodyLimit(app.wsgi_app, lambda environ: _body_limit(settings, environ))
+    # Wrapping wsgi_app is how Flask documents adding WSGI middleware.
+    app.wsgi_app = _ChunkedBodyLimit(app.wsgi_app, lambda environ: _body_limit(settings, environ))  # type: ignore[method-assign]
     if settings.proxy_hops:
         # The client's address, scheme and host as the trusted proxies saw them (sign-in throttling
         # counts per address; cookies and CSRF origin checks need the public scheme and host).
         hops = settings.proxy_hops
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops)
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops)  # type: ignore[method-assign]
     metrics = system.metrics
     errors.install(app, metrics)
 

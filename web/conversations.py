@@ -112,6 +112,7 @@ def send_message(path: BotPath, body: SendMessage) -> Any:
                            field="media_id")
         kind = "image" if mime.lower().startswith("image/") else "document"
         text = body.caption or ""
+    assert text is not None  # SendMessage requires a text or a media_id
     try:
         outbox_id = conversations.enqueue(pool, tenant_id, bot_id, body.to, text, context.correlation_id(),
                                           media_id=body.media_id, kind=kind)

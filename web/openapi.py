@@ -7,10 +7,13 @@ and the links between operations that a stateful client (or fuzzer) follows. Ser
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from flask import Blueprint, current_app, jsonify, redirect, render_template, url_for
 from flask_openapi3 import Info
+
+if TYPE_CHECKING:
+    from flask_openapi3 import OpenAPI
 
 VERSION = "1.0.0"
 
@@ -245,7 +248,7 @@ def complete(generated: dict[str, Any]) -> dict[str, Any]:
 def document() -> dict[str, Any]:
     found = current_app.extensions.get("wabot.openapi")
     if found is None:
-        found = current_app.extensions["wabot.openapi"] = complete(current_app.api_doc)
+        found = current_app.extensions["wabot.openapi"] = complete(cast("OpenAPI", current_app).api_doc)
     return found
 
 

@@ -27,7 +27,7 @@ class TimedHandler(WebSocketHandler):
         # request on a kept-alive connection by the (longer) keep-alive timeout.
         limit = self.keepalive_timeout if self._served else self.header_timeout
         self._served += 1
-        with gevent.Timeout(limit, False):
+        with gevent.Timeout(limit, False):  # type: ignore[arg-type]  # False: end quietly (documented; not in the stubs)
             return super().read_requestline()
         return ""  # timed out: an empty line makes the handler close the connection
 

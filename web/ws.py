@@ -356,7 +356,7 @@ class _Socket:
         After a protocol error wsproto parses no further, so the client's close frame cannot be told
         apart: the server ends its side of the stream (its close frame is the last thing the client
         gets) and drops what comes until the client closes too."""
-        with gevent.Timeout(CLOSE_WAIT, False):
+        with gevent.Timeout(CLOSE_WAIT, False):  # type: ignore[arg-type]  # False: end quietly (as in web.server)
             try:
                 if self.refused:
                     self.raw.shutdown(socket.SHUT_WR)

@@ -105,7 +105,7 @@ def phone(jid: str | None) -> str:
     return "+" + user if user.isdigit() and server in ("s.whatsapp.net", "c.us", "") else jid
 
 
-def filesize(size: int | None) -> str:
+def filesize(size: float | None) -> str:
     if size is None:
         return ""
     for unit in ("bytes", "KB", "MB", "GB"):

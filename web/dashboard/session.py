@@ -64,6 +64,14 @@ class Person:
         return f"member:{self.email}"
 
 
+@dataclasses.dataclass(frozen=True)
+class Member(Person):
+    """A person whose session is in a tenant they are a member of: what ``@page`` views are given."""
+
+    tenant_id: str
+    role: str
+
+
 def root() -> WebRoot:
     """The process's root, as ``create_app`` was given it."""
     found: WebRoot = current_app.extensions["wabot"]
@@ -89,10 +97,12 @@ def _load() -> Person | None:
     found = accounts.session(root().pool, token, settings.session_idle_timeout)
     if found is None:
         return None
-    person = Person(token=token, session_id=found["session_id"], account_id=found["account_id"],
-                    email=found["email"], display_name=found["display_name"], tenant_id=found["tenant_id"],
-                    tenant_name=found["tenant_name"], role=found["role"], csrf=found["csrf"])
-    if person.tenant_id is not None and person.role is not None:
+    member = found["tenant_id"] is not None and found["role"] is not None
+    person = (Member if member else Person)(
+        token=token, session_id=found["session_id"], account_id=found["account_id"], email=found["email"],
+        display_name=found["display_name"], tenant_id=found["tenant_id"], tenant_name=found["tenant_name"],
+        role=found["role"], csrf=found["csrf"])
+    if isinstance(person, Member):
         g.tenant_id = person.tenant_id  # what an error report names as the request's tenant
     return person
 
@@ -189,7 +199,7 @@ def page(permission: str = roles.READ) -> Callable[[Callable[..., Any]], Callabl
                     return _to_sign_in()
                 abort(401, description="You are signed out. Sign in again.")
             check_csrf(person)
-            if person.tenant_id is None or person.role is None:
+            if not isinstance(person, Member):  # no tenant, or no longer a member of it
                 if request.method in SAFE_METHODS and not wants_fragment():
                     return redirect(url_for("dashboard.tenants"))
                 abort(403, description="You are not a member of this organisation any more.")

@@ -85,7 +85,7 @@ def sign_in() -> Any:
         return render_template("signin.html", next=target, email=email, error=refused), 429
     found = accounts.account_by_email(pool, email) if email else None
     ok = passwords().verify(found[1] if found else None, password)
-    if not ok:
+    if not ok or found is None:  # verify is False without an account
         accounts.throttle_fail(pool, keys, throttle.email_policy(session.root().settings.sign_in_lockout).window)
         return render_template("signin.html", next=target, email=email, error=_refusal(keys) or WRONG), 401
     accounts.throttle_clear(pool, keys[:1])
@@ -152,7 +152,8 @@ def link(token: str) -> Any:
     if existing:
         # Joining with an account one already has: prove it with its password, never set a new one.
         account = accounts.account_by_email(pool, found["email"])
-        if not passwords().verify(account[1] if account else None, request.form.get("password", "")):
+        proven = passwords().verify(account[1] if account else None, request.form.get("password", ""))
+        if not proven or account is None:  # verify is False without an account
             return render_template("link.html", link=found, existing=True, error="The password is wrong.",
                                    field="password", form=form), 401
         account_id = accounts.complete_link(pool, token, new_hash=None, verified_account=account[0])

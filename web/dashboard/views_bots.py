@@ -23,7 +23,7 @@ from web import api
 from web import bots as bots_api
 from web import validation as v
 from web.dashboard import blueprint, session
-from web.dashboard.session import Person
+from web.dashboard.session import Member
 from web.errors import ApiError
 from web.schemas import bots as schemas_bots
 from web.schemas.bots import TransportOptions
@@ -34,14 +34,14 @@ CONFIRM = {"logout": "Log the bot out? The number is unlinked and must be paired
            "delete": "Delete the bot? Its conversations, messages and outbox go with it."}
 
 
-def _bot(person: Person, bot_id: str) -> dict[str, Any]:
+def _bot(person: Member, bot_id: str) -> dict[str, Any]:
     bot = bots_db.get(session.root().pool, person.tenant_id, session.path_id(bot_id, "bot"))
     if bot is None:
         abort(404, description="There is no such bot.")
     return bot
 
 
-def _pairing(person: Person, bot: dict[str, Any]) -> dict[str, Any]:
+def _pairing(person: Member, bot: dict[str, Any]) -> dict[str, Any]:
     """What the pairing panel shows: connected, a QR code, or why there is none."""
     if bot["paired"]:
         return {"kind": "paired"}
@@ -75,15 +75,15 @@ def _done(fragment: str, target: str, **context: Any) -> Any:
 
 @blueprint.get("/app/bots")
 @session.page(roles.READ)
-def bots(person: Person) -> Any:
+def bots(person: Member) -> Any:
     found = bots_db.list_all(session.root().pool, person.tenant_id)
     return render_template("bots.html", bots=found, form={}, error=None, field=None, confirm=CONFIRM)
 
 
 @blueprint.post("/app/bots")
 @session.page(roles.MANAGE_BOTS)
-def create_bot(person: Person) -> Any:
-    form = {key: request.form.get(key, "") for key in ("name", "phone", "proxy")}
+def create_bot(person: Member) -> Any:
+    form: dict[str, Any] = {key: request.form.get(key, "") for key in ("name", "phone", "proxy")}
     form["auto_start"] = request.form.get("auto_start") == "on"
     options: dict[str, Any] = {"auto_start": form["auto_start"]}
     for key in ("phone", "proxy"):
@@ -106,7 +106,7 @@ def create_bot(person: Person) -> Any:
 
 @blueprint.get("/app/bots/<bot_id>/row")
 @session.page(roles.READ)
-def bot_row(person: Person, bot_id: str) -> Any:
+def bot_row(person: Member, bot_id: str) -> Any:
     return render_template("_bot_row.html", bot=_bot(person, bot_id), confirm=CONFIRM)
 
 
@@ -115,7 +115,7 @@ def bot_row(person: Person, bot_id: str) -> Any:
 
 @blueprint.get("/app/bots/<bot_id>")
 @session.page(roles.READ)
-def bot(person: Person, bot_id: str) -> Any:
+def bot(person: Member, bot_id: str) -> Any:
     found = _bot(person, bot_id)
     return render_template("bot.html", bot=found, pairing=_pairing(person, found), confirm=CONFIRM,
                            pair_code=None, pair_error=None)
@@ -123,7 +123,7 @@ def bot(person: Person, bot_id: str) -> Any:
 
 @blueprint.get("/app/bots/<bot_id>/panel")
 @session.page(roles.READ)
-def bot_panel(person: Person, bot_id: str) -> Any:
+def bot_panel(person: Member, bot_id: str) -> Any:
     found = _bot(person, bot_id)
     return render_template("_bot_panel.html", bot=found, pairing=_pairing(person, found), confirm=CONFIRM,
                            pair_code=None, pair_error=None)
@@ -131,7 +131,7 @@ def bot_panel(person: Person, bot_id: str) -> Any:
 
 @blueprint.post("/app/bots/<bot_id>/<any(start, stop, restart, logout):action>")
 @session.page(roles.OPERATE)
-def bot_action(person: Person, bot_id: str, action: str) -> Any:
+def bot_action(person: Member, bot_id: str, action: str) -> Any:
     if not person.can(ACTIONS[action]):
         abort(403, description="Your role does not allow this.")
     found = _bot(person, bot_id)
@@ -149,7 +149,7 @@ def bot_action(person: Person, bot_id: str, action: str) -> Any:
 
 @blueprint.post("/app/bots/<bot_id>/delete")
 @session.page(roles.MANAGE_BOTS)
-def delete_bot(person: Person, bot_id: str) -> Any:
+def delete_bot(person: Member, bot_id: str) -> Any:
     found = _bot(person, bot_id)
     if request.form.get("confirm") != "yes":
         return render_template("confirm.html", message=CONFIRM["delete"], action=request.path,
@@ -164,7 +164,7 @@ def delete_bot(person: Person, bot_id: str) -> Any:
 
 @blueprint.post("/app/bots/<bot_id>/pair-code")
 @session.page(roles.PAIR)
-def bot_pair_code(person: Person, bot_id: str) -> Any:
+def bot_pair_code(person: Member, bot_id: str) -> Any:
     found = _bot(person, bot_id)
     code, error = None, None
     try:
@@ -186,7 +186,7 @@ def bot_pair_code(person: Person, bot_id: str) -> Any:
 # -- rules ---------------------------------------------------------------------------------------
 
 
-def _stored_rules(person: Person, bot_id: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def _stored_rules(person: Member, bot_id: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     stored = api_db.get_reply_settings(session.root().pool, person.tenant_id, bot_id)
     if stored is None:
         abort(404, description="There is no such bot.")
@@ -230,7 +230,7 @@ def _error_index(field: str | None) -> tuple[int | None, str | None]:
     return (int(index) if index.isdigit() else None), rest.lstrip(".") or None
 
 
-def _render_rules(person: Person, bot: dict[str, Any], rules: list[dict[str, Any]], *, status: int = 200,
+def _render_rules(person: Member, bot: dict[str, Any], rules: list[dict[str, Any]], *, status: int = 200,
                   **extra: Any) -> Any:
     context = dict(bot=bot, rules=rules, error=None, error_index=None, error_field=None, saved=False,
                    dirty=False, test_text="", test_result=None, max_rules=rules_mod.MAX_RULES)
@@ -241,14 +241,14 @@ def _render_rules(person: Person, bot: dict[str, Any], rules: list[dict[str, Any
 
 @blueprint.get("/app/bots/<bot_id>/rules")
 @session.page(roles.READ)
-def rules(person: Person, bot_id: str) -> Any:
+def rules(person: Member, bot_id: str) -> Any:
     found = _bot(person, bot_id)
     return _render_rules(person, found, _stored_rules(person, found["id"])[0])
 
 
 @blueprint.post("/app/bots/<bot_id>/rules")
 @session.page(roles.READ)  # testing changes nothing; saving and editing need CONFIGURE (below)
-def rules_post(person: Person, bot_id: str) -> Any:
+def rules_post(person: Member, bot_id: str) -> Any:
     found = _bot(person, bot_id)
     action = request.form.get("action", "save")
     rules = _form_rules()
@@ -269,12 +269,12 @@ def rules_post(person: Person, bot_id: str) -> Any:
     if action != "save":
         return _render_rules(person, found, _edit(rules, action), dirty=True)
     try:
-        checked = [rule.to_json() for rule in rules_mod.validate_rules(rules)]
+        valid = [rule.to_json() for rule in rules_mod.validate_rules(rules)]
     except rules_mod.RuleError as exc:
         index, field = _error_index(exc.field)
         return _render_rules(person, found, rules, status=400, error=exc.reason, error_index=index,
                              error_field=field, dirty=True)
-    if not api_db.set_reply_setting(session.root().pool, person.tenant_id, found["id"], "rules", checked):
+    if not api_db.set_reply_setting(session.root().pool, person.tenant_id, found["id"], "rules", valid):
         abort(404, description="There is no such bot.")
     return _render_rules(person, found, _stored_rules(person, found["id"])[0], saved=True)
 
@@ -284,8 +284,8 @@ def rules_post(person: Person, bot_id: str) -> Any:
 
 def _ai_form() -> tuple[dict[str, Any], dict[str, Any]]:
     """(what the form shows again, the settings object to validate)."""
-    form = {key: request.form.get(key, "") for key in ("system_prompt", "temperature", "history", "model",
-                                                      "fallback_reply")}
+    form: dict[str, Any] = {key: request.form.get(key, "") for key in ("system_prompt", "temperature", "history",
+                                                                      "model", "fallback_reply")}
     form["enabled"] = request.form.get("enabled") == "on"
     settings: dict[str, Any] = {"enabled": form["enabled"], "system_prompt": form["system_prompt"]}
     for key, kind in (("temperature", float), ("history", int)):
@@ -348,7 +348,7 @@ def _render_ai(found: dict[str, Any], form: dict[str, Any], *, status: int = 200
 
 @blueprint.get("/app/bots/<bot_id>/ai")
 @session.page(roles.READ)
-def ai_settings(person: Person, bot_id: str) -> Any:
+def ai_settings(person: Member, bot_id: str) -> Any:
     found = _bot(person, bot_id)
     return _render_ai(found, _ai_view(_stored_rules(person, found["id"])[1]),
                       sample="customer: Hello! Do you deliver on Saturdays?")
@@ -356,7 +356,7 @@ def ai_settings(person: Person, bot_id: str) -> Any:
 
 @blueprint.post("/app/bots/<bot_id>/ai")
 @session.page(roles.CONFIGURE)
-def ai_post(person: Person, bot_id: str) -> Any:
+def ai_post(person: Member, bot_id: str) -> Any:
     found = _bot(person, bot_id)
     form, raw = _ai_form()
     sample = request.form.get("sample", "")[:8000]

@@ -21,7 +21,7 @@ from sansio import recipients, roles
 from web import media as media_api
 from web import paging
 from web.dashboard import blueprint, session
-from web.dashboard.session import Person
+from web.dashboard.session import Member
 from web.errors import ApiError
 from web.schemas.conversations import CAPTION_MAX
 
@@ -40,7 +40,7 @@ def _cursor(row: dict[str, Any], key: str) -> str:
     return paging.cursor(row[key], row["id"])
 
 
-def _contact(person: Person, contact_id: str) -> dict[str, Any]:
+def _contact(person: Member, contact_id: str) -> dict[str, Any]:
     found = dashboard.conversation(session.root().pool, person.tenant_id, session.path_id(contact_id, "conversation"))
     if found is None:
         abort(404, description="There is no such conversation.")
@@ -53,7 +53,7 @@ def _contact(person: Person, contact_id: str) -> dict[str, Any]:
 @blueprint.get("/app")
 @blueprint.get("/app/inbox")
 @session.page(roles.READ)
-def inbox(person: Person) -> Any:
+def inbox(person: Member) -> Any:
     pool = session.root().pool
     bot_names = dashboard.bot_names(pool, person.tenant_id)
     bot_id = request.args.get("bot") or None
@@ -69,7 +69,7 @@ def inbox(person: Person) -> Any:
 
 @blueprint.get("/app/inbox/row")
 @session.page(roles.READ)
-def inbox_row(person: Person) -> Any:
+def inbox_row(person: Member) -> Any:
     """One conversation's row, by ``contact`` or by ``bot`` and ``jid`` (a message to a new number)."""
     pool = session.root().pool
     if request.args.get("contact"):
@@ -86,7 +86,7 @@ def inbox_row(person: Person) -> Any:
 # -- a conversation ------------------------------------------------------------------------------
 
 
-def _messages_view(person: Person, contact: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _messages_view(person: Member, contact: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     quoted = dashboard.quoted(session.root().pool, person.tenant_id, contact["bot_id"],
                               [m["quoted_wa_id"] for m in rows if m["quoted_wa_id"]])
     for row in rows:
@@ -96,7 +96,7 @@ def _messages_view(person: Person, contact: dict[str, Any], rows: list[dict[str,
 
 @blueprint.get("/app/inbox/<contact_id>")
 @session.page(roles.READ)
-def conversation(person: Person, contact_id: str) -> Any:
+def conversation(person: Member, contact_id: str) -> Any:
     contact = _contact(person, contact_id)
     before = _before()
     rows = dashboard.messages(session.root().pool, person.tenant_id, contact["id"], MESSAGES, before)
@@ -108,13 +108,13 @@ def conversation(person: Person, contact_id: str) -> Any:
 
 @blueprint.get("/app/inbox/<contact_id>/head")
 @session.page(roles.READ)
-def conversation_head(person: Person, contact_id: str) -> Any:
+def conversation_head(person: Member, contact_id: str) -> Any:
     return render_template("_conversation_head.html", c=_contact(person, contact_id))
 
 
 @blueprint.get("/app/inbox/<contact_id>/message")
 @session.page(roles.READ)
-def message_fragment(person: Person, contact_id: str) -> Any:
+def message_fragment(person: Member, contact_id: str) -> Any:
     """One message (``id`` or ``outbox``) for a live update; 204 when it is not this conversation's."""
     contact = _contact(person, contact_id)
     pool = session.root().pool
@@ -131,7 +131,7 @@ def message_fragment(person: Person, contact_id: str) -> Any:
 
 @blueprint.post("/app/inbox/<contact_id>/send")
 @session.page(roles.SEND)
-def send(person: Person, contact_id: str) -> Any:
+def send(person: Member, contact_id: str) -> Any:
     contact = _contact(person, contact_id)
     pool, tenant_id = session.root().pool, person.tenant_id
     text = request.form.get("text", "")
@@ -166,11 +166,12 @@ def send(person: Person, contact_id: str) -> Any:
         abort(404, description="The bot was deleted.")
     if session.wants_fragment():
         found = dashboard.message(pool, tenant_id, contact["id"], outbox_id=outbox_id)
+        assert found is not None  # just written
         return render_template("_composer_result.html", m=_messages_view(person, contact, [found])[0], c=contact)
     return redirect(url_for("dashboard.conversation", contact_id=contact["id"]) + "#latest", code=303)
 
 
-def _send_failed(person: Person, contact: dict[str, Any], error: str, draft: str, status: int) -> Any:
+def _send_failed(person: Member, contact: dict[str, Any], error: str, draft: str, status: int) -> Any:
     if session.wants_fragment():
         return render_template("_composer.html", c=contact, send_error=error, draft=draft), status
     rows = dashboard.messages(session.root().pool, person.tenant_id, contact["id"], MESSAGES, None)
@@ -182,7 +183,7 @@ def _send_failed(person: Person, contact: dict[str, Any], error: str, draft: str
 
 @blueprint.post("/app/inbox/<contact_id>/<any(takeover, release):action>")
 @session.page(roles.TAKE_OVER)
-def take_over(person: Person, contact_id: str, action: str) -> Any:
+def take_over(person: Member, contact_id: str, action: str) -> Any:
     contact = _contact(person, contact_id)
     root = session.root()
     updated = api_db.set_paused(root.pool, person.tenant_id, contact["bot_id"], contact["id"], action == "takeover",
@@ -197,7 +198,7 @@ def take_over(person: Person, contact_id: str, action: str) -> Any:
 
 @blueprint.post("/app/outbox/<outbox_id>/retry")
 @session.page(roles.RETRY)
-def retry(person: Person, outbox_id: str) -> Any:
+def retry(person: Member, outbox_id: str) -> Any:
     result = api_db.retry_dead(session.root().pool, person.tenant_id, session.path_id(outbox_id, "message"))
     if result is None:
         abort(404, description="There is no such message.")
@@ -220,7 +221,7 @@ def retry(person: Person, outbox_id: str) -> Any:
 
 @blueprint.get("/app/media/<media_id>")
 @session.page(roles.READ)
-def media_file(person: Person, media_id: str) -> Any:
+def media_file(person: Member, media_id: str) -> Any:
     try:
         return media_api.media_response(session.root().pool, person.tenant_id, session.path_id(media_id, "file"))
     except ApiError as exc:

@@ -16,7 +16,7 @@ from sansio import roles
 from web import api, links, paging
 from web import validation as v
 from web.dashboard import blueprint, session
-from web.dashboard.session import Person
+from web.dashboard.session import Member
 from web.errors import ApiError
 from web.streams import parse_filter
 
@@ -33,7 +33,7 @@ def link_url(token: str) -> str:
 
 @blueprint.get("/app/outbox")
 @session.page(roles.READ)
-def outbox(person: Person) -> Any:
+def outbox(person: Member) -> Any:
     pool = session.root().pool
     bots = dashboard.bot_names(pool, person.tenant_id)
     state = request.args.get("state", "dead")
@@ -57,7 +57,7 @@ def outbox(person: Person) -> Any:
 
 @blueprint.post("/app/outbox/retry-all")
 @session.page(roles.RETRY)
-def retry_all(person: Person) -> Any:
+def retry_all(person: Member) -> Any:
     bot_id = session.path_id(request.form.get("bot", ""), "bot")
     count = dashboard.retry_all_dead(session.root().pool, person.tenant_id, bot_id)
     return redirect(url_for("dashboard.outbox", bot=bot_id, retried=count), code=303)
@@ -72,7 +72,7 @@ KNOWN_TYPES = ("bot.state", "bot.qr", "bot.pair_code", "bot.paired", "message.in
 
 @blueprint.get("/app/events")
 @session.page(roles.READ)
-def events(person: Person) -> Any:
+def events(person: Member) -> Any:
     pool = session.root().pool
     bots = dashboard.bot_names(pool, person.tenant_id)
     names = dict(bots)
@@ -95,22 +95,23 @@ def events(person: Person) -> Any:
 # -- members -------------------------------------------------------------------------------------
 
 
-def _members_page(person: Person, *, status: int = 200, **extra: Any) -> Any:
+def _members_page(person: Member, *, status: int = 200, **extra: Any) -> Any:
     members = accounts.list_members(session.root().pool, person.tenant_id)
-    context = dict(members=members, link=None, link_for=None, error=None, field=None, form={}, role_names=roles.ROLES)
+    context: dict[str, Any] = dict(members=members, link=None, link_for=None, error=None, field=None, form={},
+                                   role_names=roles.ROLES)
     context.update(extra)
     return render_template("members.html", **context), status
 
 
 @blueprint.get("/app/admin/members")
 @session.page(roles.ADMIN)
-def members(person: Person) -> Any:
+def members(person: Member) -> Any:
     return _members_page(person)
 
 
 @blueprint.post("/app/admin/members")
 @session.page(roles.ADMIN)
-def invite(person: Person) -> Any:
+def invite(person: Member) -> Any:
     form = {"email": request.form.get("email", ""), "role": request.form.get("role", "agent"),
             "display_name": request.form.get("display_name", "")}
     try:
@@ -130,7 +131,7 @@ def invite(person: Person) -> Any:
 
 @blueprint.post("/app/admin/members/<user_id>/role")
 @session.page(roles.ADMIN)
-def member_role(person: Person, user_id: str) -> Any:
+def member_role(person: Member, user_id: str) -> Any:
     role = request.form.get("role", "")
     if role not in roles.ROLES:
         return _members_page(person, status=400, error="Choose admin, agent or viewer.")
@@ -144,7 +145,7 @@ def member_role(person: Person, user_id: str) -> Any:
 
 @blueprint.post("/app/admin/members/<user_id>/remove")
 @session.page(roles.ADMIN)
-def member_remove(person: Person, user_id: str) -> Any:
+def member_remove(person: Member, user_id: str) -> Any:
     user_id = session.path_id(user_id, "member")
     found = accounts.member(session.root().pool, person.tenant_id, user_id)
     if found is None:
@@ -163,7 +164,7 @@ def member_remove(person: Person, user_id: str) -> Any:
 
 @blueprint.post("/app/admin/members/<user_id>/link")
 @session.page(roles.ADMIN)
-def member_link(person: Person, user_id: str) -> Any:
+def member_link(person: Member, user_id: str) -> Any:
     """A new invite link (not signed up yet) or a password-reset link (an active member)."""
     pool, settings = session.root().pool, session.root().settings
     found = accounts.member(pool, person.tenant_id, session.path_id(user_id, "member"))
@@ -182,7 +183,7 @@ def member_link(person: Person, user_id: str) -> Any:
 # -- API keys ------------------------------------------------------------------------------------
 
 
-def _keys_page(person: Person, *, status: int = 200, **extra: Any) -> Any:
+def _keys_page(person: Member, *, status: int = 200, **extra: Any) -> Any:
     rows = session.root().pool.query(
         person.tenant_id,
         "SELECT id, name, prefix, created_at, last_used_at, revoked_at, scopes FROM api_keys"
@@ -196,13 +197,13 @@ def _keys_page(person: Person, *, status: int = 200, **extra: Any) -> Any:
 
 @blueprint.get("/app/admin/keys")
 @session.page(roles.ADMIN)
-def keys(person: Person) -> Any:
+def keys(person: Member) -> Any:
     return _keys_page(person)
 
 
 @blueprint.post("/app/admin/keys")
 @session.page(roles.ADMIN)
-def create_key(person: Person) -> Any:
+def create_key(person: Member) -> Any:
     try:
         name = v.text({"name": request.form.get("name", "")}, "name", required=False, max_len=200)
     except ApiError as exc:
@@ -214,7 +215,7 @@ def create_key(person: Person) -> Any:
 
 @blueprint.post("/app/admin/keys/<key_id>/revoke")
 @session.page(roles.ADMIN)
-def revoke_key(person: Person, key_id: str) -> Any:
+def revoke_key(person: Member, key_id: str) -> Any:
     key_id = session.path_id(key_id, "API key")
     if request.form.get("confirm") != "yes":
         return render_template("confirm.html", message="Revoke this key? Programs using it stop working at once.",
@@ -229,10 +230,10 @@ def revoke_key(person: Person, key_id: str) -> Any:
 
 @blueprint.get("/app/admin/status")
 @session.page(roles.ADMIN)
-def status(person: Person) -> Any:
+def status(person: Member) -> Any:
     root = session.root()
     started = time.perf_counter()
-    database = {"ok": True, "error": None}
+    database: dict[str, Any] = {"ok": True, "error": None}
     try:
         root.pool.ping(2.0)
         database["ms"] = round((time.perf_counter() - started) * 1000, 1)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, field_validator, model_validator
@@ -115,7 +115,7 @@ class Bot(BaseModel):
     name: str
     transport_options: dict[str, Any]
     desired_state: Literal["running", "stopped"]
-    state: str = Field(description="what the session last reported: " + ", ".join(BotState.__args__))
+    state: str = Field(description="what the session last reported: " + ", ".join(get_args(BotState)))
     reason: str
     attempt: int
     next_retry_at: Timestamp | None
