@@ -26,38 +26,48 @@ Started and owned by the bot's session actor (which keeps the transport); the tw
   row was written, so after a crash mid-send the network is asked whether it already has it before
   resending. Failures retry with capped exponential backoff; after OUTBOX_MAX_ATTEMPTS, or a
   permanent refusal, the row becomes a dead letter (visible and retryable through the API).
+
+How it is built: every decision is ``sansio.pipeline_machine.transition`` (pure, on fake time in its
+tests); this actor only feeds it what happens (messages, timer firings, the outcomes of statements,
+sends and AI calls) and executes the effects it returns, in order. An effect whose outcome the
+machine needs at once (a claim, a send, a read) is run and its outcome fed straight back before the
+next effect, so the actor still does one thing at a time exactly as before. Timers come from
+``deps.timers`` (``actors.timers``: real ones in production, ``ManualTimers`` in tests). Every
+greenlet it starts (AI calls, media downloads, the owner's messages being stored) is tracked and
+ended when the actor stops or fails, and gevent's ``GreenletExit``/``Timeout`` inside one are
+contained: it reports an outcome like any failure, or ends quietly when it was being stopped.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import itertools
 import logging
 import random
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import gevent
+import gevent.pool
 
-from actors.base import Actor
-from core import context, sentry
 import media
+from actors.base import Actor
+from actors.timers import GeventTimers, TimerHandle
+from core import context, sentry
 from db import conversations as conv
 from db import media as media_db
 from db.pipeline_store import PipelineStore
-from sansio import rules as rules_mod
+from sansio import pipeline_machine as pm
 from sansio.prompt import build_messages
-from sansio.retry_rules import is_transient
-from sansio.token_bucket import TokenBucket
 from transports import events as tev
 from transports.base import TransportError
 
 log = logging.getLogger(__name__)
 
-MAX_WAITING_INBOUND = 10_000
-STORE_BATCH = 100
-DELIVERY_BATCH = 50
+_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+# What a greenlet of the pipeline treats as the failure of its work (gevent's Timeout is a
+# BaseException); GreenletExit is the pipeline stopping it, and ends it quietly.
+_FAILURES = (Exception, gevent.Timeout)
 
 
 @dataclasses.dataclass
@@ -68,9 +78,10 @@ class PipelineDeps:
     ai: Any = None  # core.ai.AiClient, shared per process (its breakers are per provider)
     media: Any = None  # media store; None: media is not downloaded
     metrics: Any = None  # PipelineMetrics
-    clock: Callable[[], float] = time.monotonic
+    clock: Callable[[], float] = time.monotonic  # the clock of ``timers``
     rng: random.Random = dataclasses.field(default_factory=random.Random)
     store: Any = None  # db.pipeline_store.PipelineStore, shared per process so calls batch together
+    timers: Any = dataclasses.field(default_factory=GeventTimers)  # actors.timers.Timers
 
     def __post_init__(self) -> None:
         if self.store is None:
@@ -135,39 +146,6 @@ class DownloadMedia:
     media_ref: str
 
 
-# -- internal ------------------------------------------------------------------------------------
-
-
-class _StoreRetry:
-    pass
-
-
-@dataclasses.dataclass(frozen=True)
-class _StoreDone:
-    """The store of the first ``count`` waiting messages finished: ``stored`` or ``error``."""
-
-    count: int
-    stored: list | None
-    error: Exception | None
-    epoch: int = 0  # the pipeline's change count when the store started (see ``_changed_at``)
-    phone: bool = False  # the store of one message the owner wrote from the phone (``stored``: [PhoneStored])
-
-
-@dataclasses.dataclass(frozen=True)
-class _Debounced:
-    contact_id: str
-    correlation_id: str | None  # the latest message's: the answer continues its line of work
-
-
-@dataclasses.dataclass(frozen=True)
-class _AiDone:
-    contact_id: str
-    message_ids: tuple[str, ...]
-    text: str | None
-    error: str | None
-    source: str  # "ai"; "none": nothing was left to answer; "retry": the conversation could not be read
-
-
 class BotPipeline(Actor):
     def __init__(self, bot_id: str, tenant_id: str, session_ref: Any, deps: PipelineDeps) -> None:
         super().__init__()
@@ -175,37 +153,33 @@ class BotPipeline(Actor):
         self.tenant_id = tenant_id
         self.session = session_ref
         self.deps = deps
-        s = deps.settings
-        self.bucket = TokenBucket(s.bot_send_rate / 60.0, s.bot_send_burst, deps.clock())
-        self.waiting: collections.deque[tuple[tev.MessageReceived, context.WorkContext]] = collections.deque()
-        self._store_delay = 0.0
-        self._store_timer: gevent.Greenlet | None = None
-        self._storing = False  # the store of the head of ``waiting`` is in flight
-        self._store_alone = 0  # after a batch failed on bad data: store that many one by one
-        self._phone_waiting = 0  # of ``waiting``, messages the owner wrote from the phone
-        self._debounce: dict[str, gevent.Greenlet] = {}
-        self._thinking: dict[str, gevent.Greenlet] = {}
-        self._again: set[str] = set()
-        # Prompt inputs read by the store are current only if nothing answered or ignored the
-        # contact's messages after that statement started: every such change gets the next epoch.
-        self._epoch = 0
-        self._changed_at: dict[str, int] = {}
-        self._store_epoch = 0  # the epoch when the store in flight (or the last one) started
-        self._deliver_timer: gevent.Greenlet | None = None
-        self._answering: dict[str, int] = {}  # contact -> answers written in the background, not yet done
-        self._answers_now = 0  # of those, answers written already claimed for sending at once
-        self._deliver_deferred = False  # a delivery waits for those to be done
-        self._deliver_due_at = 0.0
-        self._delivering = False
-        self._maybe_due = True  # outbox rows may be due that no claim has seen yet (after start: maybe)
-        self._recording: set[str] = set()  # outbox ids sent, their 'sent' record not yet committed
-        self.connected = False
-        self._config: tuple[list[rules_mod.Rule], rules_mod.AiConfig] | None = None
+        self.settings = pm.Settings.from_settings(
+            deps.settings, fetch_media=deps.media is not None, answerable_kinds=conv.ANSWERABLE_KINDS,
+            held_reason=conv.OWNER_ON_PHONE)
+        self.state = pm.PipelineState.initial(self.settings, deps.clock())
+        self._timers: dict[Any, TimerHandle] = {}
+        # Every greenlet this pipeline starts (AI calls, media downloads, the owner's messages being
+        # stored), until it ends: the group forgets each one as it finishes, and kills the rest at teardown.
+        self._tasks = gevent.pool.Group()
+        self._run: dict[type, Callable[[Any], Any]] = {
+            pm.StoreBatch: self._store_batch, pm.StorePhone: self._store_phone, pm.Ack: self._ack,
+            pm.FetchMedia: self._fetch_media, pm.LoadConfig: self._load_config, pm.Recover: self._recover,
+            pm.StartAi: self._start_ai, pm.WriteAnswer: self._write_answer, pm.Ignore: self._ignore,
+            pm.Claim: self._claim, pm.CheckReceived: self._check_received, pm.Send: self._send,
+            pm.Release: self._release, pm.MarkSent: self._mark_sent, pm.MarkFailed: self._mark_failed,
+            pm.RecordReceipt: self._record_receipt, pm.Publish: self._publish, pm.Log: self._log,
+            pm.Capture: self._capture, pm.ScheduleTimer: self._schedule_timer,
+            pm.CancelTimer: self._cancel_timer, pm.Later: self._later, pm.Fail: self._fail,
+        }
+
+    @property
+    def connected(self) -> bool:
+        return self.state.connected
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
     def on_start(self) -> None:
-        self.actor_ref.tell(_Recover())
+        self.actor_ref.tell(pm.Start())
 
     def on_stop(self) -> None:
         self._teardown()
@@ -214,572 +188,205 @@ class BotPipeline(Actor):
         self._teardown()
 
     def _teardown(self) -> None:
-        timers = [self._store_timer, self._deliver_timer, *self._debounce.values(),
-                  *self._thinking.values()]
-        for greenlet in timers:
-            if greenlet is not None:
-                greenlet.kill(block=False)
-        self._debounce.clear()
-        self._thinking.clear()
+        timers, self._timers = self._timers, {}
+        for handle in timers.values():
+            handle.cancel()
+        self._tasks.kill(block=False)
 
     # -- messages ----------------------------------------------------------------------------------
 
     def on_receive(self, message: Any) -> Any:
-        with context.bound(tenant_id=self.tenant_id, bot_id=self.bot_id):
+        # Logs must name the bot: most messages already carry its ids (the session's, the AI call's);
+        # those from a statement's greenlet get them here.
+        ctx = context.current()
+        if ctx.bot_id == self.bot_id and ctx.tenant_id == self.tenant_id:
             return self._receive(message)
+        token = context.set_current(context.WorkContext(ctx.correlation_id, self.tenant_id, self.bot_id))
+        try:
+            return self._receive(message)
+        finally:
+            context.reset(token)
+
+    def _bind(self, correlation_id: str | None) -> Any:
+        """Work under ``correlation_id`` (if given) until ``context.reset`` of the returned token."""
+        return context.set_current(context.WorkContext(correlation_id or context.correlation_id(), self.tenant_id,
+                                                       self.bot_id))
 
     def _receive(self, message: Any) -> Any:
-        if isinstance(message, Inbound):
-            if len(self.waiting) >= MAX_WAITING_INBOUND:
-                # Not acked: the network delivers it again after the next login.
-                log.warning("inbound backlog full; message left to the network", extra={"wa_id": message.event.message_id})
-                return None
-            self.waiting.append((message.event, context.current()))
-            if message.event.from_me:
-                self._phone_waiting += 1
-            if self._store_timer is None:
-                self._store_next()
-            return None
-        if isinstance(message, _StoreRetry):
-            self._store_timer = None
-            return self._store_next()
-        if isinstance(message, _StoreDone):
-            return self._store_done(message)
-        if isinstance(message, ReceiptIn):
-            return self._receipt(message.event)
-        if isinstance(message, LinkUp):
-            self.connected = message.up
-            self._maybe_due = True
-            if message.up:
-                self._deliver()
-            return None
-        if isinstance(message, Wake):
-            self._maybe_due = True  # an API message, a retried dead letter, a resumed conversation
-            self._config = None  # rules or AI settings may have changed
-            return self._deliver()
-        if isinstance(message, _Recover):
-            return self._recover()
-        if isinstance(message, _Debounced):
-            self._debounce.pop(message.contact_id, None)
-            if message.contact_id in self._answering:  # a rule's answer is being written: after it
-                self._again.add(message.contact_id)
-                return None
-            with context.bound(correlation_id=message.correlation_id):
-                return self._think(message.contact_id)
-        if isinstance(message, _AiDone):
-            return self._ai_done(message)
-        if isinstance(message, _Answered):
-            return self._answered(message)
-        if isinstance(message, _DeliverMore):
-            return self._deliver()
-        if isinstance(message, _Recorded):
-            self._recording.difference_update(message.outbox_ids)
-            if not message.ok:  # still 'sending': a claim asks the network about them
-                self._maybe_due = True
-                self._deliver_later(1.0, only_if_sooner=True)
-            return None
-        if isinstance(message, _DeliverDue):
-            self._deliver_timer = None
-            self._maybe_due = True
-            return self._deliver()
+        kind = type(message)
+        if kind in pm.INPUTS:  # outcomes, timers, and what the pipeline mails itself
+            return self._apply(message)
+        if kind is Inbound:
+            return self._apply(pm.Inbound(message.event, context.correlation_id()))
+        if kind is ReceiptIn:
+            return self._apply(pm.Receipt(tuple(message.event.message_ids), message.event.status))
+        if kind is LinkUp:
+            return self._apply(pm.LinkUp(message.up))
+        if kind is Wake:
+            return self._apply(pm.Wake())
         return super().on_receive(message)
+
+    def _apply(self, event: Any) -> None:
+        """Feed ``event`` to the machine and execute its effects in order; an effect's outcome that
+        the machine takes at once is fed back before the next effect runs (depth first: a claim's rows
+        are sent one after the other, at most DELIVERY_BATCH levels deep)."""
+        self.state, effects = pm.transition(self.state, event, self.deps.clock(), self.deps.rng)
+        run = self._run
+        for effect in effects:
+            outcome = run[type(effect)](effect)
+            if outcome is not None:
+                self._apply(outcome)
+
+    def _tracked(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run ``fn`` in a greenlet of its own, ended at teardown."""
+        self._tasks.spawn(fn, *args)
 
     # -- inbound -----------------------------------------------------------------------------------
 
-    def _store_next(self) -> None:
-        """Store the head of ``waiting`` in the background: the actor goes on answering and delivering
-        meanwhile, and what arrives in the meantime goes in the next batch. One store in flight per
-        bot, so messages are stored (and acked, and answered) in arrival order."""
-        if self._storing or not self.waiting:
-            return
-        batch = list(itertools.islice(self.waiting, 1 if self._store_alone else STORE_BATCH))
-        if self._phone_waiting:
-            # The owner's messages are stored one at a time by a statement of their own; the batch
-            # ends before the first, so everything stays in arrival order.
-            if batch[0][0].from_me:
-                return self._store_from_phone(*batch[0])
-            batch = list(itertools.takewhile(lambda item: not item[0].from_me, batch))
-        if len(self._changed_at) > 1024:  # only changes since the last store started still matter
-            self._changed_at = {c: e for c, e in self._changed_at.items() if e > self._store_epoch}
-        self._store_epoch = self._epoch
-        self._storing = True
-        count, epoch, ref = len(batch), self._epoch, self.actor_ref
+    def _store_batch(self, effect: pm.StoreBatch) -> None:
+        ref = self.actor_ref
 
         def done(stored: list | None, error: Exception | None) -> None:  # from the statement's greenlet
-            _tell_quietly(ref, _StoreDone(count, stored, error, epoch))
+            _tell_quietly(ref, pm.StoreDone(stored, error))
 
         try:
-            self.deps.store.store_later(self.tenant_id, self.bot_id,
-                                        [(event, ctx.correlation_id) for event, ctx in batch],
-                                        self._prompt_wants(batch), done)
+            self.deps.store.store_later(self.tenant_id, self.bot_id, effect.items, effect.wants, done)
         except Exception as exc:  # noqa: BLE001 - not queued (too much waiting, stopping): retried later
             done(None, RuntimeError(f"inbound not queued for storing: {exc!r}"))
 
-    def _store_from_phone(self, event: tev.MessageReceived, ctx: context.WorkContext) -> None:
-        """Store the owner's message at the head of ``waiting`` in a greenlet of its own (it is rare,
-        so it needs no batching); the outcome comes back as ``_StoreDone`` like any store's, so it is
-        acked, retried and dropped exactly as an inbound message is."""
-        self._storing = True
+    def _store_phone(self, effect: pm.StorePhone) -> None:
+        """The owner's message is rare, so it needs no batching: a greenlet of its own stores it, and
+        the outcome comes back as ``StoreDone`` like any store's."""
         ref, pool, tenant, bot = self.actor_ref, self.deps.pool, self.tenant_id, self.bot_id
-        hold = self.deps.settings.bot_phone_takeover
-        work_ctx = ctx._replace(tenant_id=tenant, bot_id=bot)
+        work_ctx = context.WorkContext(effect.cid, tenant, bot)
 
         def store() -> None:
             context.set_current(work_ctx)
             try:
-                stored = conv.store_from_phone(pool, tenant, bot, event, ctx.correlation_id, hold)
-            except Exception as exc:  # noqa: BLE001 - classified by _store_done
-                _tell_quietly(ref, _StoreDone(1, None, exc, phone=True))
+                stored = conv.store_from_phone(pool, tenant, bot, effect.event, effect.cid, effect.hold)
+            except Exception as exc:  # noqa: BLE001 - classified by the machine
+                _tell_quietly(ref, pm.StoreDone(None, exc))
                 return
-            _tell_quietly(ref, _StoreDone(1, [stored], None, phone=True))
-
-        gevent.spawn(store)
-
-    def _prompt_wants(self, batch: list[tuple[tev.MessageReceived, context.WorkContext]]) -> list[int] | None:
-        """Per message, the history to read with it when it will go straight to the AI (no rule
-        matches, AI on, no debounce), else -1: the store then reads the prompt inputs in the same
-        statement and the AI call needs no read of its own. None: nothing to read (or the reply
-        settings are not loaded, and the store must not wait for them)."""
-        if self._config is None or self.deps.settings.ai_debounce > 0 or self.deps.ai is None or not self.deps.ai.enabled:
-            return None
-        rules, ai = self._config
-        if not ai.enabled:
-            return None
-        return [ai.history if event.kind in conv.ANSWERABLE_KINDS
-                and rules_mod.first_match(rules, event.text or event.caption or "") is None else -1
-                for event, _ in batch]
-
-    def _store_done(self, done: "_StoreDone") -> None:
-        self._storing = False
-        batch = list(itertools.islice(self.waiting, done.count))
-        exc = done.error
-        if exc is not None:
-            if is_transient(exc) or isinstance(exc, RuntimeError):
-                self._store_delay = min(max(self._store_delay * 2, 0.2), 3.0)
-                log.warning("inbound not stored yet; will retry",
-                            extra={"error": repr(exc), "waiting": len(self.waiting), "retry_in": self._store_delay})
-                self._store_timer = gevent.spawn_later(self._store_delay, _tell_quietly, self.actor_ref, _StoreRetry())
+            except gevent.Timeout as exc:  # not the data's fault: retried like an outage
+                _tell_quietly(ref, pm.StoreDone(None, RuntimeError(f"store from the phone cut short: {exc!r}")))
                 return
-            if len(batch) > 1:
-                self._store_alone = len(batch)
-            else:
-                # Not a fault that time fixes (bad data): report it and leave the message unacked
-                # with the network rather than loop on it.
-                event, ctx = batch[0]
-                with context.bound(correlation_id=ctx.correlation_id):
-                    log.error("inbound message could not be stored", extra={"error": repr(exc), "wa_id": event.message_id})
-                    sentry.capture(exc, where="store_inbound")
-                self.waiting.popleft()
-                self._phone_waiting -= done.phone
-                self._store_alone = max(0, self._store_alone - 1)
-            self._store_next()
-            return
-        self._store_alone = max(0, self._store_alone - len(batch))
-        for _ in batch:
-            self.waiting.popleft()
-        self._phone_waiting -= done.phone
-        self._store_delay = 0.0
-        self._store_next()  # the next batch goes while this one is answered
-        _tell_quietly(self.session, Ack(tuple(event.message_id for event, _ in batch)))
-        if done.phone:
-            event, ctx = batch[0]
-            with context.bound(correlation_id=ctx.correlation_id):
-                return self._from_phone(done.stored[0], event)
-        # Rules first for the whole batch, then one AI call per customer: a rule answer to a later
-        # message of the same customer is then already out of the prompt.
-        thinks: dict[str, tuple[Any, context.WorkContext]] = {}
-        for (event, ctx), one in zip(batch, done.stored):
-            if one.message_id is not None:  # None: a replay, stored and handled before
-                with context.bound(correlation_id=ctx.correlation_id):
-                    if self._stored(one, event, ctx):
-                        earlier = thinks.get(one.contact_id)
-                        # The latest message's correlation id: the answer continues its line of work.
-                        thinks[one.contact_id] = (one.prompt or (earlier[0] if earlier else None), ctx)
-        for contact_id, (prompt, ctx) in thinks.items():
-            if prompt is not None and self._changed_at.get(contact_id, -1) > done.epoch:
-                prompt = None  # answered or ignored since the store started: read it again
-            with context.bound(correlation_id=ctx.correlation_id):
-                self._schedule_think(contact_id, prompt)
+            _tell_quietly(ref, pm.StoreDone([stored], None))
 
-    def _stored(self, stored: conv.Stored, event: tev.MessageReceived, ctx: context.WorkContext) -> bool:
-        """Publish and consider a newly stored message; True when the AI is to answer it."""
-        self._count("in")
-        log.info("message stored", extra={"message_id": stored.message_id, "wa_message_id": event.message_id})
-        self.deps.publish(self.tenant_id, self.bot_id, "message.in", {
-            "message_id": stored.message_id, "contact_id": stored.contact_id, "from": event.sender,
-            "kind": event.kind, "text": event.text or event.caption, "wa_message_id": event.message_id,
-            "correlation_id": ctx.correlation_id,
-        })
-        if event.media_ref and self.deps.media is not None:
-            gevent.spawn(self._fetch_media, stored.message_id, event, ctx)
-        return self._consider(stored, event)
+        self._tracked(store)
 
-    def _consider(self, stored: conv.Stored, event: tev.MessageReceived) -> bool:
-        if event.kind not in conv.ANSWERABLE_KINDS:
-            return False  # stored as ignored
-        if stored.paused:
-            self._ignore(stored.contact_id, [stored.message_id], "conversation paused")
-            return False
-        if stored.held:
-            self._ignore(stored.contact_id, [stored.message_id], conv.OWNER_ON_PHONE)
-            return False
-        rules, ai = self._reply_config()
-        rule = rules_mod.first_match(rules, event.text or event.caption or "")
-        if rule is not None:
-            self._answer(stored.contact_id, [stored.message_id], rule.reply, "rule")
-            return False
-        if ai.enabled and self.deps.ai is not None and self.deps.ai.enabled:
-            return True
-        self._ignore(stored.contact_id, [stored.message_id], "no rule matched and AI is off")
-        return False
+    def _ack(self, effect: pm.Ack) -> None:
+        _tell_quietly(self.session, Ack(effect.message_ids))
 
-    def _from_phone(self, stored: conv.PhoneStored, event: tev.MessageReceived) -> None:
-        """The owner's message is committed: announce it and, if it holds the conversation, stop
-        whatever answer was coming for that customer."""
-        if stored.message_id is None:
-            # The echo of a message the platform sent (same WhatsApp id), or a redelivery: stored
-            # before, it changes nothing.
-            log.info("message from the phone already stored", extra={"wa_message_id": event.message_id})
-            return
-        log.info("message from the phone stored", extra={
-            "message_id": stored.message_id, "wa_message_id": event.message_id, "ignored": len(stored.ignored),
-            "hold_until": _iso(stored.phone_hold_until)})
-        contact_id = stored.contact_id
-        if self.deps.settings.bot_phone_takeover > 0:
-            # The waiting messages are ignored now: a prompt read before does not stand, a debounce
-            # for them has nothing to answer, and a call in flight finds nothing to claim.
-            self._changed(contact_id)
-            timer = self._debounce.pop(contact_id, None)
-            if timer is not None:
-                timer.kill(block=False)
-            self._again.discard(contact_id)
-        self.deps.publish(self.tenant_id, self.bot_id, "message.out", {
-            "message_id": stored.message_id, "contact_id": contact_id, "to": event.chat,
-            "text": event.text or event.caption, "wa_message_id": event.message_id, "source": "phone",
-        })
-        self.deps.publish(self.tenant_id, self.bot_id, "conversation.state", {
-            "contact_id": contact_id, "jid": stored.jid, "paused": stored.paused, "paused_by": stored.paused_by,
-            "paused_at": _iso(stored.paused_at), "phone_hold_until": _iso(stored.phone_hold_until),
-        })
+    def _fetch_media(self, effect: pm.FetchMedia) -> None:
+        self._tracked(self._download, effect.message_id, effect.event,
+                      context.WorkContext(effect.cid, self.tenant_id, self.bot_id))
 
-    def _ignore(self, contact_id: str, message_ids: list[str], reason: str) -> None:
-        self._changed(contact_id)
-        conv.ignore(self.deps.pool, self.tenant_id, message_ids, reason)
-
-    def _changed(self, contact_id: str) -> None:
-        """The contact's unanswered messages or history change now (see ``_store_done``)."""
-        self._epoch += 1
-        self._changed_at[contact_id] = self._epoch
-
-    def _reply_config(self) -> tuple[list[rules_mod.Rule], rules_mod.AiConfig]:
-        if self._config is None:
-            row = conv.bot_reply_config(self.deps.pool, self.tenant_id, self.bot_id)
-            raw_rules, raw_ai = row if row is not None else ([], {})
-            try:
-                rules = rules_mod.validate_rules(raw_rules)
-            except rules_mod.RuleError as exc:
-                log.error("stored rules are invalid; answering without them", extra={"error": str(exc)})
-                rules = []
-            try:
-                ai = rules_mod.validate_ai_config(raw_ai)
-            except rules_mod.RuleError as exc:
-                log.error("stored AI settings are invalid; AI off", extra={"error": str(exc)})
-                ai = rules_mod.AiConfig()
-            self._config = (rules, ai)
-        return self._config
-
-    def _fetch_media(self, message_id: str, event: tev.MessageReceived, ctx: context.WorkContext) -> None:
-        context.set_current(ctx._replace(tenant_id=self.tenant_id, bot_id=self.bot_id))
-        delay = 0.5
-        for attempt in range(5):
+    def _download(self, message_id: str, event: tev.MessageReceived, ctx: context.WorkContext) -> None:
+        context.set_current(ctx)
+        attempts, policy = self.settings.media_attempts, self.settings.media_retry
+        assert event.media_ref is not None  # FetchMedia comes only for a message with media
+        for attempt in range(1, attempts + 1):
             try:
                 data = self.session.ask(DownloadMedia(event.media_ref), timeout=60)
                 media_id, stored = media.save(self.deps.pool, self.deps.media, self.tenant_id, self.bot_id, data,
                                               event.mime_type or "application/octet-stream")
                 conv.set_media(self.deps.pool, self.tenant_id, message_id, media_id, stored.key)
                 return
-            except Exception as exc:  # noqa: BLE001 - retried, then reported
-                log.warning("media download failed", extra={"error": repr(exc), "attempt": attempt + 1})
-                gevent.sleep(delay)
-                delay = min(delay * 2, 10.0)
+            except _FAILURES as exc:
+                log.warning("media download failed", extra={"error": repr(exc), "attempt": attempt})
+            if attempt < attempts:
+                gevent.sleep(policy.delay(attempt, self.deps.rng))
         sentry.capture(RuntimeError(f"media of message {message_id} not stored"), where="media")
+
+    def _load_config(self, effect: pm.LoadConfig) -> pm.ConfigLoaded:
+        row = conv.bot_reply_config(self.deps.pool, self.tenant_id, self.bot_id)
+        raw_rules, raw_ai = row if row is not None else ([], {})
+        ai = self.deps.ai
+        return pm.ConfigLoaded(raw_rules, raw_ai, ai is not None and ai.enabled)
+
+    def _recover(self, effect: pm.Recover) -> pm.Recovered:
+        pool, tenant = self.deps.pool, self.tenant_id
+        contacts = tuple((contact_id, paused, held, tuple(conv.unanswered(pool, tenant, contact_id)))
+                         for contact_id, paused, held in conv.contacts_with_unanswered(pool, tenant, self.bot_id))
+        return pm.Recovered(contacts, conv.next_due_in(pool, tenant, self.bot_id))
+
+    def _ignore(self, effect: pm.Ignore) -> None:
+        conv.ignore(self.deps.pool, self.tenant_id, list(effect.message_ids), effect.reason)
 
     # -- answering ---------------------------------------------------------------------------------
 
-    def _schedule_think(self, contact_id: str, prompt: Any = None) -> None:
-        """``prompt``: the contact's prompt inputs if already read and current (used only when the
-        call starts now)."""
-        if contact_id in self._thinking or contact_id in self._answering:
-            self._again.add(contact_id)  # answered again once the call or answer in flight is done
-            return
-        timer = self._debounce.pop(contact_id, None)
-        if timer is not None:
-            timer.kill(block=False)
-        if self.deps.settings.ai_debounce <= 0:
-            self._think(contact_id, prompt)  # nothing to wait for: no timer, no extra message
-            return
-        self._debounce[contact_id] = gevent.spawn_later(
-            self.deps.settings.ai_debounce, _tell_quietly, self.actor_ref,
-            _Debounced(contact_id, context.correlation_id()),
-        )
+    def _start_ai(self, effect: pm.StartAi) -> None:
+        # Reading the conversation (unless the store already did) and asking the AI both happen in the
+        # call's own greenlet, so the actor goes on storing and delivering meanwhile.
+        self._tracked(self._call_ai, effect.contact_id, effect.ai,
+                      context.WorkContext(effect.cid, self.tenant_id, self.bot_id), effect.prompt)
 
-    def _think(self, contact_id: str, prompt: Any = None) -> None:
-        # Reading the conversation (unless the store already did) and asking the AI both happen in
-        # the call's own greenlet, so the actor goes on storing and delivering meanwhile; one call
-        # per customer at a time.
-        _, ai = self._reply_config()
-        self._thinking[contact_id] = gevent.spawn(self._call_ai, contact_id, ai, context.current(), prompt)
-
-    def _call_ai(self, contact_id: str, ai: rules_mod.AiConfig, ctx: context.WorkContext, prompt: Any = None) -> None:
+    def _call_ai(self, contact_id: str, ai: Any, ctx: context.WorkContext, prompt: Any) -> None:
         context.set_current(ctx)
+        ref, cid = self.actor_ref, ctx.correlation_id
         if prompt is not None:
             pending, history = prompt
         else:
             try:
                 pending, history = self.deps.store.prompt_inputs(self.tenant_id, self.bot_id, contact_id, ai.history)
-            except Exception as exc:  # noqa: BLE001 - the database's fault: think again later
+            except _FAILURES as exc:  # the database's fault: think again later
                 log.warning("conversation not read for the AI; will retry", extra={"error": repr(exc)})
-                _tell_quietly(self.actor_ref, _AiDone(contact_id, (), None, None, "retry"))
+                _tell_quietly(ref, pm.AiDone(contact_id, (), None, None, "retry", cid))
                 return
         if not pending:
-            _tell_quietly(self.actor_ref, _AiDone(contact_id, (), None, None, "none"))
+            _tell_quietly(ref, pm.AiDone(contact_id, (), None, None, "none", cid))
             return
         ids = tuple(m[0] for m in pending)
-        prompt = build_messages(ai, history, [m[2] for m in pending])
+        messages = build_messages(ai, history, [m[2] for m in pending])
         try:
-            text = self.deps.ai.reply(prompt, model=ai.model, temperature=ai.temperature)
-            result = _AiDone(contact_id, ids, text.strip() or None, None if text.strip() else "empty answer", "ai")
-        except Exception as exc:  # noqa: BLE001 - the provider's fault is the customer's fallback
-            result = _AiDone(contact_id, ids, None, str(exc) or type(exc).__name__, "ai")
-        _tell_quietly(self.actor_ref, result)
+            text = self.deps.ai.reply(messages, model=ai.model, temperature=ai.temperature).strip()
+            result = pm.AiDone(contact_id, ids, text or None, None if text else "empty answer", "ai", cid)
+        except _FAILURES as exc:  # the provider's fault is the customer's fallback
+            result = pm.AiDone(contact_id, ids, None, str(exc) or type(exc).__name__, "ai", cid)
+        _tell_quietly(ref, result)
 
-    def _ai_done(self, done: _AiDone) -> None:
-        self._thinking.pop(done.contact_id, None)
-        if done.source == "retry":
-            self._again.discard(done.contact_id)
-            timer = self._debounce.pop(done.contact_id, None)
-            if timer is not None:
-                timer.kill(block=False)
-            self._debounce[done.contact_id] = gevent.spawn_later(
-                max(self.deps.settings.ai_debounce, 1.0), _tell_quietly, self.actor_ref,
-                _Debounced(done.contact_id, context.correlation_id()))
-            return
-        if done.source == "none":
-            pass  # answered meanwhile (a rule, or an earlier call took them)
-        elif done.text is not None:
-            log.info("AI answered", extra={"contact_id": done.contact_id, "messages": len(done.message_ids)})
-            self._answer(done.contact_id, list(done.message_ids), done.text, "ai")
-        else:
-            _, ai = self._reply_config()
-            log.warning("AI answer failed", extra={"error": done.error, "fallback": bool(ai.fallback_reply)})
-            self.deps.publish(self.tenant_id, self.bot_id, "ai.error", {
-                "contact_id": done.contact_id, "error": done.error, "fallback": bool(ai.fallback_reply),
-            })
-            if ai.fallback_reply:
-                self._answer(done.contact_id, list(done.message_ids), ai.fallback_reply, "fallback")
-            else:
-                self._ignore(done.contact_id, list(done.message_ids), "AI unavailable")
-        if done.contact_id in self._again:
-            self._again.discard(done.contact_id)
-            self._schedule_think(done.contact_id)
+    def _write_answer(self, effect: pm.WriteAnswer) -> None:
+        ref, contact_id, send_now, cid = self.actor_ref, effect.contact_id, effect.send_now, effect.cid
+        if effect.source == "ai" and log.isEnabledFor(logging.INFO):
+            with context.bound(correlation_id=cid):
+                log.info("AI answered", extra={"contact_id": contact_id, "messages": len(effect.message_ids)})
 
-    def _answer(self, contact_id: str, message_ids: list[str], text: str, source: str) -> None:
-        """Write the answer in the background: the actor goes on storing, answering and delivering
-        while the statement runs, and ``_answered`` takes the outcome. Until then the customer gets
-        no new AI call (it would see the messages being answered as unanswered)."""
-        # With nothing older waiting to go, the answer is written already claimed and sent once
-        # committed: no separate claim statement, one update less per message.
-        send_now = self._may_send_directly()
-        self._changed(contact_id)
-        self._answering[contact_id] = self._answering.get(contact_id, 0) + 1
-        if send_now:
-            self._answers_now += 1
-        ref, ctx = self.actor_ref, context.current()
-
-        def done(result: tuple[str, conv.Outgoing | None] | None, error: Exception | None) -> None:
-            _tell_quietly(ref, _Answered(contact_id, send_now, result, error, ctx))  # from the statement's greenlet
+        def done(result: Any, error: Exception | None) -> None:  # from the statement's greenlet
+            _tell_quietly(ref, pm.Answered(contact_id, send_now, result, error, cid))
 
         try:
-            self.deps.store.answer_later(self.tenant_id, self.bot_id, contact_id, message_ids, text, source,
-                                         context.correlation_id(), send_now, done)
+            self.deps.store.answer_later(self.tenant_id, self.bot_id, contact_id, list(effect.message_ids),
+                                         effect.text, effect.source, cid, send_now, done)
         except Exception as exc:  # noqa: BLE001 - not even queued: the same as failed
             done(None, exc)
 
-    def _answered(self, answered: "_Answered") -> None:
-        contact_id = answered.contact_id
-        left = self._answering.get(contact_id, 1) - 1
-        if left > 0:
-            self._answering[contact_id] = left
-        else:
-            self._answering.pop(contact_id, None)
-        if answered.send_now:
-            self._answers_now -= 1
-        if answered.error is not None:
-            # As when the answer was written in line: the actor fails, and its restart answers what
-            # is still unanswered and asks the network about a row that may be 'sending'.
-            raise answered.error
-        with context.bound(correlation_id=answered.ctx.correlation_id):
-            row = answered.result[1] if answered.result is not None else None
-            if answered.result is not None and row is None:
-                self._deliver()
-            elif row is not None and not self._delivering:
-                self._delivering = True
-                try:
-                    self._send_rows([row])
-                finally:
-                    self._delivering = False
-            elif row is not None:  # cannot happen while the actor handles one message at a time
-                self.deps.store.release(self.tenant_id, [row])
-                self._maybe_due = True
-            if self._deliver_deferred and not self._answers_now:
-                self._deliver_deferred = False
-                self._deliver()
-            if contact_id in self._again and contact_id not in self._answering and contact_id not in self._thinking:
-                self._again.discard(contact_id)
-                self._schedule_think(contact_id)
-
-    def _may_send_directly(self) -> bool:
-        if not self.connected or self._delivering or self._maybe_due:
-            return False
-        return not self.bucket.rate or self.bucket.available(self.deps.clock()) >= 1 + self._answers_now
-
-    def _recover(self) -> None:
-        """After a restart: answer what was stored but not answered, deliver what is due. Messages of
-        paused or held conversations are ignored at store time, but a crash can come between the store
-        and that: they are ignored here, never answered."""
-        for contact_id, paused, held in conv.contacts_with_unanswered(self.deps.pool, self.tenant_id, self.bot_id):
-            pending = conv.unanswered(self.deps.pool, self.tenant_id, contact_id)
-            if paused or held:
-                self._ignore(contact_id, [message_id for message_id, _, _ in pending],
-                             "conversation paused" if paused else conv.OWNER_ON_PHONE)
-                continue
-            rules, ai = self._reply_config()
-            for message_id, kind, text in pending:
-                rule = rules_mod.first_match(rules, text)
-                if rule is not None:
-                    self._answer(contact_id, [message_id], rule.reply, "rule")
-            if ai.enabled and self.deps.ai is not None and self.deps.ai.enabled:
-                self._schedule_think(contact_id)
-        # Retries left waiting by the previous incarnation.
-        due_in = conv.next_due_in(self.deps.pool, self.tenant_id, self.bot_id)
-        if due_in is not None:
-            self._deliver_later(due_in)
-        self._deliver()
-
     # -- outbox ------------------------------------------------------------------------------------
 
-    def _deliver(self) -> None:
-        if not self.connected or self._delivering:
-            return
-        if self._answers_now:
-            # Rows written for sending at once may be committed already: a claim now could take
-            # them too and send them twice. Delivery goes on once they are sent; until that claim,
-            # rows may be due that it has not seen, so no later answer may overtake them.
-            self._deliver_deferred = True
-            self._maybe_due = True
-            return
-        self._delivering = True
+    def _claim(self, effect: pm.Claim) -> pm.Claimed:
+        return pm.Claimed(tuple(self.deps.store.claim_due(self.tenant_id, self.bot_id, effect.limit,
+                                                          effect.leave_out)))
+
+    def _check_received(self, effect: pm.CheckReceived) -> pm.Received:
+        row = effect.row
+        token = self._bind(row.correlation_id)
         try:
-            self._deliver_batch()
+            received = self.session.ask(WasReceived(row.wa_message_id), timeout=15) is True
+        except Exception:  # noqa: BLE001 - cannot tell; the resend carries the same id
+            received = False
         finally:
-            self._delivering = False
+            context.reset(token)
+        return pm.Received(row, received)
 
-    def _deliver_batch(self) -> None:
-        limit = DELIVERY_BATCH
-        if self.bucket.rate:
-            wait = self.bucket.wait_time(self.deps.clock())
-            if wait > 0:
-                self._maybe_due = True
-                self._deliver_later(wait)
-                return
-            limit = max(1, min(limit, self.bucket.available(self.deps.clock())))
-        # Rows sent a moment ago are still 'sending' until their record commits: not due again.
-        rows = self.deps.store.claim_due(self.tenant_id, self.bot_id, limit, self._recording)
-        self._maybe_due = False
-        self._send_rows(rows)
-        if len(rows) == limit:
-            self._maybe_due = True
-            _tell_quietly(self.actor_ref, _DeliverMore())
-        # Rows due later (retries) are timed when they fail, and new rows wake the pipeline, so
-        # there is nothing to look up after a batch.
-
-    def _send_rows(self, rows: list[conv.Outgoing]) -> None:
-        """Send claimed rows in order; those not tried (the link went down) go back unclaimed, so no
-        attempt is counted against them."""
-        sent: list[tuple[conv.Outgoing, str | None]] = []
-        try:
-            for index, row in enumerate(rows):
-                if not self.connected:
-                    self._release(rows[index:])
-                    return
-                with context.bound(correlation_id=row.correlation_id or context.correlation_id()):
-                    if not self._send(row, sent):
-                        self._release(rows[index + 1:])
-                        return
-        finally:
-            if sent:
-                # The network has them: record that in one statement, in the background, so the next
-                # message need not wait for it. Until it commits (or if it fails, or the process dies)
-                # the rows stay 'sending', and the network is asked about them before any resend.
-                self._recording.update(row.id for row, _ in sent)
-                self._mark_sent([(row.id, network_id) for row, network_id in sent])
-                for row, _ in sent:
-                    with context.bound(correlation_id=row.correlation_id or context.correlation_id()):
-                        self._sent(row)
-
-    def _mark_sent(self, sent: list[tuple[str, str | None]]) -> None:
-        ids = tuple(outbox_id for outbox_id, _ in sent)
-        ctx, ref = context.current(), self.actor_ref
-
-        def recorded(error: Exception | None) -> None:  # runs in the statement's greenlet
-            if error is not None:  # the rows stay 'sending'; a later claim asks the network about them
-                with context.bound(**ctx._asdict()):
-                    log.warning("sent messages not recorded yet; will check with the network",
-                                extra={"error": repr(error), "messages": len(sent)})
-            _tell_quietly(ref, _Recorded(ids, error is None))
-
-        try:
-            self.deps.store.mark_sent_later(self.tenant_id, sent, recorded)
-        except Exception as exc:  # noqa: BLE001 - not even queued (overflow, stopped): same as failed
-            recorded(exc)
-
-    def _release(self, rows: list[conv.Outgoing]) -> None:
-        self._maybe_due = True
-        self.deps.store.release(self.tenant_id, rows)
-
-    def _send(self, row: conv.Outgoing, sent: list[tuple[conv.Outgoing, str | None]]) -> bool:
-        """One attempt (the claim recorded it); False when delivery should pause (link down)."""
-        pool, tenant = self.deps.pool, self.tenant_id
-        if row.state == "sending":
-            # The last attempt's outcome is unknown (a crash or timeout mid-send): ask before resending.
-            try:
-                if self.session.ask(WasReceived(row.wa_message_id), timeout=15) is True:
-                    sent.append((row, None))
-                    return True
-            except Exception:  # noqa: BLE001 - cannot tell; the resend carries the same id
-                pass
-        self.bucket.take(self.deps.clock())
+    def _send(self, effect: pm.Send) -> pm.SendOk | pm.SendFailed:
+        row = effect.row
+        token = self._bind(row.correlation_id)
         try:
             network_id = self.session.ask(self._request_for(row), timeout=60)
-        except Exception as exc:  # noqa: BLE001 - classified below
-            attempts = row.attempts + 1
-            permanent = bool(getattr(exc, "permanent", False))
-            if permanent or attempts >= self.deps.settings.outbox_max_attempts:
-                conv.mark_failed(pool, tenant, row.id, str(exc) or type(exc).__name__, None)
-                self._count("dead")
-                self.deps.publish(tenant, self.bot_id, "outbox.dead", {
-                    "outbox_id": row.id, "to": row.to_jid, "error": str(exc), "attempts": attempts})
-                log.error("outgoing message is a dead letter", extra={"outbox_id": row.id, "error": repr(exc)})
-            else:
-                base = self.deps.settings.outbox_retry_base
-                delay = min(300.0, base * 2 ** (attempts - 1)) * (0.5 + self.deps.rng.random() / 2)
-                conv.mark_failed(pool, tenant, row.id, str(exc) or type(exc).__name__, delay)
-                self._deliver_later(delay, only_if_sooner=True)
-                log.warning("send failed; will retry", extra={"outbox_id": row.id, "retry_in": round(delay, 2),
-                                                               "error": repr(exc)})
-            return self.connected
-        sent.append((row, network_id if isinstance(network_id, str) else None))
-        return True
+        except Exception as exc:  # noqa: BLE001 - classified by the machine
+            return pm.SendFailed(row, exc)
+        finally:
+            context.reset(token)
+        return pm.SendOk(row, network_id if isinstance(network_id, str) else None)
 
     def _request_for(self, row: conv.Outgoing) -> SendText | SendMedia:
         if row.media_id is None:
@@ -793,74 +400,89 @@ class BotPipeline(Actor):
         return SendMedia(row.to_jid, row.kind if row.kind in ("image", "document") else "document", data,
                          record["mime_type"], row.body, record["filename"], row.wa_message_id)
 
-    def _sent(self, row: conv.Outgoing) -> None:
-        self._count("out")
-        log.info("message sent", extra={"outbox_id": row.id, "wa_message_id": row.wa_message_id})
-        self.deps.publish(self.tenant_id, self.bot_id, "message.out", {
-            "outbox_id": row.id, "to": row.to_jid, "text": row.body, "wa_message_id": row.wa_message_id,
-            "correlation_id": row.correlation_id,
-        })
+    def _release(self, effect: pm.Release) -> None:
+        self.deps.store.release(self.tenant_id, list(effect.rows))
 
-    def _deliver_later(self, delay: float, only_if_sooner: bool = False) -> None:
-        due_at = self.deps.clock() + delay
-        if self._deliver_timer is not None:
-            if only_if_sooner and self._deliver_due_at <= due_at:
-                return
-            self._deliver_timer.kill(block=False)
-        self._deliver_due_at = due_at
-        self._deliver_timer = gevent.spawn_later(delay, _tell_quietly, self.actor_ref, _DeliverDue())
+    def _mark_sent(self, effect: pm.MarkSent) -> None:
+        ids = tuple(outbox_id for outbox_id, _ in effect.items)
+        ctx, ref, count = context.current(), self.actor_ref, len(effect.items)
 
-    # -- receipts ----------------------------------------------------------------------------------
+        def recorded(error: Exception | None) -> None:  # runs in the statement's greenlet
+            if error is not None:  # the rows stay 'sending'; a later claim asks the network about them
+                with context.bound(**ctx._asdict()):
+                    log.warning("sent messages not recorded yet; will check with the network",
+                                extra={"error": repr(error), "messages": count})
+            _tell_quietly(ref, pm.Recorded(ids, error is None))
 
-    def _receipt(self, event: tev.Receipt) -> None:
-        changed = conv.record_receipt(self.deps.pool, self.tenant_id, self.bot_id, list(event.message_ids), event.status)
-        for message_id, outbox_id, correlation_id in changed:
-            # The receipt belongs to the work that caused the message: log and publish under its id.
-            with context.bound(correlation_id=correlation_id or context.correlation_id()):
-                log.info("message status", extra={"message_id": message_id, "status": event.status})
-                self.deps.publish(self.tenant_id, self.bot_id, "message.status", {
-                    "message_id": message_id, "outbox_id": outbox_id, "status": event.status,
-                    "correlation_id": correlation_id})
+        try:
+            self.deps.store.mark_sent_later(self.tenant_id, list(effect.items), recorded)
+        except Exception as exc:  # noqa: BLE001 - not even queued (overflow, stopped): same as failed
+            recorded(exc)
 
-    def _count(self, what: str) -> None:
-        if self.deps.metrics is not None:
-            self.deps.metrics.count(what, self.bot_id)
+    def _mark_failed(self, effect: pm.MarkFailed) -> None:
+        conv.mark_failed(self.deps.pool, self.tenant_id, effect.outbox_id, effect.error, effect.retry_in)
 
+    # -- receipts, notices, logs, timers ---------------------------------------------------------------
 
-class _Recover:
-    pass
+    def _record_receipt(self, effect: pm.RecordReceipt) -> pm.ReceiptsRecorded:
+        changed = conv.record_receipt(self.deps.pool, self.tenant_id, self.bot_id, list(effect.message_ids),
+                                      effect.status)
+        return pm.ReceiptsRecorded(effect.status, tuple(changed))
 
+    def _publish(self, effect: pm.Publish) -> None:
+        if effect.metric is not None:
+            if self.deps.metrics is not None:
+                self.deps.metrics.count(effect.metric, self.bot_id)
+            if effect.metric != "dead" and log.isEnabledFor(logging.INFO):
+                payload = effect.payload
+                what = "message stored" if effect.metric == "in" else "message sent"
+                extra = ({"message_id": payload["message_id"], "wa_message_id": payload["wa_message_id"]}
+                         if effect.metric == "in" else
+                         {"outbox_id": payload["outbox_id"], "wa_message_id": payload["wa_message_id"]})
+                with context.bound(correlation_id=payload["correlation_id"] or context.correlation_id()):
+                    log.info(what, extra=extra)
+        self.deps.publish(self.tenant_id, self.bot_id, effect.event_type, effect.payload)
 
-@dataclasses.dataclass(frozen=True)
-class _Answered:
-    """An answer written in the background is committed (``result``: its item of ``answer_many``)
-    or failed (``error``)."""
+    def _log(self, effect: pm.Log) -> None:
+        level = _LEVELS[effect.level]
+        if not log.isEnabledFor(level):
+            return
+        if effect.cid is None or effect.cid == context.correlation_id():
+            log.log(level, effect.message, extra=effect.extra)
+            return
+        with context.bound(correlation_id=effect.cid):
+            log.log(level, effect.message, extra=effect.extra)
 
-    contact_id: str
-    send_now: bool
-    result: Any
-    error: Exception | None
-    ctx: context.WorkContext
+    def _capture(self, effect: pm.Capture) -> None:
+        with context.bound(correlation_id=effect.cid or context.correlation_id()):
+            sentry.capture(effect.error, where=effect.where)
 
+    def _schedule_timer(self, effect: pm.ScheduleTimer) -> None:
+        key, event, ref, timers = effect.key, effect.event, self.actor_ref, self._timers
+        previous = timers.pop(key, None)
+        if previous is not None:
+            previous.cancel()
 
-class _DeliverDue:
-    pass
+        def fire() -> None:  # on the hub's schedule (or in ManualTimers.advance): quick, never blocks
+            if timers.get(key) is handle:
+                del timers[key]
+            _tell_quietly(ref, event)
 
+        handle = self.deps.timers.schedule(max(0.0, effect.at - self.deps.clock()), fire)
+        timers[key] = handle
 
-@dataclasses.dataclass(frozen=True)
-class _Recorded:
-    """The background record of sent rows finished; if not ``ok`` they are still 'sending'."""
+    def _cancel_timer(self, effect: pm.CancelTimer) -> None:
+        handle = self._timers.pop(effect.key, None)
+        if handle is not None:
+            handle.cancel()
 
-    outbox_ids: tuple[str, ...]
-    ok: bool
+    def _later(self, effect: pm.Later) -> None:
+        _tell_quietly(self.actor_ref, effect.event)
 
-
-class _DeliverMore:
-    """The last claim was full: there may be more due now."""
-
-
-def _iso(value: Any) -> str | None:
-    return None if value is None else value.isoformat()
+    def _fail(self, effect: pm.Fail) -> None:
+        # As when the statement ran in the handler: the actor fails, and its restart answers what is
+        # still unanswered and asks the network about a row that may be 'sending'.
+        raise effect.error
 
 
 def _tell_quietly(ref: Any, message: Any) -> None:
