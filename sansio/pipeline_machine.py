@@ -23,7 +23,7 @@ State (one record per bot, rebuilt on every change, never mutated):
   ``answers_later``: answers in flight written to wait in the outbox, which commit before any
   answer written after them, so none of those is sent at once either (a bot's outgoing order is
   its commit order); ``recording``: rows sent whose 'sent' record has not committed (a claim leaves them out); the
-  token bucket (``tokens`` at ``tokens_at``) of the send rate; ``deliver_at``: every time a claim
+  token bucket of the send rate (``bucket``, ``sansio.token_bucket``); ``deliver_at``: every time a claim
   is to run (a retry comes due, the next token), earliest first, the delivery timer running for the
   first (one timer replaced by a sooner one would forget the later time).
 - **config**: the bot's rules and AI settings, loaded when first needed (``LoadConfig``) and
@@ -63,6 +63,7 @@ from typing import Any, NamedTuple
 from sansio import rules as rules_mod
 from sansio.backoff import BackoffPolicy, Rng
 from sansio.retry_rules import is_transient
+from sansio.token_bucket import Bucket
 
 STORE_TIMER = "store"
 DELIVER_TIMER = "deliver"
@@ -274,12 +275,11 @@ class PipelineState(NamedTuple):
     recording: frozenset = frozenset()
     sending: Sending | None = None
     claim_limit: int = 0
-    tokens: float = 0.0
-    tokens_at: float = 0.0
+    bucket: Bucket = Bucket(0.0, 0.0)
 
     @classmethod
     def initial(cls, settings: Settings, now: float) -> PipelineState:
-        return cls(settings=settings, tokens=float(settings.send_burst), tokens_at=now)
+        return cls(settings=settings, bucket=Bucket.full(settings.send_burst, now))
 
     def contact(self, contact_id: str) -> Contact:
         return self.contacts.get(contact_id, IDLE)
@@ -678,8 +678,8 @@ class _Step:
         (self.settings, self.connected, self.waiting, self.phone_waiting, self.storing, self.store_alone,
          self.store_attempt, self.store_retry_at, self.config, self.awaiting_config,
          self.contacts, self.changed, self.answers_now, self.answers_later, self.phase, self.deferred,
-         self.maybe_due, self.deliver_at, self.recording, self.sending, self.claim_limit, self.tokens,
-         self.tokens_at) = s
+         self.maybe_due, self.deliver_at, self.recording, self.sending, self.claim_limit,
+         self.bucket) = s
         self.now = now
         self.rng = rng
         self.effects: list = []
@@ -693,7 +693,7 @@ class _Step:
             self.settings, self.connected, self.waiting, self.phone_waiting, self.storing, self.store_alone,
             self.store_attempt, self.store_retry_at, self.config, self.awaiting_config,
             contacts, self.changed, self.answers_now, self.answers_later, self.phase, self.deferred, self.maybe_due,
-            self.deliver_at, self.recording, self.sending, self.claim_limit, self.tokens, self.tokens_at)
+            self.deliver_at, self.recording, self.sending, self.claim_limit, self.bucket)
 
     # -- contacts ------------------------------------------------------------------------------------
 
@@ -723,31 +723,19 @@ class _Step:
 
     # -- the token bucket ----------------------------------------------------------------------------
 
-    def _refill(self) -> None:
-        if self.now > self.tokens_at:
-            refill = (self.now - self.tokens_at) * self.settings.send_rate
-            # Counted to a billionth: float sums of refills then reach whole tokens, where 0.99999...96
-            # would ask for a wait too short to move the clock, and a timer that fires at once, forever.
-            self.tokens = min(self.settings.send_burst, round(self.tokens + refill, 9))
-            self.tokens_at = self.now
+    def _refill(self) -> Bucket:
+        settings = self.settings
+        self.bucket = bucket = self.bucket.refilled(settings.send_rate, settings.send_burst, self.now)
+        return bucket
 
     def tokens_available(self) -> int:
-        if not self.settings.send_rate:
-            return self.settings.send_burst
-        self._refill()
-        return int(self.tokens)
+        return self._refill().available(self.settings.send_rate, self.settings.send_burst)
 
     def token_wait(self) -> float:
-        if not self.settings.send_rate:
-            return 0.0
-        self._refill()
-        return 0.0 if self.tokens >= 1 else (1 - self.tokens) / self.settings.send_rate
+        return self._refill().wait_time(self.settings.send_rate)
 
     def take_token(self) -> None:
-        if self.settings.send_rate:
-            self._refill()
-            if self.tokens >= 1:
-                self.tokens -= 1
+        self.bucket = self._refill().taken(self.settings.send_rate)
 
 
 # -- inbound ---------------------------------------------------------------------------------------
