@@ -199,6 +199,14 @@ SPECS += (
     Spec("AUTH_LINK_TTL", _positive_float, "86400", "Seconds a set-password, invite or reset link stays valid (default 24 h)."),
     Spec("SIGN_IN_LOCKOUT", _positive_float, "900", "Seconds sign-ins for an email (or from an address) are refused after too many failures."),
     Spec("PROXY_HOPS", _non_negative_int, "0", "Reverse proxies in front of the web app whose X-Forwarded-For/-Proto/-Host are trusted (0: none; the peer address is the client)."),
+    # Webhooks
+    Spec("WEBHOOKS_ALLOW_HTTP", _bool, "false", "Accept plain http:// webhook URLs (otherwise https only)."),
+    Spec("WEBHOOKS_ALLOW_PRIVATE", _bool, "false", "Let webhook URLs reach loopback, private, link-local and metadata addresses (off: refused when saved and at every delivery, after DNS)."),
+    Spec("WEBHOOK_TIMEOUT", _positive_float, "15", "Seconds one webhook request may take, connecting to the last byte read."),
+    Spec("WEBHOOK_MAX_IN_FLIGHT", _positive_int, "4", "Requests in flight per webhook endpoint, across every supervisor process; a hanging receiver holds only these."),
+    Spec("WEBHOOK_CONCURRENCY", _positive_int, "500", "Webhook requests one supervisor process runs at once, all endpoints together."),
+    Spec("WEBHOOK_DISABLE_AFTER", _positive_float, "432000", "Seconds an endpoint may fail every attempt before it is disabled (default 5 days)."),
+    Spec("WEBHOOK_RETENTION", _positive_float, "604800", "Seconds webhook deliveries and their attempts are kept for the log and replay (default 7 days)."),
 )
 
 _BY_FIELD = {spec.field: spec for spec in SPECS}
@@ -274,6 +282,13 @@ class Settings:
     auth_link_ttl: float
     sign_in_lockout: float
     proxy_hops: int
+    webhooks_allow_http: bool
+    webhooks_allow_private: bool
+    webhook_timeout: float
+    webhook_max_in_flight: int
+    webhook_concurrency: int
+    webhook_disable_after: float
+    webhook_retention: float
 
 
 def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
