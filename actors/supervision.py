@@ -36,6 +36,7 @@ from actors.base import Actor, actor_of
 from actors.pipeline import PipelineDeps
 from actors.session import BotSession, Refresh, SessionDeps
 from actors.supervisor import ChildSpec, Supervisor, children_of
+from actors.webhooks import WebhookDeps, WebhookDispatcher, WebhookMetrics
 from core.root import Publisher, SupervisionRoot
 from db import bots as bots_db
 from db.listen import listen_forever
@@ -256,8 +257,9 @@ def transport_factory(settings: Any) -> Any:
 
 class Supervision:
     """What ``run.py supervisor`` (or ``all``) runs: a top supervisor whose children are the sessions'
-    supervisor ("bots", one transient child per bot) and the lease keeper ("leases"), started in that
-    order and stopped in reverse, so the keeper stops claiming before the sessions stop."""
+    supervisor ("bots", one transient child per bot), the lease keeper ("leases") and the webhook
+    dispatcher ("webhooks"), started in that order and stopped in reverse, so the keeper stops
+    claiming before the sessions stop."""
 
     def __init__(self, system: SupervisionRoot, *, owner: str | None = None, factory: Any = None,
                  listen_dsn: str | None = None, rng: random.Random | None = None) -> None:
@@ -287,6 +289,10 @@ class Supervision:
             "bot_connect_attempts", "Connection attempts by why the session dialled", ["reason"], registry=registry
         )
         registry.register(_SessionCollector(self))
+        self.webhook_deps = WebhookDeps(
+            settings=settings, pool=system.pool, owner=self.owner, publish=system.publish,
+            metrics=WebhookMetrics(registry, system.pool), listen_dsn=listen_dsn, rng=self.rng,
+        )
         cell: dict[str, Any] = {}
 
         def bots_supervisor() -> Any:
@@ -312,6 +318,12 @@ class Supervision:
                 ChildSpec(
                     "leases",
                     start=lambda: LeaseKeeper.start(self.deps, bots_supervisor, listen_dsn),
+                    restart="permanent",
+                    shutdown=settings.shutdown_timeout,
+                ),
+                ChildSpec(
+                    "webhooks",
+                    start=lambda: WebhookDispatcher.start(self.webhook_deps),
                     restart="permanent",
                     shutdown=settings.shutdown_timeout,
                 ),

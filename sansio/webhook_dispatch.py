@@ -14,6 +14,8 @@ many, and when to record outcomes. ``actors/webhooks.py`` executes the effects.
   once).
 - **Spacing**: claims start at least ``gap`` seconds apart (a finished request asks for one, and at
   1,000 a second that would be a query per request); a claim asked for sooner waits on a timer.
+- **Retention**: every ``prune_every`` seconds, deliveries older than the retention go
+  (``Prune``; several processes pruning at once is harmless).
 - **Polls**: every ``poll`` seconds a claim runs even without a wake (retries that came due, leases
   of a process that died), and after a failed claim sooner.
 
@@ -28,6 +30,7 @@ from typing import Any, NamedTuple
 POLL_TIMER = "poll"
 RECORD_TIMER = "record"
 CLAIM_TIMER = "claim"
+PRUNE_TIMER = "prune"
 
 
 # -- inputs ------------------------------------------------------------------------------------------
@@ -84,6 +87,10 @@ class Record(NamedTuple):
     results: tuple[Any, ...]
 
 
+class Prune(NamedTuple):
+    pass
+
+
 class EndpointDisabled(NamedTuple):
     endpoint_id: str
     tenant_id: str
@@ -109,6 +116,7 @@ class Settings:
     retry: float = 1.0  # seconds before a failed claim or record is tried again
     batch: int = 200  # at most this many rows per claim
     gap: float = 0.005  # seconds between the starts of two claims
+    prune_every: float = 600.0  # seconds between two prunings of old deliveries
 
 
 @dataclasses.dataclass
@@ -136,6 +144,7 @@ def transition(state: State, now: float, event: Any) -> list[Any]:
 
 def _start(s: State, now: float, e: Start, out: list) -> None:
     _poll_later(s, now, s.settings.poll, out)
+    out.append(ScheduleTimer(PRUNE_TIMER, now + s.settings.prune_every, PruneDue()))
     _claim(s, now, out)
 
 
@@ -212,6 +221,11 @@ def _claim(s: State, now: float, out: list) -> None:
     out.append(Claim(room))
 
 
+def _prune_due(s: State, now: float, e: Any, out: list) -> None:
+    out.append(Prune())
+    out.append(ScheduleTimer(PRUNE_TIMER, now + s.settings.prune_every, PruneDue()))
+
+
 def _claim_due(s: State, now: float, e: Any, out: list) -> None:
     s.claim_timer = False
     _claim(s, now, out)
@@ -237,11 +251,16 @@ class ClaimDue(NamedTuple):
     pass
 
 
+class PruneDue(NamedTuple):
+    pass
+
+
 _HANDLERS: dict[type, Any] = {
     Start: _start,
     Wake: _wake,
     PollDue: _poll,
     ClaimDue: _claim_due,
+    PruneDue: _prune_due,
     Claimed: _claimed,
     ClaimFailed: _claim_failed,
     Posted: _posted,

@@ -95,7 +95,7 @@ CREATE FUNCTION webhook_type_matches(patterns text[], event_type text) RETURNS b
 
 -- One delivery for every enabled endpoint of the tenant that wants the event; a notification wakes
 -- the workers (a cue only: they also poll).
-CREATE FUNCTION webhook_fan_out(tenant uuid, bot uuid, event_type text, event_key text, payload jsonb,
+CREATE FUNCTION webhook_fan_out(tenant uuid, bot uuid, event_type text, fact text, payload jsonb,
                                 at timestamptz) RETURNS integer
     LANGUAGE plpgsql VOLATILE SET search_path = public, pg_temp
     AS $$
@@ -103,7 +103,7 @@ CREATE FUNCTION webhook_fan_out(tenant uuid, bot uuid, event_type text, event_ke
     BEGIN
         INSERT INTO webhook_deliveries (tenant_id, endpoint_id, event_key, type, bot_id, data, occurred_at,
                                         next_attempt_at)
-        SELECT e.tenant_id, e.id, event_key, event_type, bot, payload, at, at
+        SELECT e.tenant_id, e.id, fact, event_type, bot, payload, at, at
           FROM webhook_endpoints e
          WHERE e.tenant_id = tenant AND e.enabled
            AND (e.bot_ids IS NULL OR bot = ANY (e.bot_ids))
