@@ -45,7 +45,12 @@ from sansio.outbound_address import AddressRefused
 log = logging.getLogger(__name__)
 
 _LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
-LEASE_MARGIN = 10.0  # seconds a lease outlasts the request's timeout: room to record the outcome
+
+
+def lease_seconds(timeout: float) -> float:
+    """How long a claim holds a delivery: the request's deadline twice over, and two seconds, so the
+    outcome is recorded well before another process may take the row again."""
+    return 2 * timeout + 2.0
 
 
 class WebhookMetrics:
@@ -125,7 +130,7 @@ class WebhookDispatcher(Actor):
         self.deps = deps
         settings = deps.settings
         self.state = wd.State(dataclasses.replace(deps.dispatch, concurrency=settings.webhook_concurrency))
-        self.lease = settings.webhook_timeout + LEASE_MARGIN
+        self.lease = lease_seconds(settings.webhook_timeout)
         self._timers: dict[str, TimerHandle] = {}
         self._tasks = gevent.pool.Group()  # claims, records, requests, the listener: killed at teardown
         self._stopping = False
