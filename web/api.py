@@ -32,9 +32,11 @@ from web.errors import ApiError, error_response
 
 SCOPES = ("read", "send", "manage")
 SCOPE_MEANING = {
-    "read": "read everything of the tenant: bots, conversations, messages, media, outbox, rules, AI settings, events",
+    "read": "read everything of the tenant: bots, conversations, messages, media, outbox, rules, AI settings, events,"
+            " webhooks and their deliveries",
     "send": "write to customers: send messages, upload media, take conversations over, retry failed sends",
-    "manage": "change the tenant: bots (create, start, stop, pair, delete), rules, AI settings, users and API keys",
+    "manage": "change the tenant: bots (create, start, stop, pair, delete), rules, AI settings, webhooks, users and"
+              " API keys",
 }
 SECURITY_SCHEME: dict[str, Any] = {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "wbk_…",
                               "description": "An API key: `Authorization: Bearer wbk_…`. A key may be limited to "

@@ -23,14 +23,18 @@ messages, reply rules and AI settings, media, the outbox, and live events.
 **Authentication.** Every request under `/api/v1` sends `Authorization: Bearer <key>`; the key decides
 the tenant. A key may be limited to scopes, chosen when it is created: `read` (read everything),
 `send` (write to customers: send, upload media, take conversations over, retry failed sends),
-`manage` (bots, rules, AI settings, users and keys). Each operation's security requirement names the
-scope it needs; a request outside its key's scopes gets 403 `forbidden` naming the missing one. Keys
-made without scopes have full access.
+`manage` (bots, rules, AI settings, webhooks, users and keys). Each operation's security requirement
+names the scope it needs; a request outside its key's scopes gets 403 `forbidden` naming the missing
+one. Keys made without scopes have full access.
 
 **Errors** are JSON: `{"error": {"status", "code", "message", "field"?}, "request_id"}`; `field` names
 the request field at fault as a path (`rules[2].pattern`, `transport_options.proxy`, `ai.temperature`).
 Another tenant's objects are 404, like ids that name nothing. The examples of each error response
 carry `x-request`: the request that produces them.
+
+**Webhooks**: the platform POSTs the tenant's events to its endpoints (`/api/v1/webhooks`), signed as
+Standard Webhooks; each delivery and attempt is in the endpoint's log. Payloads and signatures:
+`docs/webhooks.md`.
 
 **Live events** come as server-sent events from `GET /api/v1/events` (see there) or over a WebSocket,
 `GET /api/v1/ws` (see there, and `docs/api.md` for every frame).
@@ -142,6 +146,42 @@ _ERRORS: dict[str, dict[int, list[tuple[str, dict[str, Any], dict[str, Any]]]]] 
         404: [("a bot that is not started", {"key": "full", "path": {"bot_id": "{bot}"}},
                {"code": "no_qr"})],
     },
+    "createWebhook": {
+        400: [("a plain http URL", {"key": "full", "body": {"url": "http://hooks.example.com/wabot"}},
+               {"code": "invalid_input", "field": "url",
+                "message": "must be an https:// URL (plain http is off: WEBHOOKS_ALLOW_HTTP)"}),
+              ("a loopback address", {"key": "full", "body": {"url": "https://127.0.0.1/wabot"}},
+               {"code": "invalid_input", "field": "url",
+                "message": "127.0.0.1 is a loopback address; the platform only connects to public addresses"}),
+              ("an event type that matches nothing",
+               {"key": "full", "body": {"url": "https://hooks.example.com/wabot",
+                                        "event_types": ["message.in", "mesage.out"]}},
+               {"code": "invalid_input", "field": "event_types[1]"}),
+              ("another tenant's (or an unknown) bot",
+               {"key": "full", "body": {"url": "https://93.184.215.14/wabot",
+                                        "bot_ids": ["00000000-0000-4000-8000-000000000000"]}},
+               {"code": "invalid_input", "field": "bot_ids[0]", "message": "is not one of your bots"})],
+        403: [("a key limited to reading", {"key": "read", "body": {"url": "https://hooks.example.com/wabot"}},
+               {"code": "forbidden", "message": "this key lacks the scope 'manage' (it has: read)"})],
+    },
+    "getWebhook": {
+        404: [("another tenant's (or an unknown) endpoint", {"key": "full", "path": {"webhook_id": "{missing}"}},
+               {"code": "not_found", "message": "webhook not found"})],
+    },
+    "listWebhookDeliveries": {
+        400: [("an unknown state", {"key": "full", "path": {"webhook_id": "{missing}"}, "query": {"state": "lost"}},
+               {"code": "invalid_input", "field": "state",
+                "message": "must be one of pending, delivering, delivered, failed"}),
+              ("a time range that ends before it starts",
+               {"key": "full", "path": {"webhook_id": "{missing}"},
+                "query": {"since": "2026-12-02T00:00:00Z", "until": "2026-12-01T00:00:00Z"}},
+               {"code": "invalid_input", "field": "until", "message": "must be later than since"})],
+    },
+    "replayWebhookDelivery": {
+        404: [("another tenant's (or an unknown) delivery",
+               {"key": "full", "path": {"webhook_id": "{missing}", "delivery_id": "{missing}"}},
+               {"code": "not_found", "message": "delivery not found"})],
+    },
     "streamEvents": {
         400: [("a resume id that is not a number", {"key": "full", "query": {"last_event_id": "abc"}},
                {"code": "invalid_input", "field": "last_event_id",
@@ -168,6 +208,21 @@ _LINKS = {
     },
     ("uploadMedia", 201): {
         "GetMedia": ("getMedia", {"media_id": "$response.body#/id"}),
+    },
+    ("createWebhook", 201): {
+        "GetWebhook": ("getWebhook", {"webhook_id": "$response.body#/id"}),
+        "UpdateWebhook": ("updateWebhook", {"webhook_id": "$response.body#/id"}),
+        "DeleteWebhook": ("deleteWebhook", {"webhook_id": "$response.body#/id"}),
+        "RotateWebhookSecret": ("rotateWebhookSecret", {"webhook_id": "$response.body#/id"}),
+        "TestWebhook": ("testWebhook", {"webhook_id": "$response.body#/id"}),
+        "ListWebhookDeliveries": ("listWebhookDeliveries", {"webhook_id": "$response.body#/id"}),
+        "ReplayFailedWebhookDeliveries": ("replayFailedWebhookDeliveries", {"webhook_id": "$response.body#/id"}),
+    },
+    ("testWebhook", 202): {
+        "GetWebhookDelivery": ("getWebhookDelivery",
+                               {"webhook_id": "$request.path.webhook_id", "delivery_id": "$response.body#/id"}),
+        "ReplayWebhookDelivery": ("replayWebhookDelivery",
+                                  {"webhook_id": "$request.path.webhook_id", "delivery_id": "$response.body#/id"}),
     },
     ("createUser", 201): {
         "GetUser": ("getUser", {"user_id": "$response.body#/id"}),
