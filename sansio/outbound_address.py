@@ -49,9 +49,11 @@ def refusal(address: str | IpAddress) -> str | None:
             return f"{ip} is {name} address"
     if isinstance(ip, ipaddress.IPv4Address) and ip in CGNAT:
         return f"{ip} is a shared (CGNAT) address"
+    if ip.is_reserved:
+        return f"{ip} is a reserved address, not a public one"
     if ip.is_private:
         return f"{ip} is a private address"
-    if ip.is_reserved or not ip.is_global:
+    if not ip.is_global:
         return f"{ip} is not a public address"
     return None
 

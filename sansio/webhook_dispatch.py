@@ -210,7 +210,7 @@ def _claim(s: State, now: float, out: list) -> None:
     room = min(s.settings.concurrency - s.in_flight, s.settings.batch)
     if room <= 0:
         return  # a finished request claims again
-    if now - s.last_claim_at < s.settings.gap:
+    if now < s.last_claim_at + s.settings.gap:  # the timer below fires at exactly that sum
         if not s.claim_timer:
             s.claim_timer = True
             out.append(ScheduleTimer(CLAIM_TIMER, s.last_claim_at + s.settings.gap, ClaimDue()))
