@@ -233,3 +233,60 @@ def test_two_dispatchers_send_every_delivery_and_never_one_at_the_same_time(sett
     assert receiver.concurrent_ids == []
     assert receiver.max_in_flight <= 4
     receiver.stop()
+
+
+def test_an_endpoint_failing_every_attempt_for_five_days_is_disabled_and_announced(settings, pool):
+    tenant = new_tenant(pool)
+    bot = new_bot(pool, tenant)
+    receiver = Receiver(lambda request: (500, [], b"broken"))
+    endpoint, _ = new_endpoint(pool, tenant, receiver.url())
+    pool.query(tenant, "UPDATE webhook_endpoints SET failing_since = now() - interval '5 days' WHERE id = %s",
+               (endpoint,))
+    with dispatcher(settings, pool) as (_, published, _):
+        inbound(pool, tenant, bot)
+        wait_until(lambda: published.events, 10, "the webhook.disabled notice")
+    enabled, reason, disabled_at = pool.query(
+        tenant, "SELECT enabled, disabled_reason, disabled_at FROM webhook_endpoints WHERE id = %s", (endpoint,))[0]
+    assert not enabled and disabled_at is not None
+    assert reason == "every attempt failed for 5 days (last: HTTP 500)"
+    [(_, _, kind, payload)] = published.events
+    assert kind == "webhook.disabled" and payload == {"endpoint_id": endpoint, "reason": reason}
+    receiver.stop()
+
+
+def test_a_success_ends_an_endpoints_failing_spell(settings, pool):
+    tenant = new_tenant(pool)
+    bot = new_bot(pool, tenant)
+    receiver = Receiver()
+    endpoint, _ = new_endpoint(pool, tenant, receiver.url())
+    pool.query(tenant, "UPDATE webhook_endpoints SET failing_since = now() - interval '1 day' WHERE id = %s",
+               (endpoint,))
+    with dispatcher(settings, pool):
+        inbound(pool, tenant, bot)
+        wait_until(lambda: pool.query(tenant, "SELECT failing_since IS NULL FROM webhook_endpoints WHERE id = %s",
+                                      (endpoint,))[0][0], 10, "the failing spell ended")
+    receiver.stop()
+
+
+def test_metrics_count_outcomes_and_show_each_endpoints_queue(settings, pool):
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from actors.webhooks import WebhookMetrics
+
+    tenant = new_tenant(pool)
+    bot = new_bot(pool, tenant)
+    receiver, down = Receiver(), Receiver()
+    new_endpoint(pool, tenant, receiver.url())
+    waiting, _ = new_endpoint(pool, tenant, down.url())
+    down.stop()
+    registry = CollectorRegistry()
+    with dispatcher(settings, pool, metrics=WebhookMetrics(registry, pool)):
+        inbound(pool, tenant, bot)
+        wait_until(lambda: receiver.done and deliveries(pool, tenant, waiting)[0]["attempts"] == 1, 10, "both tried")
+        text = generate_latest(registry).decode()
+    assert 'webhook_deliveries_total{outcome="delivered"} 1.0' in text
+    assert 'webhook_deliveries_total{outcome="retry"} 1.0' in text
+    assert f'webhook_queue_deliveries{{endpoint="{waiting}",state="pending"}} 1.0' in text
+    assert "webhook_delivery_latency_seconds_count 1.0" in text
+    assert "webhook_endpoints_disabled 0.0" in text
+    receiver.stop()
