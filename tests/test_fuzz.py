@@ -1,8 +1,9 @@
 """The API fuzzed with schemathesis (v4) from its own OpenAPI document: every phase, stateful included
 (following the document's links: create a bot, then read, change and delete it; send a message, then
-read its outbox row), as tenant A while tenant B's objects exist, with paths naming A's, B's and made-up
-ids. No 5xx, no response outside its own schema, no invalid request accepted, and nothing of tenant B's
-in any answer (tests/fuzz_hooks.py).
+read its outbox row; add a webhook endpoint, then test it and replay the test delivery), as tenant A
+while tenant B's objects exist, with paths naming A's, B's and made-up ids. No 5xx, no response outside
+its own schema, no invalid request accepted, and nothing of tenant B's in any answer
+(tests/fuzz_hooks.py).
 
 The streams are left out (they never end; tests/test_sse.py and tests/test_ws.py cover them), and so is
 the pair-code request: its answer comes from a running session, and without one it is the documented
@@ -48,8 +49,12 @@ def _objects(url: str, key: str, name: str) -> dict[str, str]:
                          timeout=10).json()
     contact = requests.get(f"{url}/api/v1/bots/{bot['id']}/conversations", headers=auth,
                            timeout=10).json()["conversations"][0]["id"]
+    # A literal public address: saved without a DNS lookup; no delivery worker runs here to call it.
+    webhook = requests.post(f"{url}/api/v1/webhooks", json={"url": "https://93.184.215.14/hook"}, headers=auth,
+                            timeout=10).json()
+    delivery = requests.post(f"{url}/api/v1/webhooks/{webhook['id']}/test", headers=auth, timeout=10).json()
     return {"bot_id": bot["id"], "outbox_id": sent["outbox_id"], "media_id": media["id"], "user_id": user["id"],
-            "contact": contact, "name": bot["name"]}
+            "contact": contact, "name": bot["name"], "webhook_id": webhook["id"], "delivery_id": delivery["id"]}
 
 
 def test_schemathesis_finds_no_server_error_schema_break_or_cross_tenant_read(fuzzed, make_tenant, tmp_path):

@@ -176,7 +176,8 @@ class DeliveryPath(PathModel):
 
 
 def _time(value: Any, field: str) -> datetime.datetime | None:
-    if value is None or value == "":
+    """An ISO 8601 time (naive: UTC), or None when none was given; FieldError otherwise."""
+    if value is None:
         return None
     at: datetime.datetime | None = None
     if isinstance(value, datetime.datetime):
@@ -205,10 +206,8 @@ def _range(since: datetime.datetime | None, until: datetime.datetime | None) -> 
 class DeliveriesQuery(Paging):
     state: Literal["pending", "delivering", "delivered", "failed"] | None = Field(None, description="only this state")
     type: str | None = Field(None, description="only this event type, or a prefix like message.*")
-    since: str | None = Field(None, description="created at or after this ISO 8601 time (send '+' as %2B)",
-                              json_schema_extra={"format": "date-time"})
-    until: str | None = Field(None, description="created before this ISO 8601 time",
-                              json_schema_extra={"format": "date-time"})
+    since: str | None = Field(None, description="created at or after this ISO 8601 time (send '+' as %2B)")
+    until: str | None = Field(None, description="created before this ISO 8601 time")
 
     @field_validator("state", mode="before")
     @classmethod
@@ -231,7 +230,7 @@ class DeliveriesQuery(Paging):
     @classmethod
     def _times(cls, value: Any, info: Any) -> Any:
         _time(value, info.field_name)
-        return None if value == "" else value
+        return value
 
     @model_validator(mode="after")
     def _ordered(self) -> DeliveriesQuery:
@@ -284,10 +283,8 @@ class ReplayFailed(Model):
     model_config = body_config({"since": "2026-12-01T00:00:00Z", "until": "2026-12-02T00:00:00Z"}, {})
 
     since: str | None = Field(None, description="failed deliveries created at or after this ISO 8601 time;"
-                                                " left out: from the oldest kept",
-                              json_schema_extra={"format": "date-time"})
-    until: str | None = Field(None, description="… and before this time; left out: up to now",
-                              json_schema_extra={"format": "date-time"})
+                                                " left out: from the oldest kept")
+    until: str | None = Field(None, description="… and before this time; left out: up to now")
 
     @field_validator("since", "until", mode="before")
     @classmethod
@@ -295,7 +292,7 @@ class ReplayFailed(Model):
         if value is not None and not isinstance(value, str):
             raise ValueError("must be an ISO 8601 time like 2026-12-01T10:00:00Z")
         _time(value, info.field_name)
-        return None if value == "" else value
+        return value
 
     @model_validator(mode="after")
     def _ordered(self) -> ReplayFailed:
