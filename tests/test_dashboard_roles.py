@@ -19,7 +19,7 @@ from tests.fakes import FakeRoot
 from web.app import create_app
 
 # (name, method, path, form data, permission). Paths use {bot}, {contact}, {media}, {outbox},
-# {member}, {key}; READ pages also cover their fragments.
+# {member}, {key}, {webhook}, {delivery}; READ pages also cover their fragments.
 REQUESTS = [
     ("inbox", "GET", "/app/inbox", None, roles.READ),
     ("inbox root", "GET", "/app", None, roles.READ),
@@ -65,6 +65,17 @@ REQUESTS = [
     ("create key", "POST", "/app/admin/keys", {"name": "matrix"}, roles.ADMIN),
     ("revoke key", "POST", "/app/admin/keys/{key}/revoke", {"confirm": "yes"}, roles.ADMIN),
     ("status", "GET", "/app/admin/status", None, roles.ADMIN),
+    ("webhooks", "GET", "/app/webhooks", None, roles.READ),
+    ("webhook", "GET", "/app/webhooks/{webhook}", None, roles.READ),
+    ("add webhook", "POST", "/app/webhooks", {"url": "https://93.184.215.14/matrix"}, roles.ADMIN),
+    ("save webhook", "POST", "/app/webhooks/{webhook}", {"url": "https://93.184.215.14/changed"}, roles.ADMIN),
+    ("turn webhook off", "POST", "/app/webhooks/{webhook}/disable", {}, roles.ADMIN),
+    ("turn webhook on", "POST", "/app/webhooks/{webhook}/enable", {}, roles.ADMIN),
+    ("rotate webhook secret", "POST", "/app/webhooks/{webhook}/rotate", {"confirm": "yes"}, roles.ADMIN),
+    ("test webhook", "POST", "/app/webhooks/{webhook}/test", {}, roles.ADMIN),
+    ("replay delivery", "POST", "/app/webhooks/{webhook}/deliveries/{delivery}/replay", {}, roles.ADMIN),
+    ("replay failed", "POST", "/app/webhooks/{webhook}/replay-failed", {}, roles.ADMIN),
+    ("delete webhook", "POST", "/app/webhooks/{webhook}/delete", {"confirm": "yes"}, roles.ADMIN),
 ]
 
 # Routes that need no tenant role: signing in and out, links, the tenant picker, one's own account.
@@ -88,6 +99,9 @@ def _fingerprint(pg, tenant_id):
                 "SELECT id, role, account_id FROM users WHERE tenant_id = %s ORDER BY id",
                 "SELECT id, revoked_at FROM api_keys WHERE tenant_id = %s ORDER BY id",
                 "SELECT encode(token_hash, 'hex'), used_at FROM auth_links WHERE tenant_id = %s ORDER BY token_hash",
+                ("SELECT id, url, enabled, secret, event_types::text, bot_ids::text FROM webhook_endpoints"
+                 " WHERE tenant_id = %s ORDER BY id"),
+                "SELECT id, state, attempts FROM webhook_deliveries WHERE tenant_id = %s ORDER BY id",
             ):
                 cur.execute(sql, (tenant_id,))
                 parts.append(repr(cur.fetchall()))
@@ -112,8 +126,10 @@ def world(web, shop, pg):
                           headers={"Content-Type": "image/png"}).json()["id"]
     member = accounts.invite(web.pool, shop.tenant_id, f"pending-{uuid.uuid4().hex[:6]}@example.test", "viewer")
     key = shop.api.post("/api-keys", json={"name": "second"}).json()["id"]
+    webhook = shop.api.post("/webhooks", json={"url": "https://93.184.215.14/hook"}).json()["id"]
+    delivery = shop.api.post(f"/webhooks/{webhook}/test").json()["id"]
     return {"bot": bot, "contact": contact, "media": media, "outbox": sent["outbox_id"], "member": member, "key": key,
-            "uid": uuid.uuid4().hex[:8]}
+            "webhook": webhook, "delivery": delivery, "uid": uuid.uuid4().hex[:8]}
 
 
 def _request(member, method, path, data, ids):
@@ -156,7 +172,8 @@ def test_a_signed_out_visitor_is_sent_to_sign_in_or_refused(web, pg, shop, world
 def test_every_dashboard_route_is_in_the_matrix(settings, pool):
     app = create_app(FakeRoot(settings, pool))
     sample = {"bot": str(uuid.uuid4()), "contact": str(uuid.uuid4()), "media": str(uuid.uuid4()),
-              "outbox": str(uuid.uuid4()), "member": str(uuid.uuid4()), "key": str(uuid.uuid4()), "uid": "x"}
+              "outbox": str(uuid.uuid4()), "member": str(uuid.uuid4()), "key": str(uuid.uuid4()),
+              "webhook": str(uuid.uuid4()), "delivery": str(uuid.uuid4()), "uid": "x"}
     adapter = app.url_map.bind("localhost")
     tried = {(adapter.match(path.format(**sample).split("?")[0], method=method)[0], method)
              for _, method, path, _, _ in REQUESTS}

@@ -15,7 +15,7 @@ from flask import abort, redirect, render_template, request, url_for
 
 import media
 from core import context
-from db import conversations, dashboard
+from db import conversations, dashboard, webhook_endpoints
 from db import conversations_api as api_db
 from sansio import recipients, roles
 from web import media as media_api
@@ -63,8 +63,10 @@ def inbox(person: Member) -> Any:
     rows = dashboard.inbox(pool, person.tenant_id, bot_id, PAGE, before)
     more = len(rows) > PAGE
     rows = rows[:PAGE]
+    # The home page names every webhook the platform turned off: events are no longer sent to it.
+    disabled = webhook_endpoints.disabled(pool, person.tenant_id) if before is None else []
     return render_template("inbox.html", conversations=rows, bots=bot_names, bot_id=bot_id, first_page=before is None,
-                           next_before=_cursor(rows[-1], "activity") if more else None)
+                           next_before=_cursor(rows[-1], "activity") if more else None, disabled_webhooks=disabled)
 
 
 @blueprint.get("/app/inbox/row")
