@@ -364,7 +364,8 @@ def test_a_viewer_accepts_an_invitation_on_a_phone_and_sees_no_composer_and_may_
 def test_the_main_pages_render_without_script_errors(day):
     page = day.page
     for name, path in (("inbox", "/app/inbox"), ("bots", "/app/bots"), ("bot", f"/app/bots/{day.bot_id}"),
-                       ("ai", f"/app/bots/{day.bot_id}/ai"), ("status", "/app/admin/status")):
+                       ("ai", f"/app/bots/{day.bot_id}/ai"), ("status", "/app/admin/status"),
+                       ("webhooks", "/app/webhooks")):
         page.goto(day.platform.url + path)
         expect(page.locator("main h1").first).to_be_visible()
         shot(day, name)
