@@ -290,3 +290,19 @@ def test_metrics_count_outcomes_and_show_each_endpoints_queue(settings, pool):
     assert "webhook_delivery_latency_seconds_count 1.0" in text
     assert "webhook_endpoints_disabled 0.0" in text
     receiver.stop()
+
+
+def test_a_receiver_slower_than_the_timeout_is_a_failed_attempt_that_says_so(settings, pool):
+    tenant = new_tenant(pool)
+    bot = new_bot(pool, tenant)
+    receiver = Receiver()
+    receiver.hang = True
+    endpoint, _ = new_endpoint(pool, tenant, receiver.url())
+    with dispatcher(settings, pool, webhook_timeout=0.5):
+        inbound(pool, tenant, bot)
+        row = wait_until(lambda: (d := deliveries(pool, tenant, endpoint)[0])["attempts"] == 1 and d, 10, "attempt 1")
+    receiver.release()
+    [tried] = attempts(pool, tenant, row["id"])
+    assert row["state"] == "pending" and tried["error"] == "timed out after 0.5 s" and tried["status_code"] is None
+    assert 450 <= tried["duration_ms"] < 2000
+    receiver.stop()

@@ -254,7 +254,9 @@ CREATE FUNCTION webhook_claim(owner text, at timestamptz, lease_seconds double p
            SET state = 'delivering', lease_owner = owner,
                lease_expires_at = at + make_interval(secs => lease_seconds)
           FROM pick, webhook_endpoints e
-         WHERE d.id = pick.id AND e.id = d.endpoint_id
+         -- The state again: a row changed since this statement's snapshot (a replay, a record) is
+         -- checked anew before it is leased.
+         WHERE d.id = pick.id AND e.id = d.endpoint_id AND d.state = 'pending'
         RETURNING d.id, d.tenant_id, d.endpoint_id, e.url, e.secret, e.previous_secret, e.previous_secret_until,
                   e.failing_since, d.type, d.data, d.occurred_at, d.attempts, d.created_at;
     END
