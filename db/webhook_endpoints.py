@@ -32,7 +32,9 @@ _ENDPOINT = (
     "e.id, e.url, e.description, e.event_types, e.bot_ids::text[], e.enabled, e.failing_since, e.disabled_at,"
     " e.disabled_reason, CASE WHEN e.previous_secret_until > now() THEN e.previous_secret_until END,"
     " e.created_at, e.updated_at,"
-    " (SELECT count(*) FROM webhook_deliveries d WHERE d.endpoint_id = e.id AND d.state IN ('pending', 'delivering')),"
+    # One count per state, so each is answered from its partial index, never the endpoint's whole log.
+    " (SELECT count(*) FROM webhook_deliveries d WHERE d.endpoint_id = e.id AND d.state = 'pending')"
+    " + (SELECT count(*) FROM webhook_deliveries d WHERE d.endpoint_id = e.id AND d.state = 'delivering'),"
     " (SELECT count(*) FROM webhook_deliveries d WHERE d.endpoint_id = e.id AND d.state = 'failed')"
 )
 _ENDPOINT_KEYS = ("id", "url", "description", "event_types", "bot_ids", "enabled", "failing_since", "disabled_at",
