@@ -24,7 +24,8 @@ and then imports ``bench._harness``.
 - ``Verdict``: PASS or MISS against a target; "(not judged)" under ``--smoke``, whose tiny counts make
   figures that mean nothing. ``SmokeFailure``/``smoke_check``: a smoke run that did not go through.
 - ``percentile`` (interpolated) and ``nearest_rank``; ``Child`` and ``end_process`` for child
-  processes; ``proc_cpu``, ``proc_status``, ``children``, ``self_cpu``; ``free_port``, ``answers``,
+  processes; ``proc_cpu``, ``proc_status``, ``children``, ``self_cpu``, ``postgres_cpu``; ``split_cpus``
+  (this process on a CPU of its own, PostgreSQL and the others on the rest); ``free_port``, ``answers``,
   ``wait_until``; ``git_tree`` (a baseline revision's code); py-spy's collapsed stacks.
 """
 
@@ -416,6 +417,60 @@ def self_cpu() -> float:
     """This process's user + system CPU seconds so far."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def postgres_cpu(postmaster: int | None) -> collections.Counter:
+    """CPU seconds of the embedded server's postmaster and its children now alive, by kind: the app
+    role's backends, the WAL writer, everything else (checkpointer, autovacuum, a superuser's
+    statistics connection...). Empty for ``DATABASE_URL`` (no postmaster of ours)."""
+    cpu: collections.Counter = collections.Counter()
+    if postmaster is None:
+        return cpu
+    from db import embedded
+
+    cpu["other"] += proc_cpu(postmaster)
+    for pid in children(postmaster):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                title = fh.read().decode(errors="replace")
+        except OSError:
+            continue
+        kind = "backends" if embedded.APP_ROLE in title else "walwriter" if "walwriter" in title else "other"
+        cpu[kind] += proc_cpu(pid)
+    return cpu
+
+
+def tasks(pid: int) -> list[int]:
+    """The thread ids of a process (none when it is gone)."""
+    try:
+        return [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return []
+
+
+def split_cpus(name: str, postmaster: int | None, others: dict[str, int]) -> str:
+    """This process (``name`` in the report) on the first allowed CPU; PostgreSQL (the postmaster, its
+    processes, and the backends it forks from now on) and the processes of ``others`` (report name ->
+    pid) on the rest, as when they are other machines. Returns what was done, for the report."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        return "CPUs shared (only one CPU)"
+    mine, rest = {allowed[0]}, set(allowed[1:])
+    for tid in tasks(os.getpid()):  # threads started later inherit from the main thread
+        os.sched_setaffinity(tid, mine)
+    moved = []
+    if postmaster is not None:
+        for pid in [postmaster, *children(postmaster)]:
+            for tid in tasks(pid):
+                os.sched_setaffinity(tid, rest)
+        moved.append("PostgreSQL")
+    for label, pid in others.items():
+        for tid in tasks(pid):
+            os.sched_setaffinity(tid, rest)
+        moved.append(label)
+    where = ", ".join(str(c) for c in sorted(rest))
+    return (f"CPUs split: {name} on CPU {allowed[0]}, {' and '.join(moved) or 'nothing else'} on CPU {where}"
+            + ("" if postmaster is not None else " (DATABASE_URL: PostgreSQL not moved)"))
 
 
 # -- verdicts -------------------------------------------------------------------------------------------
