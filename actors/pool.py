@@ -77,6 +77,10 @@ class PoolConfig:
     statement_timeout: float = 30.0
     leak_threshold: float = 30.0
     application_name: str = "wabot"
+    # True when ``dsn`` is a transaction pooler (PgBouncer's pool_mode = transaction): it refuses the
+    # ``options`` startup parameter and hands each transaction to any server connection, so the
+    # statement timeout goes with every transaction instead of once per connection.
+    pooled: bool = False
 
     @classmethod
     def from_settings(cls, settings: Any, dsn: str) -> PoolConfig:
@@ -88,7 +92,14 @@ class PoolConfig:
             max_lifetime=settings.database_max_lifetime,
             statement_timeout=settings.database_statement_timeout,
             leak_threshold=settings.database_leak_threshold,
+            pooled=settings.database_direct_url is not None,
         )
+
+    def transaction_prefix(self) -> bytes:
+        """What every transaction starts with on a pooled connection (nothing on a direct one)."""
+        if not self.pooled:
+            return b""
+        return f"SELECT set_config('statement_timeout', '{int(self.statement_timeout * 1000)}', true); ".encode()
 
 
 class _Shared:
@@ -202,14 +213,11 @@ class PoolActor(Actor):
             self.shared.connecting -= 1
 
     def _open(self) -> Any:
-        options = f"-c statement_timeout={int(self.config.statement_timeout * 1000)}"
+        # Behind a transaction pooler the timeout goes with each transaction (PoolConfig.pooled).
+        options = None if self.config.pooled else f"-c statement_timeout={int(self.config.statement_timeout * 1000)}"
         # libpq ignores connect_timeout for the asynchronous connect that green mode uses.
         with gevent.Timeout(self.config.connect_timeout, psycopg2.OperationalError("connect timed out")):
-            raw = psycopg2.connect(
-                self.config.dsn,
-                options=options,
-                application_name=self.config.application_name,
-            )
+            raw = psycopg2.connect(self.config.dsn, application_name=self.config.application_name, options=options)
         raw.autocommit = True
         return raw
 
@@ -391,6 +399,7 @@ class Pool:
 
     def __init__(self, config: PoolConfig, rng: random.Random | None = None) -> None:
         self.config = config
+        self._prefix = config.transaction_prefix()
         self._shared = _Shared(config.size)
         self.actor_ref = PoolActor.start(config, self._shared, rng)
 
@@ -474,6 +483,8 @@ class Pool:
                 body = cur.mogrify(_TENANT_SQL, (str(tenant_id),)) + body
             if not durable:
                 body = _NOT_DURABLE + body
+            if self._prefix:
+                body = self._prefix + body
             cur.execute(body)
             if not rows:
                 return cur.rowcount
@@ -486,9 +497,10 @@ class Pool:
             self._release(conn, broken, lost=lost)
 
     def _begin_prefix(self, cur: Any, tenant_id: str | None) -> bytes:
+        begin = _BEGIN_NO_TENANT + self._prefix
         if tenant_id is None:
-            return _BEGIN_NO_TENANT
-        return _BEGIN_NO_TENANT + cur.mogrify(_TENANT_SQL, (tenant_id,))
+            return begin
+        return begin + cur.mogrify(_TENANT_SQL, (tenant_id,))
 
     def _acquire(self, timeout: float | None = None) -> _Conn:
         shared = self._shared

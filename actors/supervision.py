@@ -407,7 +407,9 @@ def pipeline_deps(system: SupervisionRoot, rng: random.Random) -> PipelineDeps:
 
 
 def start(system: SupervisionRoot) -> Supervision:
-    listen_dsn = system.pool.config.dsn
+    # LISTEN needs a connection of its own that stays on one server session: the direct URL when
+    # the pool goes through a transaction pooler.
+    listen_dsn = system.settings.database_direct_url or system.pool.config.dsn
     supervision = Supervision(system, listen_dsn=listen_dsn)
     system.add_component("supervision", supervision.stop)
     return supervision

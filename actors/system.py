@@ -144,10 +144,16 @@ class System:
             self._media_store = store_from_settings(self.settings)
         return self._media_store
 
+    @property
+    def listen_dsn(self) -> str:
+        """Where LISTEN connections go: ``DATABASE_DIRECT_URL`` when the pool's URL is a transaction
+        pooler (which cannot keep a LISTEN), else the pool's own URL."""
+        return self.settings.database_direct_url or self.pool.config.dsn
+
     def start_bus(self) -> pykka.ActorRef[EventBus]:
         """The event bus this process's live streams subscribe to (web processes)."""
         bus = self.bus = EventBus.start(
-            self.pool, self.pool.config.dsn, self.settings.events_retention, self.metrics.registry
+            self.pool, self.listen_dsn, self.settings.events_retention, self.metrics.registry
         )
         self.bus_metrics = actor_of(bus).metrics
         self._on_stop("event bus", lambda: bus.stop(timeout=self.settings.shutdown_timeout))

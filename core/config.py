@@ -140,6 +140,7 @@ SPECS: tuple[Spec, ...] = (
     # Database
     Spec("DATABASE_URL", _database_url, "", "Application login role (not superuser, not owner, not BYPASSRLS). Empty starts the embedded PostgreSQL under DATA_DIR."),
     Spec("DATABASE_OWNER_URL", _database_url, "", "Role that owns the schema and runs migrations. Empty with DATABASE_URL set: migrations are not run and start-up checks that none are pending."),
+    Spec("DATABASE_DIRECT_URL", _database_url, "", "A direct connection (not through a pooler) to the same database, for what a transaction pooler cannot carry: LISTEN (bot commands, live streams, webhooks). Set it when DATABASE_URL goes through PgBouncer in transaction mode; the pool then sets statement_timeout per transaction instead of at connect. Empty: DATABASE_URL is used for both."),
     Spec("DATABASE_MAX_CONNECTIONS", _positive_int, "20", "Fixed number of connections the pool actor keeps open."),
     Spec("DATABASE_CONNECT_TIMEOUT", _positive_float, "5", "Seconds to wait for a new database connection."),
     Spec("DATABASE_ACQUIRE_TIMEOUT", _positive_float, "10", "Seconds a borrower waits for a free connection before a clear error."),
@@ -232,6 +233,7 @@ class Settings:
     shutdown_timeout: float
     database_url: str | None
     database_owner_url: str | None
+    database_direct_url: str | None
     database_max_connections: int
     database_connect_timeout: float
     database_acquire_timeout: float

@@ -65,7 +65,8 @@ class FakeRoot:
 
     def start_bus(self) -> FakeRoot:
         """Start the event bus live streams subscribe to, as ``System.start_bus`` does."""
-        self.bus = EventBus.start(self.pool, self.pool.config.dsn, self.settings.events_retention,
+        self.bus = EventBus.start(self.pool, self.settings.database_direct_url or self.pool.config.dsn,
+                                  self.settings.events_retention,
                                   self.metrics.registry)
         self.bus_metrics = actor_of(self.bus).metrics
         return self

@@ -74,7 +74,8 @@ class Published:
 
 @contextlib.contextmanager
 def dispatcher(settings: Any, pool: Any, *, fake_clock: bool = False, owner: str | None = None,
-               listen: bool = False, metrics: Any = None, **changes: Any):
+               listen: bool = False, metrics: Any = None, listen_dsn: str | None = None, poll: float | None = None,
+               **changes: Any):
     """A running dispatcher (``WEBHOOKS_ALLOW_HTTP`` and ``WEBHOOKS_ALLOW_PRIVATE`` on unless changed);
     yields ``(actor, published, timers)`` (timers None on the real clock)."""
     changes = {"webhooks_allow_http": True, "webhooks_allow_private": True, **changes}
@@ -83,8 +84,8 @@ def dispatcher(settings: Any, pool: Any, *, fake_clock: bool = False, owner: str
     timers = ManualTimers(start=time.time()) if fake_clock else None
     extra: dict[str, Any] = {"clock": timers.now, "timers": timers} if timers is not None else {}
     deps = WebhookDeps(settings=settings, pool=pool, owner=owner or f"test-{uuid.uuid4().hex[:6]}", publish=published,
-                       listen_dsn=pool.config.dsn if listen else None, rng=random.Random(7),
-                       dispatch=wd.Settings(poll=0.05 if not fake_clock else 1.0), metrics=metrics, **extra)
+                       listen_dsn=listen_dsn or (pool.config.dsn if listen else None), rng=random.Random(7),
+                       dispatch=wd.Settings(poll=poll or (0.05 if not fake_clock else 1.0)), metrics=metrics, **extra)
     ref = WebhookDispatcher.start(deps)
     try:
         yield actor_of(ref), published, timers
