@@ -35,6 +35,7 @@ from psycopg2 import extensions
 
 from actors.base import Actor
 from core import retry
+from db.green import CancellableConnection
 from sansio.backoff import BackoffPolicy
 
 log = logging.getLogger(__name__)
@@ -217,7 +218,11 @@ class PoolActor(Actor):
         options = None if self.config.pooled else f"-c statement_timeout={int(self.config.statement_timeout * 1000)}"
         # libpq ignores connect_timeout for the asynchronous connect that green mode uses.
         with gevent.Timeout(self.config.connect_timeout, psycopg2.OperationalError("connect timed out")):
-            raw = psycopg2.connect(self.config.dsn, application_name=self.config.application_name, options=options)
+            raw = psycopg2.connect(self.config.dsn, application_name=self.config.application_name, options=options,
+                                   connection_factory=CancellableConnection)
+        # An abandoned statement is cancelled over a new connection to the server (db/green.py);
+        # behind a transaction pooler the backend's pid is the pooler's, so the statement timeout ends it.
+        raw.cancel_dsn = None if self.config.pooled else self.config.dsn
         raw.autocommit = True
         return raw
 
