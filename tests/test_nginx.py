@@ -7,7 +7,7 @@ import urllib.request
 import pytest
 
 from db import events as events_db
-from tests.nginx import Nginx
+from bench._nginx import Nginx
 from tests.sse_client import SSEClient
 from tests.test_ws import WS
 

@@ -8,7 +8,7 @@ import pytest
 
 from actors.pool import Pool, PoolConfig
 from db import embedded
-from tests.pgbouncer import PgBouncer
+from bench._pgbouncer import PgBouncer
 from tests.waiting import wait_until
 from tests.webhook_harness import clear_webhooks, deliveries, dispatcher, inbound, new_bot, new_endpoint, new_tenant
 from tests.webhook_receiver import Receiver

@@ -1,0 +1,99 @@
+"""A real PgBouncer in transaction pooling mode in front of the test session's PostgreSQL.
+
+The distribution's ``pgbouncer`` (``.ci/run`` installs it) listens on 127.0.0.1 and reaches the
+embedded server on its unix socket. It refuses to run as root, so under root it runs as the user
+that owns the server's socket directory (the one that may open the socket), with its files in a
+directory of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.parse
+from typing import Any
+
+PGBOUNCER_PATHS = ("pgbouncer", "/usr/sbin/pgbouncer")
+
+
+def binary() -> str:
+    for candidate in PGBOUNCER_PATHS:
+        found = shutil.which(candidate)
+        if found:
+            return found
+    raise RuntimeError("PgBouncer is not installed: apt-get install -y pgbouncer (.ci/run does)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class PgBouncer:
+    """``url(user)``: a libpq URL through the pooler for one of the server's roles."""
+
+    def __init__(self, server_url: str, users: tuple[str, ...], *, pool_size: int = 3) -> None:
+        parsed = urllib.parse.urlsplit(server_url)
+        self.database = parsed.path.lstrip("/")
+        socket_dir = urllib.parse.parse_qs(parsed.query)["host"][0]
+        self.port = _free_port()
+        self.dir = tempfile.mkdtemp(prefix="wabot-pgbouncer-")
+        os.chmod(self.dir, 0o777)
+        auth = os.path.join(self.dir, "users.txt")
+        with open(auth, "w") as f:
+            f.writelines(f'"{user}" ""\n' for user in users)
+        ini = os.path.join(self.dir, "pgbouncer.ini")
+        with open(ini, "w") as f:
+            f.write(
+                "[databases]\n"
+                f"{self.database} = host={socket_dir} dbname={self.database}\n"
+                "[pgbouncer]\n"
+                f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
+                f"auth_type = trust\nauth_file = {auth}\n"
+                f"pool_mode = transaction\ndefault_pool_size = {pool_size}\nmax_client_conn = 200\n"
+                f"logfile = {os.path.join(self.dir, 'pgbouncer.log')}\n"
+                f"pidfile = {os.path.join(self.dir, 'pgbouncer.pid')}\n"
+                "server_reset_query =\nignore_startup_parameters =\n"
+            )
+        for path in (auth, ini):
+            os.chmod(path, 0o644)
+        command = [binary(), ini]
+        if os.geteuid() == 0:
+            command = [binary(), "-u", pwd.getpwuid(os.stat(socket_dir).st_uid).pw_name, ini]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"pgbouncer exited: {self.process.stderr.read().decode()[-2000:]}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("pgbouncer did not start listening within 10 s")
+
+    def url(self, user: str) -> str:
+        return f"postgresql://{user}@127.0.0.1:{self.port}/{self.database}"
+
+    def log(self) -> str:
+        try:
+            with open(os.path.join(self.dir, "pgbouncer.log")) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def stop(self, *_: Any) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
