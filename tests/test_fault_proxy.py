@@ -10,6 +10,8 @@ import pytest
 
 from actors.pool import Pool, PoolConfig
 from bench._faultproxy import FaultProxy
+from db.green import pending_cancels
+from tests.waiting import wait_until
 
 
 @pytest.fixture
@@ -67,3 +69,4 @@ def test_a_query_abandoned_in_a_black_hole_leaves_at_its_deadline_and_the_proces
     ticker.kill()
     proxy.black_hole(False)
     assert proxied_pool.query(None, "SELECT 3")[0][0] == 3
+    wait_until(lambda: pending_cancels() == 0, 10, "the cancel request's greenlet to end")
