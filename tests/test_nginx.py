@@ -6,8 +6,8 @@ import urllib.request
 
 import pytest
 
-from db import events as events_db
 from bench._nginx import Nginx
+from db import events as events_db
 from tests.sse_client import SSEClient
 from tests.test_ws import WS
 

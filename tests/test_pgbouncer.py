@@ -7,8 +7,8 @@ import psycopg2
 import pytest
 
 from actors.pool import Pool, PoolConfig
-from db import embedded
 from bench._pgbouncer import PgBouncer
+from db import embedded
 from tests.waiting import wait_until
 from tests.webhook_harness import clear_webhooks, deliveries, dispatcher, inbound, new_bot, new_endpoint, new_tenant
 from tests.webhook_receiver import Receiver
