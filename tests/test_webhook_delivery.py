@@ -192,7 +192,8 @@ def test_a_hanging_receiver_holds_its_own_slots_and_never_delays_another_endpoin
             inbound(pool, tenant, bot, f"message {i}")
         wait_until(lambda: len(healthy.done) == 20, 10, "the healthy endpoint's 20 deliveries")
         assert stuck.in_flight == 4 and stuck.max_in_flight == 4  # WEBHOOK_MAX_IN_FLIGHT
-        assert all(d["state"] == "delivered" for d in deliveries(pool, tenant, other))
+        wait_until(lambda: all(d["state"] == "delivered" for d in deliveries(pool, tenant, other)), 10,
+                   "the healthy endpoint's outcomes recorded")
         stuck.release()
         wait_until(lambda: len(stuck.done) == 20, 10, "the stuck endpoint's deliveries once released")
     assert stuck.max_in_flight == 4
@@ -276,13 +277,15 @@ def test_metrics_count_outcomes_and_show_each_endpoints_queue(settings, pool):
     tenant = new_tenant(pool)
     bot = new_bot(pool, tenant)
     receiver, down = Receiver(), Receiver()
-    new_endpoint(pool, tenant, receiver.url())
+    healthy, _ = new_endpoint(pool, tenant, receiver.url())
     waiting, _ = new_endpoint(pool, tenant, down.url())
     down.stop()
     registry = CollectorRegistry()
     with dispatcher(settings, pool, metrics=WebhookMetrics(registry, pool)):
         inbound(pool, tenant, bot)
-        wait_until(lambda: receiver.done and deliveries(pool, tenant, waiting)[0]["attempts"] == 1, 10, "both tried")
+        # Both outcomes recorded (each is counted before it is recorded).
+        wait_until(lambda: all(deliveries(pool, tenant, e)[0]["attempts"] == 1 for e in (healthy, waiting)), 10,
+                   "both tried")
         text = generate_latest(registry).decode()
     assert 'webhook_deliveries_total{outcome="delivered"} 1.0' in text
     assert 'webhook_deliveries_total{outcome="retry"} 1.0' in text

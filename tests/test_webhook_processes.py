@@ -35,10 +35,10 @@ def _supervisor(pg, data_dir, log_path, **env_changes):
         WA_SIMULATOR_ADDR="127.0.0.1:1",  # no bots run here: only the webhook dispatcher works
         WEBHOOKS_ALLOW_HTTP="true",
         WEBHOOKS_ALLOW_PRIVATE="true",
-        WEBHOOK_TIMEOUT="1",
         LOG_LEVEL="info",
-        **env_changes,
     )
+    env["WEBHOOK_TIMEOUT"] = "1"
+    env.update(env_changes)
     log = open(log_path, "wb")  # noqa: SIM115 - handed to the child as its stdout and stderr
     return subprocess.Popen([sys.executable, "run.py", "supervisor"], cwd=ROOT, env=env, stdout=log, stderr=log)
 
@@ -59,7 +59,9 @@ def test_a_delivery_in_flight_when_its_process_is_killed_reaches_the_receiver_af
     receiver = Receiver()
     receiver.hang = True  # the first request is held until the process that sent it is dead
     endpoint, _ = new_endpoint(pool, tenant, receiver.url())
-    first = _supervisor(pg, str(tmp_path), tmp_path / "first.log")
+    # A timeout well above the moments between the request's arrival and the kill: the attempt is in
+    # flight when the process dies (its lease, 2 x 3 + 2 s, then expires for the second process).
+    first = _supervisor(pg, str(tmp_path), tmp_path / "first.log", WEBHOOK_TIMEOUT="3")
     try:
         message = inbound(pool, tenant, bot)
         wait_until(lambda: receiver.requests, 30, "the first attempt at the receiver")
@@ -70,7 +72,7 @@ def test_a_delivery_in_flight_when_its_process_is_killed_reaches_the_receiver_af
     receiver.release()
     [row] = deliveries(pool, tenant, endpoint)
     assert row["state"] == "delivering"  # leased by the dead process, nothing recorded
-    second = _supervisor(pg, str(tmp_path), tmp_path / "second.log")
+    second = _supervisor(pg, str(tmp_path), tmp_path / "second.log", WEBHOOK_TIMEOUT="3")
     try:
         wait_until(lambda: deliveries(pool, tenant, endpoint)[0]["state"] == "delivered", 30,
                    "the delivery after the restart (once the dead process's lease expired)")
