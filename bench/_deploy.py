@@ -28,15 +28,10 @@ from typing import Any
 
 from bench._nginx import Nginx
 from bench._pgbouncer import PgBouncer
+from bench._servers import free_port
 from db import embedded, migrate
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def free_port_pair() -> int:

@@ -12,21 +12,14 @@ import os
 import pathlib
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
+
+from bench._servers import binary, free_port, wait_listening
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent  # the repository
-NGINX_PATHS = ("nginx", "/usr/sbin/nginx")
 
 
-def binary() -> str:
-    for candidate in NGINX_PATHS:
-        found = shutil.which(candidate)
-        if found:
-            return found
-    raise RuntimeError("nginx is not installed: apt-get install -y nginx-light (.ci/run does)")
 
 
 def documented_locations() -> str:
@@ -39,17 +32,13 @@ def documented_locations() -> str:
     return match.group(1)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Nginx:
     """nginx on 127.0.0.1 (``url``) balancing over ``upstreams`` (``host:port`` each)."""
 
     def __init__(self, upstreams: list[str]) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.dir = tempfile.mkdtemp(prefix="wabot-nginx-")
         os.chmod(self.dir, 0o777)
@@ -68,18 +57,9 @@ class Nginx:
         path = os.path.join(d, "nginx.conf")
         with open(path, "w") as f:
             f.write(conf)
-        self.process = subprocess.Popen([binary(), "-p", d, "-c", path], stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"nginx exited: {self.process.stderr.read().decode()[-2000:]}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("nginx did not start listening within 10 s")
+        nginx = binary("nginx", "nginx-light")
+        self.process = subprocess.Popen([nginx, "-p", d, "-c", path], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        wait_listening(self.process, self.port, "nginx")
 
     def error_log(self) -> str:
         try:

@@ -11,28 +11,12 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 import urllib.parse
 from typing import Any
 
-PGBOUNCER_PATHS = ("pgbouncer", "/usr/sbin/pgbouncer")
-
-
-def binary() -> str:
-    for candidate in PGBOUNCER_PATHS:
-        found = shutil.which(candidate)
-        if found:
-            return found
-    raise RuntimeError("PgBouncer is not installed: apt-get install -y pgbouncer (.ci/run does)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from bench._servers import binary, free_port, wait_listening
 
 
 class PgBouncer:
@@ -42,7 +26,7 @@ class PgBouncer:
         parsed = urllib.parse.urlsplit(server_url)
         self.database = parsed.path.lstrip("/")
         socket_dir = urllib.parse.parse_qs(parsed.query)["host"][0]
-        self.port = _free_port()
+        self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="wabot-pgbouncer-")
         os.chmod(self.dir, 0o777)
         auth = os.path.join(self.dir, "users.txt")
@@ -63,20 +47,12 @@ class PgBouncer:
             )
         for path in (auth, ini):
             os.chmod(path, 0o644)
-        command = [binary(), ini]
+        pgbouncer = binary("pgbouncer", "pgbouncer")
+        command = [pgbouncer, ini]
         if os.geteuid() == 0:
-            command = [binary(), "-u", pwd.getpwuid(os.stat(socket_dir).st_uid).pw_name, ini]
+            command = [pgbouncer, "-u", pwd.getpwuid(os.stat(socket_dir).st_uid).pw_name, ini]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"pgbouncer exited: {self.process.stderr.read().decode()[-2000:]}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("pgbouncer did not start listening within 10 s")
+        wait_listening(self.process, self.port, "pgbouncer")
 
     def url(self, user: str) -> str:
         return f"postgresql://{user}@127.0.0.1:{self.port}/{self.database}"
