@@ -349,6 +349,11 @@ def test_a_viewer_accepts_an_invitation_on_a_phone_and_sees_no_composer_and_may_
         expect(mobile.locator("#messages .msg").first).to_be_visible()
         assert mobile.locator("#composer").count() == 0 and mobile.locator("#takeover-button").count() == 0
         shot(day, "mobile-conversation", page=mobile)
+        mobile.goto(f"{day.platform.url}/app/webhooks")
+        expect(mobile.locator("h1")).to_have_text("Webhooks")
+        assert mobile.locator("form[action$='/app/webhooks']").count() == 0  # a viewer only reads
+        assert mobile.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")  # nothing sideways
+        shot(day, "mobile-webhooks", page=mobile)
         token = mobile.evaluate("JSON.parse(document.body.getAttribute('hx-headers'))['X-CSRF-Token']")
         before = (len(api(day, "GET", "/outbox?state=pending")["outbox"])
                   + len(api(day, "GET", "/outbox?state=sent")["outbox"]))
