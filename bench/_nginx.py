@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import tempfile
 
-from bench._servers import binary, free_port, wait_listening
+from bench._servers import binary, free_port, stop_process, wait_listening
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent  # the repository
 
@@ -68,11 +68,5 @@ class Nginx:
             return ""
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -16,7 +16,7 @@ import tempfile
 import urllib.parse
 from typing import Any
 
-from bench._servers import binary, free_port, wait_listening
+from bench._servers import binary, free_port, stop_process, wait_listening
 
 
 class PgBouncer:
@@ -65,11 +65,5 @@ class PgBouncer:
             return ""
 
     def stop(self, *_: Any) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         shutil.rmtree(self.dir, ignore_errors=True)

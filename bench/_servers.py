@@ -1,5 +1,5 @@
 """What the soak's server helpers share (``_pgbouncer``, ``_nginx``, ``_deploy``): finding a
-distribution binary, a free port on 127.0.0.1, and waiting for a started server to listen."""
+distribution binary, a free port on 127.0.0.1, waiting for a started server to listen, and stopping it."""
 
 from __future__ import annotations
 
@@ -37,3 +37,14 @@ def wait_listening(process: subprocess.Popen, port: int, what: str, timeout: flo
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"{what} did not start listening within {timeout:g} s")
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if it is still there after ``timeout`` seconds."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
