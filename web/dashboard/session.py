@@ -182,6 +182,17 @@ def wants_fragment() -> bool:
     return request.headers.get("HX-Request") == "true"
 
 
+# htmx swaps no 4xx/5xx answer by default: a form fragment that shows its own error (a refused send, a
+# rule that does not compile) says so with this header, and app.js swaps it in like a success. Every
+# other failed request shows the page's request-error notice instead of nothing.
+FORM_ERROR_HEADER = "X-Form-Error"
+
+
+def form_fragment(body: str, status: int) -> tuple[str, int, dict[str, str]]:
+    """A form's fragment answered with ``status``; one that shows its error (4xx/5xx) is swapped in anyway."""
+    return body, status, ({FORM_ERROR_HEADER: "shown"} if status >= 400 else {})
+
+
 def _to_sign_in() -> Any:
     target = request.full_path if request.query_string else request.path
     return redirect(url_for("dashboard.sign_in", next=target))

@@ -179,7 +179,7 @@ def bot_pair_code(person: Member, bot_id: str) -> Any:
     context = dict(bot=found, pairing=_pairing(person, found), confirm=CONFIRM, pair_code=code, pair_error=error)
     status = 200 if error is None else 400
     if session.wants_fragment():
-        return render_template("_bot_panel.html", **context), status
+        return session.form_fragment(render_template("_bot_panel.html", **context), status)
     return render_template("bot.html", **context), status
 
 
@@ -235,8 +235,9 @@ def _render_rules(person: Member, bot: dict[str, Any], rules: list[dict[str, Any
     context = dict(bot=bot, rules=rules, error=None, error_index=None, error_field=None, saved=False,
                    dirty=False, test_text="", test_result=None, max_rules=rules_mod.MAX_RULES)
     context.update(extra)
-    template = "_rules_form.html" if session.wants_fragment() else "rules.html"
-    return render_template(template, **context), status
+    if session.wants_fragment():
+        return session.form_fragment(render_template("_rules_form.html", **context), status)
+    return render_template("rules.html", **context), status
 
 
 @blueprint.get("/app/bots/<bot_id>/rules")

@@ -175,7 +175,8 @@ def send(person: Member, contact_id: str) -> Any:
 
 def _send_failed(person: Member, contact: dict[str, Any], error: str, draft: str, status: int) -> Any:
     if session.wants_fragment():
-        return render_template("_composer.html", c=contact, send_error=error, draft=draft), status
+        composer = render_template("_composer.html", c=contact, send_error=error, draft=draft)
+        return session.form_fragment(composer, status)
     rows = dashboard.messages(session.root().pool, person.tenant_id, contact["id"], MESSAGES, None)
     older = _cursor(rows[MESSAGES - 1], "created_at") if len(rows) > MESSAGES else None
     rows = _messages_view(person, contact, list(reversed(rows[:MESSAGES])))

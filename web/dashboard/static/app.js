@@ -359,8 +359,41 @@
     });
   }
 
+  // -- failed requests -------------------------------------------------------------------------
+
+  // htmx swaps no 4xx/5xx answer by default. A form fragment showing its own error says so
+  // (X-Form-Error) and is swapped in like a success; any other failure shows a notice, never nothing.
+  function requestErrors() {
+    var notice = document.getElementById("request-error");
+    function say(text) {
+      if (!notice) return;
+      notice.textContent = text;
+      notice.hidden = !text;
+    }
+    document.body.addEventListener("htmx:beforeSwap", function (e) {
+      var xhr = e.detail.xhr;
+      if (xhr.status >= 400 && xhr.getResponseHeader("X-Form-Error")) {
+        e.detail.shouldSwap = true;
+        e.detail.isError = false;
+      }
+    });
+    document.body.addEventListener("htmx:responseError", function (e) {
+      var xhr = e.detail.xhr;
+      if (xhr.status === 401) return; // HX-Redirect takes the page to the sign-in
+      say("That did not work: the server answered " + xhr.status + (xhr.statusText ? " " + xhr.statusText : "") +
+          ". Reload the page and try again.");
+    });
+    document.body.addEventListener("htmx:sendError", function () {
+      say("That did not reach the server: check the connection and try again.");
+    });
+    document.body.addEventListener("htmx:afterRequest", function (e) {
+      if (e.detail.successful) say("");
+    });
+  }
+
   function start() {
     rememberZone();
+    requestErrors();
     enhance(document);
     window.setInterval(function () { document.querySelectorAll("[data-until]").forEach(countdown); }, 1000);
     if (window.htmx) window.htmx.onLoad(function (el) { if (el !== document.body) enhance(el); });
