@@ -144,6 +144,14 @@ def _serve(system: System, *, web: bool, supervise: bool) -> int:
         from actors import supervision
 
         supervision.start(system)
+        if not web and system.settings.health_port is not None:
+            from web.health import create_health_app
+            from web.server import make_server
+
+            health = make_server(create_health_app(system), system.settings, port=system.settings.health_port)
+            health.start()
+            system.add_component("health server", lambda: health.stop(timeout=1))
+            log.info("health listening", extra={"port": health.server_port})
 
     if web:
         from web.app import create_app

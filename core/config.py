@@ -71,6 +71,10 @@ def _optional_str(raw: str) -> str | None:
     return raw or None
 
 
+def _optional_port(raw: str) -> int | None:
+    return _port(raw) if raw.strip() else None
+
+
 def _database_url(raw: str) -> str | None:
     if not raw:
         return None
@@ -106,6 +110,7 @@ _EXPECTED: dict[Callable[[str], Any], str] = {
     _non_negative_float: "a number of seconds of at least 0",
     _port: "a port number from 0 to 65535",
     _optional_str: "any text",
+    _optional_port: "a port number from 0 to 65535, or empty",
     _database_url: "a postgresql:// URL",
     _str: "any text",
     _bool: "true or false",
@@ -150,6 +155,7 @@ SPECS: tuple[Spec, ...] = (
     # Web
     Spec("HOST", _str, "127.0.0.1", "Address the web server binds."),
     Spec("PORT", _port, "8000", "Port the web server binds (0 picks a free one)."),
+    Spec("HEALTH_PORT", _optional_port, "", "Port on which a `run.py supervisor` process serves /healthz, /readyz and /metrics; empty: none (web processes serve them on PORT)."),
     Spec("HTTP_KEEPALIVE_TIMEOUT", _positive_float, "75", "Seconds an idle keep-alive connection is kept open."),
     Spec("HTTP_HEADER_TIMEOUT", _positive_float, "10", "Seconds a client has to send its request headers."),
     Spec("HTTP_MAX_BODY", _positive_int, "1048576", "Largest request body in bytes; larger bodies get 413."),
@@ -242,6 +248,7 @@ class Settings:
     database_leak_threshold: float
     host: str
     port: int
+    health_port: int | None
     http_keepalive_timeout: float
     http_header_timeout: float
     http_max_body: int

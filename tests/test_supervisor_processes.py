@@ -130,3 +130,33 @@ def test_two_supervisor_processes_run_every_bot_once_and_take_over_a_dead_ones_b
         assert survivor.returncode == 0, (tmp_path / "sup0.log").read_text()[-3000:]
         # A clean stop releases its leases at once.
         assert all(r["supervisor"] is None for r in rows().values())
+
+
+def test_a_supervisor_process_with_a_health_port_serves_health_and_metrics_and_nothing_else(pg, tmp_path):
+    import requests
+
+    from bench._servers import free_port
+
+    port = free_port()
+    env = dict(os.environ, DATABASE_URL=pg.app_url, DATABASE_OWNER_URL=pg.owner_url, DATA_DIR=str(tmp_path),
+               WA_TRANSPORT="simulator", WA_SIMULATOR_ADDR="127.0.0.1:9", HEALTH_PORT=str(port))
+    with open(tmp_path / "sup.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "run.py", "supervisor"], cwd=ROOT, env=env, stdout=log, stderr=log)
+    base = f"http://127.0.0.1:{port}"
+
+    def get(path):
+        try:
+            return requests.get(base + path, timeout=2)
+        except requests.ConnectionError:
+            return None
+
+    try:
+        wait_until(lambda: get("/healthz") is not None, 30, "the health port", interval=0.1)
+        assert get("/healthz").json() == {"status": "ok"}
+        assert get("/readyz").json() == {"status": "ready"}
+        metrics = get("/metrics").text
+        assert "process_greenlets " in metrics and "process_os_threads " in metrics and "db_pool_size " in metrics
+        assert get("/api/v1/bots").status_code == 404
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0, (tmp_path / "sup.log").read_text()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import gevent
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Flask, Response, jsonify
 
 from core.metrics import CONTENT_TYPE
 from web.auth import system
@@ -44,3 +44,13 @@ def metrics() -> Any:
     m = system().metrics
     m.refresh_process_gauges()
     return Response(m.render(), mimetype=CONTENT_TYPE.split(";")[0], headers={"Content-Type": CONTENT_TYPE})
+
+
+def create_health_app(system: Any) -> Flask:
+    """Only these three routes, for a process that supervises bots and serves no web UI or API
+    (``run.py supervisor`` with ``HEALTH_PORT``): its liveness, its pool and its metrics (greenlets,
+    threads, sessions) are what an operator watches on it."""
+    app = Flask("wabot-health", static_folder=None)
+    app.extensions["wabot"] = system
+    app.register_blueprint(blueprint)
+    return app

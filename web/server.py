@@ -48,13 +48,15 @@ class TimedHandler(WebSocketHandler):
         pass
 
 
-def make_server(app: Any, settings: Any) -> WSGIServer:
+def make_server(app: Any, settings: Any, port: int | None = None) -> WSGIServer:
+    """The WSGI server for ``app`` on HOST and ``port`` (PORT unless given)."""
     handler = type(
         "ConfiguredHandler",
         (TimedHandler,),
         {"header_timeout": settings.http_header_timeout, "keepalive_timeout": settings.http_keepalive_timeout},
     )
-    return WSGIServer(_listener(settings.host, settings.port), app, handler_class=handler, log=None, error_log=log)
+    listener = _listener(settings.host, settings.port if port is None else port)
+    return WSGIServer(listener, app, handler_class=handler, log=None, error_log=log)
 
 
 def _listener(host: str, port: int) -> Any:
