@@ -26,6 +26,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+from bench._faultproxy import FaultProxy
 from bench._nginx import Nginx
 from bench._pgbouncer import PgBouncer
 from bench._servers import free_port
@@ -61,8 +62,12 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: floa
 
 class Deployment:
     def __init__(self, *, webs: int = 2, supervisors: int = 2, env: dict[str, str] | None = None,
-                 directory: str | None = None) -> None:
+                 directory: str | None = None, db_proxy: bool = False) -> None:
+        """``db_proxy``: every connection of the platform to PostgreSQL (PgBouncer's and the direct
+        ones) goes through a ``FaultProxy`` (``self.db_proxy``) of this process, which needs gevent."""
         self.dir = directory or tempfile.mkdtemp(prefix="wabot-deploy-")
+        self.use_db_proxy = db_proxy
+        self.db_proxy: FaultProxy | None = None
         self.extra_env = dict(env or {})
         self.procs: dict[str, subprocess.Popen] = {}
         self._commands: dict[str, list[str]] = {}
@@ -80,7 +85,15 @@ class Deployment:
         self.pg = embedded.start(os.path.join(self.dir, "pg"))
         self._stops.callback(self.pg.stop)
         migrate.apply(self.pg.owner_url, embedded.APP_ROLE)
-        self.bouncer = PgBouncer(self.pg.app_url, (embedded.APP_ROLE,), pool_size=10)
+        self.direct_url = self.pg.app_url
+        via = None
+        if self.use_db_proxy:
+            sockets = sorted(pathlib.Path(self.pg.socket_dir).glob(".s.PGSQL.*[0-9]"))
+            self.db_proxy = FaultProxy(str(sockets[0]))
+            self._stops.callback(self.db_proxy.stop)
+            via = ("127.0.0.1", self.db_proxy.port)
+            self.direct_url = f"postgresql://{embedded.APP_ROLE}@127.0.0.1:{self.db_proxy.port}/{embedded.DATABASE}"
+        self.bouncer = PgBouncer(self.pg.app_url, (embedded.APP_ROLE,), pool_size=10, via=via)
         self._stops.callback(self.bouncer.stop)
         for attempt in range(3):  # a port taken between choosing and binding it: choose again
             sim_port = free_port_pair()  # the control API takes the next port
@@ -114,7 +127,7 @@ class Deployment:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "WA_", "WEBHOOK", "AI_"))}
         env.update(
             DATABASE_URL=self.bouncer.url(embedded.APP_ROLE),
-            DATABASE_DIRECT_URL=self.pg.app_url,
+            DATABASE_DIRECT_URL=self.direct_url,
             DATABASE_OWNER_URL=self.pg.owner_url,
             DATA_DIR=os.path.join(self.dir, "data"),
             WA_TRANSPORT="simulator",
@@ -156,6 +169,16 @@ class Deployment:
                 proc.kill()
                 return proc.wait()
         return proc.returncode
+
+    def start(self, name: str) -> None:
+        """Start a stopped process again, with the command and settings it had."""
+        if self.procs[name].poll() is None:
+            raise RuntimeError(f"{name} is running")
+        self._launch(name)
+
+    def restart_postgres(self, mode: str) -> None:
+        """pg_ctl's ``fast`` or ``immediate`` stop, then a start (the same data, socket and port)."""
+        self.pg.restart_server(mode)
 
     def restart(self, name: str) -> None:
         if self.procs[name].poll() is None:

@@ -22,10 +22,13 @@ from bench._servers import binary, free_port, stop_process, wait_listening
 class PgBouncer:
     """``url(user)``: a libpq URL through the pooler for one of the server's roles."""
 
-    def __init__(self, server_url: str, users: tuple[str, ...], *, pool_size: int = 3) -> None:
+    def __init__(self, server_url: str, users: tuple[str, ...], *, pool_size: int = 3,
+                 via: tuple[str, int] | None = None) -> None:
+        """``via``: reach the server at this TCP address instead of its socket (a fault proxy in between)."""
         parsed = urllib.parse.urlsplit(server_url)
         self.database = parsed.path.lstrip("/")
         socket_dir = urllib.parse.parse_qs(parsed.query)["host"][0]
+        server = f"host={socket_dir}" if via is None else f"host={via[0]} port={via[1]}"
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="wabot-pgbouncer-")
         os.chmod(self.dir, 0o777)
@@ -36,7 +39,7 @@ class PgBouncer:
         with open(ini, "w") as f:
             f.write(
                 "[databases]\n"
-                f"{self.database} = host={socket_dir} dbname={self.database}\n"
+                f"{self.database} = {server} dbname={self.database}\n"
                 "[pgbouncer]\n"
                 f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
                 f"auth_type = trust\nauth_file = {auth}\n"
@@ -48,11 +51,19 @@ class PgBouncer:
         for path in (auth, ini):
             os.chmod(path, 0o644)
         pgbouncer = binary("pgbouncer", "pgbouncer")
-        command = [pgbouncer, ini]
+        self._command = [pgbouncer, ini]
         if os.geteuid() == 0:
-            command = [pgbouncer, "-u", pwd.getpwuid(os.stat(socket_dir).st_uid).pw_name, ini]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            self._command = [pgbouncer, "-u", pwd.getpwuid(os.stat(socket_dir).st_uid).pw_name, ini]
+        self._launch()
+
+    def _launch(self) -> None:
+        self.process = subprocess.Popen(self._command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         wait_listening(self.process, self.port, "pgbouncer")
+
+    def restart(self) -> None:
+        """Stop the pooler (every client and server connection ends) and start it again on its port."""
+        stop_process(self.process)
+        self._launch()
 
     def url(self, user: str) -> str:
         return f"postgresql://{user}@127.0.0.1:{self.port}/{self.database}"

@@ -39,15 +39,17 @@ class Embedded:
         except Exception:  # stopping is best effort at exit
             log.exception("embedded postgres did not stop cleanly")
 
-    def restart_server(self) -> None:
-        """Stop and start the server process (tests use this for real outages)."""
-        self.stop_server()
+    def restart_server(self, mode: str = "fast") -> None:
+        """Stop and start the server process (tests and the soak use this for real outages)."""
+        self.stop_server(mode)
         self.start_server()
 
-    def stop_server(self) -> None:
+    def stop_server(self, mode: str = "fast") -> None:
+        """``mode``: pg_ctl's shutdown mode — ``fast`` (sessions ended, a clean checkpoint) or
+        ``immediate`` (every process quits at once, as in a crash; the next start recovers from the WAL)."""
         from pgserver._commands import pg_ctl  # type: ignore[attr-defined]  # made at import time
 
-        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.server.pgdata, user=self.server.system_user)
+        pg_ctl(["-w", "-m", mode, "stop"], pgdata=self.server.pgdata, user=self.server.system_user)
 
     def start_server(self) -> None:
         self.server.ensure_postgres_running()
