@@ -111,12 +111,16 @@ class Deployment:
         else:
             raise RuntimeError(f"the simulator did not start: {self.log('simulator')[-2000:]}")
         self.web_ports = []
+        self.health_urls: dict[str, str] = {}  # each platform process's /healthz, /readyz, /metrics
         for i in range(webs):
             port = free_port()
             self.web_ports.append(port)
+            self.health_urls[f"web{i}"] = f"http://127.0.0.1:{port}"
             self._spawn(f"web{i}", ["web"], {"PORT": str(port), "PROXY_HOPS": "1"})
         for i in range(supervisors):
-            self._spawn(f"supervisor{i}", ["supervisor"], {})
+            port = free_port()
+            self.health_urls[f"supervisor{i}"] = f"http://127.0.0.1:{port}"
+            self._spawn(f"supervisor{i}", ["supervisor"], {"HEALTH_PORT": str(port)})
         for port in self.web_ports:
             wait_for(lambda p=port: _get_ok(f"http://127.0.0.1:{p}/readyz"), 30, f"web process on {port}")
         self.nginx = Nginx([f"127.0.0.1:{p}" for p in self.web_ports])

@@ -11,13 +11,16 @@ Invariants (the names are the keys of ``Report.violations``):
 - ``no_double_answer``: no inbound message caused two outgoing messages, and the customer's phone
   got no outgoing message twice (the same platform message under two network ids, or an answer to an
   answered message).
-- ``conversation_order``: per conversation, the customer got the answers in the order of the messages
-  they answer.
+- ``conversation_order``: per conversation, the customer got the platform's messages in the order
+  they were committed (the outbox's order), through retries and resends. (A rule answers at once while
+  the AI still thinks about an earlier message of the same customer, so a rule's answer may come
+  before an earlier question's AI answer: by design, docs/decisions.md.)
 - ``stream_exactly_once``: each SSE/WebSocket subscriber saw every event of its tenant between the
   first and the last it saw exactly once, across its resumes, in id order.
 - ``stream_tenant``: no subscriber saw another tenant's event.
-- ``webhook_at_least_once``: every delivery of a committed fact reached its endpoint's receiver at
-  least once, and none ended ``failed``.
+- ``send_delivered``: every message the API accepted (202, an outbox row) reached the customer's phone.
+- ``webhook_at_least_once``: every committed fact has its delivery, every delivery reached its
+  endpoint's receiver at least once, and none ended ``failed``.
 - ``webhook_tenant``: no receiver got a delivery of an endpoint it does not serve.
 """
 
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from db.conversations import OWNER_ON_PHONE
 from sansio import pipeline_machine as pm
@@ -68,6 +71,15 @@ class Sent:
     arrived: float
     outbox_id: str | None
     cause: str | None
+    committed: int = 0  # its outbox row's position in the conversation (created_at order); 0: none
+
+
+@dataclasses.dataclass(frozen=True)
+class Accepted:
+    """A send the API accepted: 202 with this outbox row."""
+
+    bot_id: str
+    outbox_id: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,15 +122,35 @@ class Report:
 
 def check(handed: Iterable[Handed], stored: Iterable[Stored], sent: Iterable[Sent],
           events: dict[str, Sequence[int]], streams: Iterable[StreamLog],
-          deliveries: Iterable[Delivery], webhooks: Iterable[WebhookLog]) -> Report:
-    """``events``: every event id of each tenant in the event log, ascending."""
+          deliveries: Iterable[Delivery], webhooks: Iterable[WebhookLog], *,
+          accepted: Iterable[Accepted] = (), outbox: Mapping[str, tuple[str, str | None]] | None = None,
+          facts_without_delivery: Iterable[tuple[str, str]] = ()) -> Report:
+    """``events``: every event id of each tenant in the event log, ascending. ``outbox``: each row's
+    (state, last error), to say why an accepted send did not arrive. ``facts_without_delivery``:
+    (tenant, event key) of committed facts for which no delivery row exists."""
     report = Report()
     stored = list(stored)
+    sent = list(sent)
     _inbound(report, list(handed), stored)
-    _outgoing(report, stored, list(sent))
+    _outgoing(report, stored, sent)
+    _sends(report, list(accepted), sent, outbox or {})
     _streams(report, events, list(streams))
     _webhooks(report, list(deliveries), list(webhooks))
+    for tenant, key in facts_without_delivery:
+        report.checked["webhook_at_least_once"] += 1
+        report.add("webhook_at_least_once", f"{key} of tenant {tenant} has no delivery")
     return report
+
+
+def _sends(report: Report, accepted: list[Accepted], sent: list[Sent],
+           outbox: Mapping[str, tuple[str, str | None]]) -> None:
+    arrived = {s.outbox_id for s in sent if s.outbox_id is not None}
+    for a in accepted:
+        report.checked["send_delivered"] += 1
+        if a.outbox_id not in arrived:
+            state, error = outbox.get(a.outbox_id, ("missing", None))
+            report.add("send_delivered", f"outbox row {a.outbox_id} of bot {a.bot_id} never arrived"
+                       f" ({state}{': ' + error if error else ''})")
 
 
 def _inbound(report: Report, handed: list[Handed], stored: list[Stored]) -> None:
@@ -152,18 +184,17 @@ def _outgoing(report: Report, stored: list[Stored], sent: list[Sent]) -> None:
     for outbox_id, copies in by_outbox.items():
         if len(copies) > 1:
             report.add("no_double_answer", f"outbox row {outbox_id} reached the customer {len(copies)} times")
-    position = {s.message_id: (s.bot_id, s.customer, s.created_seq) for s in stored}
     conversations: dict[tuple[str, str], list[tuple[float, int, str]]] = collections.defaultdict(list)
     for s in sent:
-        if s.cause in position:
-            bot, customer, seq = position[s.cause]
-            conversations[(bot, customer)].append((s.arrived, seq, s.network_id))
-    for (bot, customer), answers in conversations.items():
+        if s.committed:
+            conversations[(s.bot_id, s.customer)].append((s.arrived, s.committed, s.network_id))
+    for (bot, customer), messages in conversations.items():
         report.checked["conversation_order"] += 1
-        answers.sort()
-        seqs = [seq for _, seq, _ in answers]
+        messages.sort()
+        seqs = [seq for _, seq, _ in messages]
         if seqs != sorted(seqs):
-            report.add("conversation_order", f"bot {bot} to {customer}: answers arrived for messages {seqs}")
+            report.add("conversation_order", f"bot {bot} to {customer}: messages committed as {sorted(seqs)}"
+                       f" arrived as {seqs}")
 
 
 def _streams(report: Report, events: dict[str, Sequence[int]], streams: list[StreamLog]) -> None:

@@ -1,6 +1,6 @@
 """The soak's history checker finds each kind of violation, and none in a clean history."""
 
-from bench._history import Delivery, Handed, Sent, Stored, StreamLog, WebhookLog, check
+from bench._history import Accepted, Delivery, Handed, Sent, Stored, StreamLog, WebhookLog, check
 from sansio.pipeline_machine import PAUSED
 
 A, B = "tenant-a", "tenant-b"
@@ -11,8 +11,8 @@ def _clean():
     stored = [Stored("bot1", "w1", "m1", "c1", "answered", created_seq=1),
               Stored("bot1", "w2", "m2", "c1", "answered", created_seq=2),
               Stored("bot1", "w3", "m3", "c2", "ignored", PAUSED, created_seq=1)]
-    sent = [Sent("bot1", "n1", "c1", 10.0, "o1", "m1"), Sent("bot1", "n2", "c1", 11.0, "o2", "m2"),
-            Sent("bot1", "n3", "c2", 12.0, "o3", None)]
+    sent = [Sent("bot1", "n1", "c1", 10.0, "o1", "m1", 1), Sent("bot1", "n2", "c1", 11.0, "o2", "m2", 2),
+            Sent("bot1", "n3", "c2", 12.0, "o3", None, 1)]
     events = {A: [1, 2, 4, 6], B: [3, 5]}
     streams = [StreamLog("s1", A, ((2, A), (4, A), (6, A))), StreamLog("s2", B, ((3, B), (5, B)))]
     deliveries = [Delivery("d1", "e1", "delivered"), Delivery("d2", "e1", "delivered")]
@@ -54,10 +54,11 @@ def test_one_outbox_row_reaching_the_customer_under_two_network_ids_is_found():
     assert "o3 reached the customer 2 times" in _violations(sent=sent)["no_double_answer"][0]
 
 
-def test_answers_arriving_out_of_their_messages_order_are_found():
+def test_messages_reaching_the_customer_out_of_their_commit_order_are_found():
     sent = _clean()["sent"]
-    swapped = [Sent("bot1", "n1", "c1", 11.5, "o1", "m1"), sent[1], sent[2]]
-    assert list(_violations(sent=swapped)) == ["conversation_order"]
+    swapped = [Sent("bot1", "n1", "c1", 11.5, "o1", "m1", 1), sent[1], sent[2]]
+    assert _violations(sent=swapped)["conversation_order"] == [
+        "bot bot1 to c1: messages committed as [1, 2] arrived as [2, 1]"]
 
 
 def test_a_subscriber_that_missed_saw_twice_or_saw_another_tenants_event_is_found():
@@ -73,3 +74,14 @@ def test_a_webhook_never_received_or_failed_and_one_received_by_a_stranger_are_f
                         webhooks=[WebhookLog("e1", frozenset({"d1", "x7"}))])
     assert len(found["webhook_at_least_once"]) == 2
     assert found["webhook_tenant"] == ["e1 got 1 deliveries not its own"]
+
+
+def test_an_accepted_send_that_never_reached_the_customer_is_found_with_its_outbox_state():
+    found = _violations(accepted=[Accepted("bot1", "o3"), Accepted("bot1", "o8")],
+                        outbox={"o8": ("dead", "recipient refused")})
+    assert found["send_delivered"] == ["outbox row o8 of bot bot1 never arrived (dead: recipient refused)"]
+
+
+def test_a_committed_fact_without_a_delivery_is_found():
+    found = _violations(facts_without_delivery=[(A, "message.in:m1")])
+    assert found["webhook_at_least_once"] == ["message.in:m1 of tenant tenant-a has no delivery"]
