@@ -51,9 +51,11 @@ class PgBouncer:
         for path in (auth, ini):
             os.chmod(path, 0o644)
         pgbouncer = binary("pgbouncer", "pgbouncer")
-        self._command = [pgbouncer, ini]
+        # -q: nothing on stderr (everything goes to its logfile). A pipe nobody reads fills up with its
+        # per-connection lines and then blocks the pooler for good (the soak met it).
+        self._command = [pgbouncer, "-q", ini]
         if os.geteuid() == 0:
-            self._command = [pgbouncer, "-u", pwd.getpwuid(os.stat(socket_dir).st_uid).pw_name, ini]
+            self._command = [pgbouncer, "-q", "-u", pwd.getpwuid(os.stat(socket_dir).st_uid).pw_name, ini]
         self._launch()
 
     def _launch(self) -> None:
