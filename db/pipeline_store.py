@@ -190,8 +190,14 @@ WITH a AS (
     INSERT INTO outbox (id, bot_id, contact_id, to_jid, wa_message_id, kind, body, source, correlation_id,
                         cause_message_id, created_at, state, attempts)
     SELECT a.oid, a.bot, c.id, c.jid, a.wa, 'text', a.body, a.source, a.cid, a.cause, clock_timestamp(),
-           CASE WHEN a.now THEN 'sending' ELSE 'pending' END, CASE WHEN a.now THEN 1 ELSE 0 END
+           CASE WHEN a.now AND NOT u.unsent THEN 'sending' ELSE 'pending' END,
+           CASE WHEN a.now AND NOT u.unsent THEN 1 ELSE 0 END
       FROM a JOIN contacts c ON c.id = a.contact
+           -- An older message to the customer not yet sent (waiting for a retry, say): this one may not
+           -- overtake it, so it waits in the outbox and goes out through a claim, after it.
+           CROSS JOIN LATERAL (SELECT EXISTS (
+               SELECT 1 FROM outbox p WHERE p.bot_id = a.bot AND p.to_jid = c.jid
+                  AND p.state IN ('pending', 'sending')) AS unsent) u
      WHERE a.oid IN (SELECT oid FROM claimed)
      ORDER BY a.n
     RETURNING id, bot_id, contact_id, to_jid, wa_message_id, body, source, correlation_id, state
@@ -250,9 +256,14 @@ WITH w AS (
     SELECT * FROM unnest(%s::uuid[], %s::int[]) AS w(bot, lim)
 ), d AS (
     SELECT o.id, o.state AS was FROM w CROSS JOIN LATERAL (
-           SELECT id, state FROM outbox
+           SELECT id, state FROM outbox x
             WHERE bot_id = w.bot AND state IN ('pending', 'sending') AND next_attempt_at <= now()
               AND NOT (id = ANY(%s::uuid[]))
+              -- Per customer in commit order: not while an older message to them waits for a retry.
+              AND NOT EXISTS (
+                  SELECT 1 FROM outbox p
+                   WHERE p.bot_id = w.bot AND p.state IN ('pending', 'sending') AND p.next_attempt_at > now()
+                     AND p.to_jid = x.to_jid AND (p.created_at, p.id) < (x.created_at, x.id))
             ORDER BY created_at, id LIMIT w.lim) o
 )
 UPDATE outbox SET state = 'sending', attempts = outbox.attempts + 1
@@ -264,7 +275,9 @@ RETURNING outbox.bot_id, outbox.created_at, outbox.id, to_jid, wa_message_id, ki
 
 def claim_many(pool: Any, tenant_id: str, items: list[tuple[str, int, Sequence[str]]]) -> list[list[Outgoing]]:
     """For each ``(bot id, limit, ids to leave out)``: up to ``limit`` due outbox rows, oldest first,
-    other than the ones left out (sent, their record still being written), now marked as being
+    other than the ones left out (sent, their record still being written) and those to a customer
+    whose older message waits for its retry (they go after it: a conversation's order is its commit
+    order), now marked as being
     sent with the attempt counted — recorded before the send, so a crash mid-send leaves a row that
     says so. The state is checked again in the UPDATE itself: a row recorded as sent while the claim
     waited for its lock is re-read there and left alone (the CTE's check alone used the old snapshot

@@ -1206,6 +1206,14 @@ def _send_failed(s: _Step, e: SendFailed) -> None:
         _deliver_later(s, delay)
         s.effects.append(Log("warning", "send failed; will retry", {
             "outbox_id": row.id, "retry_in": round(delay, 2), "error": repr(exc)}, row.correlation_id))
+        # The customer's later messages in hand wait for this one (sent now, they would arrive before
+        # it); a claim passes them over until it is sent or dead (db/pipeline_store.py).
+        later = sending.rows[sending.tried + 1:]
+        held = tuple(r for r in later if r.to_jid == row.to_jid)
+        if held:
+            _release(s, held)
+            sending = sending._replace(rows=sending.rows[:sending.tried + 1]
+                                       + tuple(r for r in later if r.to_jid != row.to_jid))
     s.sending = Sending(sending.rows, sending.tried + 1, sending.sent, sending.claimed)
     _next_row(s)
 

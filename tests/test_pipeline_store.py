@@ -283,3 +283,42 @@ def test_a_new_tenants_rows_are_marked_sent_by_id_even_when_the_statistics_do_no
     plan = "\n".join(r[0] for r in pool.query(new, "EXPLAIN " + ps._MARK_SENT, (ids, [None] * len(ids))))
     # Each row found through its key, not by reading the tenant's rows (cost growing with its outbox).
     assert "Index Scan using outbox_pkey on outbox" in plan, plan
+
+
+def _answers(pool, tenant, bot, chats):
+    """One stored message and its queued ('pending') answer per chat, in order; the outbox ids."""
+    ids = []
+    for chat in chats:
+        s = ps.store_many(pool, tenant, [(bot, _msg(chat=chat), None)])[0]
+        answer = (bot, s.contact_id, [s.message_id], chat, "rule", None, False)
+        ((outbox_id, _),) = ps.answer_many(pool, tenant, [answer])
+        ids.append(outbox_id)
+    return ids
+
+
+def test_a_claim_passes_over_a_customers_messages_while_an_older_one_to_them_waits_for_its_retry(pool):
+    # Found by the soak: the customer's later messages went out while the one before waited for its
+    # retry, so they arrived out of their order.
+    tenant, bot = _setup(pool)
+    a, b = "111@s.whatsapp.net", "222@s.whatsapp.net"
+    first, second, other = _answers(pool, tenant, bot, [a, a, b])
+    conv.mark_failed(pool, tenant, first, "timed out", 60)
+    claimed = ps.claim_many(pool, tenant, [(bot, 10, ())])[0]
+    assert [r.id for r in claimed] == [other]
+    pool.execute(tenant, "UPDATE outbox SET next_attempt_at = now() WHERE id = %s", (first,))
+    ps.release(pool, tenant, claimed)
+    assert [r.id for r in ps.claim_many(pool, tenant, [(bot, 10, ())])[0]] == [first, second, other]
+
+
+def test_an_answer_asked_to_go_at_once_waits_in_the_outbox_behind_an_older_unsent_message_to_the_customer(pool):
+    tenant, bot = _setup(pool)
+    (waiting,) = _answers(pool, tenant, bot, ["111@s.whatsapp.net"])
+    conv.mark_failed(pool, tenant, waiting, "timed out", 60)
+    s = ps.store_many(pool, tenant, [(bot, _msg(), None)])[0]
+    ((outbox_id, row),) = ps.answer_many(pool, tenant, [(bot, s.contact_id, [s.message_id], "now", "ai", "c", True)])
+    assert row is None  # not to be sent at once: a claim sends it, after the older one
+    assert pool.query(tenant, "SELECT state, attempts FROM outbox WHERE id = %s", (outbox_id,)) == [("pending", 0)]
+    other = ps.store_many(pool, tenant, [(bot, _msg(chat="222@s.whatsapp.net"), None)])[0]
+    ((_, direct),) = ps.answer_many(pool, tenant, [(bot, other.contact_id, [other.message_id], "now", "ai", "c",
+                                                    True)])
+    assert direct is not None  # another customer's answer still goes at once
