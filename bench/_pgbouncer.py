@@ -46,7 +46,7 @@ class PgBouncer:
                 f"pool_mode = transaction\ndefault_pool_size = {pool_size}\nmax_client_conn = 200\n"
                 f"logfile = {os.path.join(self.dir, 'pgbouncer.log')}\n"
                 f"pidfile = {os.path.join(self.dir, 'pgbouncer.pid')}\n"
-                "server_reset_query =\nignore_startup_parameters =\n"
+                "server_reset_query =\nignore_startup_parameters =\nserver_login_retry = 1\n"
             )
         for path in (auth, ini):
             os.chmod(path, 0o644)

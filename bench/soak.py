@@ -284,6 +284,13 @@ class Soak:
     # -- health ----------------------------------------------------------------------------------
 
     def connected(self) -> bool:
+        """Every bot connected, as the network sees it and as the API says."""
+        for bot in self.bots:
+            try:
+                if not self.sim("GET", f"/bots/{bot.id}").get("connected"):
+                    return False
+            except requests.RequestException:
+                return False
         for tenant in self.tenants:
             try:
                 answer = self.api("GET", "/bots", tenant.key, timeout=3)
@@ -306,8 +313,12 @@ class Soak:
         return True
 
     def probe(self, timeout: float) -> bool:
-        """A customer's message to a bot answered end to end within ``timeout``."""
-        bot = self.rng.choice(self.bots)
+        """A customer's message to every bot answered end to end within ``timeout``."""
+        jobs = [self.tasks.spawn(self.probe_one, bot, timeout) for bot in self.bots]
+        gevent.joinall(jobs)
+        return all(job.value for job in jobs)
+
+    def probe_one(self, bot: Bot, timeout: float) -> bool:
         customer = f"49160{self.counters.probes:07d}"
         self.counters.probes += 1
         if not self.hand(bot, customer, "bread please (probe)"):
@@ -507,10 +518,12 @@ class Soak:
                              f"bot {bot.id[:8]} replaced")[1],
                     lambda: (self.api_ok("POST", f"/bots/{bot.id}/start", bot.key), "the operator starts it")[1])
         if kind == "temporary_ban":
-            return (lambda: (self.sim("POST", f"/bots/{bot.id}/inject",
-                                      {"kind": "temporary_ban", "expires_in": fault.hold}),
-                             f"bot {bot.id[:8]} banned for {fault.hold:g} s")[1],
-                    lambda: "the ban runs out by itself")
+            def ban() -> str:
+                self.sim("POST", f"/bots/{bot.id}/inject", {"kind": "temporary_ban", "expires_in": fault.hold})
+                self.sim("POST", f"/bots/{bot.id}/inject", {"kind": "network"})  # it must log in, banned
+                return f"bot {bot.id[:8]} banned for {fault.hold:g} s and its connection dropped"
+
+            return ban, lambda: "the ban runs out by itself"
         if kind == "logged_out":
             return (lambda: (self.sim("POST", f"/bots/{bot.id}/inject", {"kind": "logged_out"}),
                              f"bot {bot.id[:8]} logged out")[1],
@@ -601,7 +614,7 @@ class Soak:
         for tenant, event_id in self.query("SELECT tenant_id::text, id FROM events ORDER BY id"):
             events[tenant].append(int(event_id))
         owner = {i: t for t, ids in events.items() for i in ids}
-        streams = [history.StreamLog(sub.name, tenant, tuple((i, owner.get(i, "?")) for i in sub.seen))
+        streams = [history.StreamLog(sub.name, tenant, tuple((i, owner.get(i)) for i in sub.seen))
                    for sub, tenant in self.subscribers]
         deliveries = [history.Delivery(str(i), str(e), st) for i, e, st in self.query(
             "SELECT id, endpoint_id, state FROM webhook_deliveries WHERE type <> 'webhook.test'")]
@@ -735,13 +748,14 @@ def run(args: argparse.Namespace) -> int:
         recovery={k: {"p50": round(statistics.median(v), 2), "max": round(max(v), 2)}
                   for k, v in soak.recoveries.items()},
         violations={k: list(v) for k, v in report.summary().items()},
+        stream_notices_lost=report.notes["stream_notices_lost"],
         resources={"before": baseline, "after": end, "breaches": breaches},
     )
     soak.close()
     print("\nload held")
     for key in ("traffic_seconds", "inbound", "inbound_per_second", "answers", "api_sends", "api_send_failed",
                 "reads", "read_failed", "read_failed_in_fault", "stream_events_seen", "stream_connections",
-                "webhook_requests", "ai_calls", "drain_seconds"):
+                "webhook_requests", "ai_calls", "drain_seconds", "stream_notices_lost"):
         print(f"  {key:24} {results[key]}")
     print("\nfaults by kind           n   recovery p50    max (s)")
     for kind in KINDS:

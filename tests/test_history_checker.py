@@ -85,3 +85,8 @@ def test_an_accepted_send_that_never_reached_the_customer_is_found_with_its_outb
 def test_a_committed_fact_without_a_delivery_is_found():
     found = _violations(facts_without_delivery=[(A, "message.in:m1")])
     assert found["webhook_at_least_once"] == ["message.in:m1 of tenant tenant-a has no delivery"]
+
+
+def test_an_event_seen_live_that_the_log_lost_in_a_crash_is_counted_not_judged():
+    report = check(**{**_clean(), "streams": [StreamLog("s1", A, ((2, A), (3, None), (4, A), (6, A)))]})
+    assert report.ok and report.notes["stream_notices_lost"] == 1
