@@ -44,6 +44,9 @@ class Subscriber:
                  *, slow: bool = False) -> None:
         self.name, self.base_url, self.key, self.rng, self.stop, self.slow = name, base_url, key, rng, stop, slow
         self.seen: list[int] = []  # event ids in arrival order, across connections
+        self.resumed_from: list[int] = []  # per connection, the last_event_id it asked to resume after
+        self.first_seen_on: dict[int, int] = {}  # event id -> the connection (index) that first brought it
+        self.twice: list[str] = []  # an event brought again: which connections, resumed from where
         self.connections = 0
         self.failed_connects = 0
         self.cut_off = 0  # ended by the server (too slow, a process stopping)
@@ -51,6 +54,18 @@ class Subscriber:
     @property
     def last_id(self) -> int:
         return self.seen[-1] if self.seen else 0
+
+    def opened(self) -> None:
+        self.resumed_from.append(self.last_id)
+        self.connections += 1
+
+    def saw(self, event_id: int) -> None:
+        conn = self.connections - 1
+        first = self.first_seen_on.setdefault(event_id, conn)
+        if first != conn or event_id in self.seen[-50:]:
+            self.twice.append(f"{event_id} on connection {first} (resumed after {self.resumed_from[first]}) and"
+                              f" {conn} (resumed after {self.resumed_from[conn]})")
+        self.seen.append(event_id)
 
     def sessions(self) -> None:
         while not self.stop.is_set():
@@ -82,7 +97,7 @@ class SseSubscriber(Subscriber):
         stall = self.slow and until is None and self.rng.random() < 0.5
         client = SSEClient(self.base_url, key=self.key, last_event_id=self.last_id, timeout=5,
                            rcvbuf=2048 if stall else None, read=not stall)
-        self.connections += 1
+        self.opened()
         taken = 0
         try:
             if client.status != 200:
@@ -106,7 +121,7 @@ class SseSubscriber(Subscriber):
         events = client.events
         for event in events[taken:]:
             if event.id is not None and event.event != "stream.closed":
-                self.seen.append(int(event.id))
+                self.saw(int(event.id))
         return len(events)
 
 
@@ -117,7 +132,7 @@ class WsSubscriber(Subscriber):
         parts = urlsplit(self.base_url)
         host, port = parts.hostname or "127.0.0.1", parts.port or 80
         sock = socket.create_connection((host, port), timeout=5)
-        self.connections += 1
+        self.opened()
         ws = WSConnection(ConnectionType.CLIENT)
         target = "/api/v1/ws?" + urlencode({"last_event_id": self.last_id})
         try:
@@ -160,4 +175,4 @@ class WsSubscriber(Subscriber):
     def _message(self, data: str) -> None:
         message: dict[str, Any] = json.loads(data)
         if message.get("type") == "event":
-            self.seen.append(int(message["event"]["id"]))
+            self.saw(int(message["event"]["id"]))

@@ -60,6 +60,7 @@ import collections  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
 import random  # noqa: E402
+import re  # noqa: E402
 import signal  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
@@ -98,6 +99,8 @@ KINDS = (
     "ai_500", "ai_429", "ai_timeout", "webhooks_down",
 )
 SMOKE_KINDS = ("web_sigkill", "db_reset", "ai_500")
+# Over as soon as injected: nothing to hold, their recovery runs from the injection.
+INSTANT = frozenset({"postgres_restart_fast", "postgres_restart_immediate", "pgbouncer_restart", "db_reset"})
 
 
 def now() -> float:
@@ -124,7 +127,7 @@ def plan(rng: random.Random, kinds: tuple[str, ...], rounds_after_first: int) ->
         # A receiver down for less than the first retry's delay (5 s, -10 %): its deliveries get
         # through on their second attempt, not five minutes later on their third.
         hold = rng.uniform(1.5, 3.5) if kind == "webhooks_down" else rng.uniform(2.0, 5.0)
-        faults.append(Fault(kind, round(hold, 2), rng.randrange(1000)))
+        faults.append(Fault(kind, 0.0 if kind in INSTANT else round(hold, 2), rng.randrange(1000)))
     return faults
 
 
@@ -146,6 +149,7 @@ class Tenant:
     receiver: Receiver
     endpoint_id: str = ""
     bots: list[str] = dataclasses.field(default_factory=list)
+    link: str = ""  # the admin's set-password link (path), for the dashboard reader
 
 
 @dataclasses.dataclass
@@ -157,6 +161,9 @@ class Counters:
     reads: int = 0
     read_failed: int = 0
     read_failed_in_fault: int = 0
+    pages: int = 0
+    page_failed: int = 0
+    page_failed_in_fault: int = 0
     probes: int = 0
 
 
@@ -167,6 +174,7 @@ class Soak:
         self.started = now()
         self.stop_traffic = gevent.event.Event()
         self.tasks = gevent.pool.Group()  # every greenlet the soak starts
+        self.workers: list[gevent.Greenlet] = []  # the traffic's, checked for failures
         self.counters = Counters()
         self.handed: list[history.Handed] = []
         self.accepted_sends: list[history.Accepted] = []
@@ -182,6 +190,7 @@ class Soak:
         self.ai = OpenAiServer().start()
         self.ai.default = reply(AI_REPLY)
         self.deploy: Deployment | None = None
+        self.browsers: list[requests.Session] = []
         self.http = requests.Session()
 
     # -- logging ---------------------------------------------------------------------------------
@@ -234,14 +243,22 @@ class Soak:
             # backlog, not the faults, the story.
             "BOT_SEND_RATE": "600", "BOT_SEND_BURST": "50",
             "OUTBOX_RETRY_BASE": "1",
+            # nginx keeps idle upstream connections, each a waiting handler greenlet: closed after 5 s
+            # idle, they are gone when the resources are read after the drain.
+            "HTTP_KEEPALIVE_TIMEOUT": "5",
         }
         directory = os.path.join(self.args.dir, "deploy") if self.args.dir else None
         self.deploy = Deployment(env=env, directory=directory, db_proxy=True)
         self.say(f"deployment up: nginx {self.d.url}, webs {self.d.web_ports}, seed {self.args.seed}")
-        for name in ("Soak Bakery", "Soak Florist"):
-            tenant_id, key = self.d.create_tenant(name)
+        for i, name in enumerate(("Soak Bakery", "Soak Florist")):
+            out = self.d.cli("create-tenant", name, "--admin-email", f"owner{i}@soak.test")
+            found = [re.search(pattern, out) for pattern in (
+                r"tenant (\S+) created", r"API key \(shown once, store it now\): (\S+)", r"(/auth/link/\S+)")]
+            if not all(found):
+                raise RuntimeError(f"create-tenant said: {out}")
+            tenant_id, key, link = (m.group(1) for m in found if m)
             receiver = Receiver()
-            tenant = Tenant(tenant_id, key, receiver)
+            tenant = Tenant(tenant_id, key, receiver, link=link)
             created = self.api_ok("POST", "/webhooks", key, {
                 "url": receiver.url(), "event_types": ["message.*", "bot.*", "outbox.*"]})
             tenant.endpoint_id = created["id"]
@@ -258,6 +275,8 @@ class Soak:
             self.bots.append(bot)
         for bot in self.bots:
             self.pair(bot)
+        # Signed in before the baseline: the first password hash starts a web process's hashing threads.
+        self.browsers = [self.sign_in(tenant) for tenant in self.tenants]
         self.wait_whole("set-up", RECOVERY_BOUND)
         self.say(f"{len(self.bots)} bots paired and connected")
 
@@ -406,6 +425,34 @@ class Soak:
                 self.counters.read_failed += 1
                 self.counters.read_failed_in_fault += self.in_fault
 
+    def sign_in(self, tenant: Tenant) -> requests.Session:
+        """The tenant's admin, signed in through the set-password link: a dashboard session."""
+        browser = requests.Session()
+        page = browser.get(self.d.url + tenant.link, timeout=10)
+        token = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+        if page.status_code != 200 or token is None:
+            raise RuntimeError(f"the set-password page answered {page.status_code}")
+        password = "soak bread and butter 1"
+        signed_in = browser.post(self.d.url + tenant.link, timeout=10, data={
+            "csrf_token": token.group(1), "password": password, "password_again": password})
+        if not signed_in.url.endswith("/app/inbox"):
+            raise RuntimeError(f"signing in ended at {signed_in.url} ({signed_in.status_code})")
+        return browser
+
+    def dashboard_reader(self, browser: requests.Session) -> None:
+        """A signed-in admin reading the dashboard's pages."""
+        pages = ["/app/inbox", "/app/bots", "/app/outbox", "/app/events", "/app/webhooks"]
+        while not self.stop_traffic.wait(self.rng.uniform(0.5, 1.5)):
+            try:
+                answer = browser.get(self.d.url + self.rng.choice(pages), timeout=5, allow_redirects=False)
+                ok = answer.status_code == 200
+            except requests.RequestException:
+                ok = False
+            self.counters.pages += 1
+            if not ok:
+                self.counters.page_failed += 1
+                self.counters.page_failed_in_fault += self.in_fault
+
     def collect_sim_outbox(self) -> None:
         """The simulator keeps each bot's last 1,000 sent messages: read them before they roll off
         (and once more after the drain)."""
@@ -432,9 +479,17 @@ class Soak:
             ]
             for sub in subs:
                 self.subscribers.append((sub, tenant.id))
-                self.tasks.spawn(sub.sessions)
+                self.workers.append(self.tasks.spawn(sub.sessions))
         for work in (self.customers_write, self.api_sends, self.readers, self.collect_sim_outbox):
-            self.tasks.spawn(work)
+            self.workers.append(self.tasks.spawn(work))
+        for browser in self.browsers:
+            self.workers.append(self.tasks.spawn(self.dashboard_reader, browser))
+
+    def check_workers(self) -> None:
+        """A traffic greenlet that died stopped its part of the load: the run is broken."""
+        for worker in self.workers:
+            if worker.dead and worker.exception is not None:
+                raise RuntimeError(f"a traffic greenlet failed: {worker.exception!r}")
 
     # -- faults ----------------------------------------------------------------------------------
 
@@ -519,9 +574,10 @@ class Soak:
                     lambda: (self.api_ok("POST", f"/bots/{bot.id}/start", bot.key), "the operator starts it")[1])
         if kind == "temporary_ban":
             def ban() -> str:
+                # The simulator ends the live connection with the ban; the bot's logins are refused
+                # until it runs out.
                 self.sim("POST", f"/bots/{bot.id}/inject", {"kind": "temporary_ban", "expires_in": fault.hold})
-                self.sim("POST", f"/bots/{bot.id}/inject", {"kind": "network"})  # it must log in, banned
-                return f"bot {bot.id[:8]} banned for {fault.hold:g} s and its connection dropped"
+                return f"bot {bot.id[:8]} banned for {fault.hold:g} s"
 
             return ban, lambda: "the ban runs out by itself"
         if kind == "logged_out":
@@ -708,6 +764,8 @@ def run(args: argparse.Namespace) -> int:
         soak.run_faults(faults, until=traffic_began + args.duration)
         soak.stop_traffic.set()
         traffic_seconds = now() - traffic_began
+        gevent.joinall(soak.workers, timeout=15)
+        soak.check_workers()
         soak.say("traffic stopped; draining")
         drained = soak.drain()
         soak.say(f"drained in {drained:.1f} s; subscribers catching up")
@@ -739,7 +797,8 @@ def run(args: argparse.Namespace) -> int:
         inbound=c.inbound, inbound_per_second=round(c.inbound / traffic_seconds, 2),
         answers=sum(1 for r in soak.sim_outbox.values() for m in r.values() if not m.get("from_phone")),
         api_sends=c.api_sends, api_send_failed=c.api_send_failed, reads=c.reads, read_failed=c.read_failed,
-        read_failed_in_fault=c.read_failed_in_fault,
+        read_failed_in_fault=c.read_failed_in_fault, pages=c.pages, page_failed=c.page_failed,
+        page_failed_in_fault=c.page_failed_in_fault,
         stream_events_seen=sum(len(s.seen) for s, _ in soak.subscribers),
         stream_connections=sum(s.connections for s, _ in soak.subscribers),
         webhook_requests=sum(len(t.receiver.requests) for t in soak.tenants),
@@ -754,7 +813,8 @@ def run(args: argparse.Namespace) -> int:
     soak.close()
     print("\nload held")
     for key in ("traffic_seconds", "inbound", "inbound_per_second", "answers", "api_sends", "api_send_failed",
-                "reads", "read_failed", "read_failed_in_fault", "stream_events_seen", "stream_connections",
+                "reads", "read_failed", "read_failed_in_fault", "pages", "page_failed", "page_failed_in_fault",
+                "stream_events_seen", "stream_connections",
                 "webhook_requests", "ai_calls", "drain_seconds", "stream_notices_lost"):
         print(f"  {key:24} {results[key]}")
     print("\nfaults by kind           n   recovery p50    max (s)")
@@ -771,6 +831,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {role:10} " + ", ".join(f"{k} {baseline[role][k]:g} -> {end[role][k]:g}" for k in baseline[role]))
     for what in breaches:
         print(f"  ABOVE BASELINE: {what}")
+    for sub, _ in soak.subscribers:
+        for what in sub.twice[:5]:
+            print(f"  {sub.name} got event {what}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({**results, "fault_log": soak.fault_log}, f, indent=2, default=str)
