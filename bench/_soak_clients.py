@@ -86,6 +86,11 @@ class Subscriber:
                 gevent.sleep(0.5)
         return self.last_id >= high_water
 
+    def ending(self, until: int | None) -> bool:
+        """The traffic stopped: hang up now (a catch-up connection, ``until`` given, reads on). Two
+        connections of one subscriber at once would each bring the last events."""
+        return until is None and self.stop.is_set()
+
     def session(self, seconds: float, until: int | None = None) -> None:
         raise NotImplementedError
 
@@ -103,10 +108,10 @@ class SseSubscriber(Subscriber):
             if client.status != 200:
                 raise AssertionError(f"status {client.status}")
             if stall:  # nobody reads: the server's writes back up until it cuts the stream off
-                gevent.sleep(seconds)
+                self.stop.wait(seconds)
                 client.start_reading()
             deadline = time.monotonic() + (1.0 if stall else seconds)
-            while time.monotonic() < deadline and not client.ended:
+            while time.monotonic() < deadline and not client.ended and not self.ending(until):
                 taken = self._take(client, taken)
                 if until is not None and self.last_id >= until:
                     return
@@ -141,7 +146,7 @@ class WsSubscriber(Subscriber):
             deadline = time.monotonic() + seconds
             accepted, partial = False, ""
             sock.settimeout(0.5)
-            while time.monotonic() < deadline:
+            while time.monotonic() < deadline and not self.ending(until):
                 try:
                     data = sock.recv(65536)
                 except TimeoutError:

@@ -126,7 +126,7 @@ def plan(rng: random.Random, kinds: tuple[str, ...], rounds_after_first: int) ->
     for kind in chosen:
         # A receiver down for less than the first retry's delay (5 s, -10 %): its deliveries get
         # through on their second attempt, not five minutes later on their third.
-        hold = rng.uniform(1.5, 3.5) if kind == "webhooks_down" else rng.uniform(2.0, 5.0)
+        hold = rng.uniform(1.5, 3.5) if kind == "webhooks_down" else rng.uniform(1.5, 4.0)
         faults.append(Fault(kind, 0.0 if kind in INSTANT else round(hold, 2), rng.randrange(1000)))
     return faults
 
@@ -498,7 +498,7 @@ class Soak:
             if now() >= until and i >= len(self.args.kinds):
                 break
             self.fault(fault)
-            self.stop_traffic.wait(self.rng.uniform(1.0, 3.0))  # quiet between faults
+            self.stop_traffic.wait(self.rng.uniform(0.5, 2.0))  # quiet between faults
 
     def fault(self, fault: Fault) -> None:
         inject, heal = self.fault_actions(fault)
@@ -766,6 +766,8 @@ def run(args: argparse.Namespace) -> int:
         traffic_seconds = now() - traffic_began
         gevent.joinall(soak.workers, timeout=15)
         soak.check_workers()
+        if not all(worker.dead for worker in soak.workers):
+            raise RuntimeError("traffic greenlets still running 15 s after the traffic stopped")
         soak.say("traffic stopped; draining")
         drained = soak.drain()
         soak.say(f"drained in {drained:.1f} s; subscribers catching up")
