@@ -3,7 +3,9 @@
 ``publish`` (one event) and ``publish_many`` (a tenant's events as one multi-row statement) insert
 under the tenant's row-level security while holding a transaction-level advisory lock, and notify
 ``wabot_events`` with the highest new id in the same round trip; the lock makes ids commit in order, so
-a reader that saw id N can never later find a smaller one. ``after`` reads across tenants for a
+a reader that saw id N can never later find a smaller one. Each publish first calls
+``event_ids_after_restart()`` (migration 0015): after a server restart the ids jump ahead, so an id a
+crash lost (and a subscriber may have seen live) is never handed out again. ``after`` reads across tenants for a
 process's dispatcher (owner function); ``for_tenant`` reads one tenant's backlog for resume
 (RLS-scoped).
 """
@@ -20,7 +22,7 @@ _LOCK = 7283903
 
 # One event: a plain VALUES insert (the unnest form below costs ~25% more per single event).
 _PUBLISH = (
-    f"SELECT pg_advisory_xact_lock({_LOCK}); "
+    f"SELECT pg_advisory_xact_lock({_LOCK}), event_ids_after_restart(); "
     "WITH e AS (INSERT INTO events (bot_id, type, payload) VALUES (%s, %s, %s) RETURNING id) "
     f"SELECT id, pg_notify('{CHANNEL}', id::text) FROM e"
 )
@@ -29,7 +31,7 @@ _PUBLISH = (
 # the order the caller gave; RETURNING has no defined order of its own, hence the sort. One
 # notification per statement is enough: listeners only take it as a cue to read what is new.
 _PUBLISH_MANY = (
-    f"SELECT pg_advisory_xact_lock({_LOCK}); "
+    f"SELECT pg_advisory_xact_lock({_LOCK}), event_ids_after_restart(); "
     "WITH e AS (INSERT INTO events (bot_id, type, payload)"
     " SELECT r.bot_id, r.type, r.payload"
     " FROM unnest(%s::uuid[], %s::text[], %s::jsonb[]) WITH ORDINALITY AS r (bot_id, type, payload, n)"

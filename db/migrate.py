@@ -103,6 +103,8 @@ def _grant(cur, app_role: str) -> None:
         "GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO {}",
         # The app may read which migrations ran (to refuse to start on a stale schema), never change them.
         "REVOKE INSERT, UPDATE, DELETE ON schema_migrations FROM {}",
+        # Changed only through event_ids_after_restart() (migration 0015).
+        "REVOKE ALL ON event_id_epoch FROM {}",
     ):
         cur.execute(sql.SQL(statement).format(role))
 
