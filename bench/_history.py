@@ -8,8 +8,9 @@ Invariants (the names are the keys of ``Report.violations``):
 - ``inbound_stored_once``: every inbound message the simulator handed over is stored, once (by its
   WhatsApp id per bot).
 - ``inbound_settled``: every stored inbound message ends answered, or ignored for a documented reason.
-- ``no_double_answer``: no inbound message caused two outgoing messages, and the customer's phone
-  got no outgoing message twice (the same platform message under two network ids, or an answer to an
+- ``no_double_answer``: no inbound message caused two outgoing messages, the customer's phone got
+  nothing from a bot that the database does not know (an answer lost and written again), and got no
+  outgoing message twice (the same platform message under two network ids, or an answer to an
   answered message).
 - ``conversation_order``: per conversation, the customer got the platform's messages in the order
   they were committed (the outbox's order), through retries and resends. (A rule answers at once while
@@ -25,7 +26,8 @@ waiting for the flush, so a PostgreSQL crash (an immediate stop) can lose the la
 their live delivery (docs/reliability.md).
 - ``send_delivered``: every message the API accepted (202, an outbox row) reached the customer's phone.
 - ``webhook_at_least_once``: every committed fact has its delivery, every delivery reached its
-  endpoint's receiver at least once, and none ended ``failed``.
+  endpoint's receiver at least once, and none ended ``failed``. A delivery still pending with its next
+  attempt scheduled (state ``retrying`` here) is counted in ``notes["webhook_retries_scheduled"]``.
 - ``webhook_tenant``: no receiver got a delivery of an endpoint it does not serve.
 """
 
@@ -183,6 +185,10 @@ def _outgoing(report: Report, stored: list[Stored], sent: list[Sent]) -> None:
             by_cause[s.cause].append(s)
         if s.outbox_id is not None:
             by_outbox[s.outbox_id].append(s)
+    for s in sent:
+        if s.outbox_id is None:
+            report.add("no_double_answer", f"{s.network_id} reached {s.customer} from bot {s.bot_id} but the"
+                       " database has no such outgoing message (an answer lost and written again?)")
     for cause, answers in by_cause.items():
         if len(answers) > 1:
             report.add("no_double_answer", f"{cause} answered {len(answers)} times: "
@@ -233,7 +239,9 @@ def _webhooks(report: Report, deliveries: list[Delivery], webhooks: list[Webhook
     for d in deliveries:
         mine[d.endpoint_id].add(d.id)
         report.checked["webhook_at_least_once"] += 1
-        if d.state == "failed":
+        if d.state == "retrying" and d.id not in received.get(d.endpoint_id, frozenset()):
+            report.notes["webhook_retries_scheduled"] += 1  # pending, its next attempt scheduled: not lost
+        elif d.state == "failed":
             report.add("webhook_at_least_once", f"delivery {d.id} of endpoint {d.endpoint_id} failed")
         elif d.id not in received.get(d.endpoint_id, frozenset()):
             report.add("webhook_at_least_once", f"delivery {d.id} ({d.state}) never reached {d.endpoint_id}")

@@ -90,3 +90,14 @@ def test_a_committed_fact_without_a_delivery_is_found():
 def test_an_event_seen_live_that_the_log_lost_in_a_crash_is_counted_not_judged():
     report = check(**{**_clean(), "streams": [StreamLog("s1", A, ((2, A), (3, None), (4, A), (6, A)))]})
     assert report.ok and report.notes["stream_notices_lost"] == 1
+
+
+def test_a_message_at_the_customer_that_the_database_does_not_know_is_found():
+    sent = [*_clean()["sent"], Sent("bot1", "n9", "c1", 13.0, None, None)]
+    assert "n9 reached c1 from bot bot1 but the database has no such outgoing message" in \
+        _violations(sent=sent)["no_double_answer"][0]
+
+
+def test_a_delivery_waiting_for_its_scheduled_retry_is_counted_not_judged():
+    report = check(**{**_clean(), "deliveries": [*_clean()["deliveries"], Delivery("d3", "e1", "retrying")]})
+    assert report.ok and report.notes["webhook_retries_scheduled"] == 1
