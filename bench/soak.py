@@ -723,16 +723,21 @@ class Soak:
     # -- run -------------------------------------------------------------------------------------
 
     def close(self) -> None:
+        """Stop everything the soak started; again is harmless. Whatever printing the logs meets (a
+        closed output pipe), the servers are stopped."""
+        deploy, self.deploy = self.deploy, None
         self.stop_traffic.set()
         self.tasks.kill(block=True, timeout=10)
         for tenant in self.tenants:
             tenant.receiver.stop()
         self.ai.stop()
-        if self.deploy is not None:
-            if self.args.logs:
-                for name in self.deploy.procs:
-                    print(f"--- {name} (last 3000 characters)\n{self.deploy.log(name)[-3000:]}")
-            self.deploy.close()
+        if deploy is not None:
+            try:
+                if self.args.logs:
+                    for name in deploy.procs:
+                        print(f"--- {name} (last 3000 characters)\n{deploy.log(name)[-3000:]}")
+            finally:
+                deploy.close()
 
 
 def _metrics(text: str) -> dict[str, float]:
@@ -761,6 +766,13 @@ def _p50_max(values: list[float]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     soak = Soak(args)
+    try:
+        return _run(soak, args)
+    finally:
+        soak.close()
+
+
+def _run(soak: Soak, args: argparse.Namespace) -> int:
     results: dict[str, Any] = {"seed": args.seed, "duration": args.duration, "rate": args.rate,
                                "bots": args.bots, "customers": args.customers}
     try:
