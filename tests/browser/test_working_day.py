@@ -257,6 +257,7 @@ def test_a_send_the_server_refuses_shows_its_reason_in_the_composer(day):
     expect(page.locator("#send-error")).to_contain_text("The message")
     expect(page.locator("#composer-text")).to_have_attribute("aria-invalid", "true")
     assert_same_page_load(page)
+    shot(day, "send-refused", full=False)
     # The browser reports the refused request (400) on its console; nothing else went wrong.
     assert all("400" in e for e in day.errors[errors_before:]), day.errors[errors_before:]
     del day.errors[errors_before:]
@@ -271,6 +272,8 @@ def test_a_send_that_cannot_reach_the_server_says_so_and_keeps_the_draft(day):
         page.click("#send-button")
         expect(page.locator("#request-error")).to_contain_text("did not reach the server")
         expect(page.locator("#composer-text")).to_have_value("Are you still there?")
+        expect(page.locator("#send-error")).to_have_count(0)  # the earlier attempt's error no longer holds
+        shot(day, "send-unreachable", full=False)
     finally:
         page.unroute("**/send")
     page.fill("#composer-text", "")

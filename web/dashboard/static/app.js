@@ -383,7 +383,16 @@
       say("That did not work: the server answered " + xhr.status + (xhr.statusText ? " " + xhr.statusText : "") +
           ". Reload the page and try again.");
     });
-    document.body.addEventListener("htmx:sendError", function () {
+    document.body.addEventListener("htmx:sendError", function (e) {
+      // A form's own error described the attempt before this one: it no longer holds.
+      var form = e.detail.elt;
+      if (form && form.querySelectorAll) {
+        form.querySelectorAll(".note.error").forEach(function (n) { n.remove(); });
+        form.querySelectorAll("[aria-invalid]").forEach(function (n) {
+          n.removeAttribute("aria-invalid");
+          n.removeAttribute("aria-describedby");
+        });
+      }
       say("That did not reach the server: check the connection and try again.");
     });
     document.body.addEventListener("htmx:afterRequest", function (e) {
