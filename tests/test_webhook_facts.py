@@ -117,6 +117,38 @@ def test_a_fact_that_rolls_back_leaves_no_delivery(pool):
     assert _deliveries(pool, tenant, endpoint) == []  # ...and gone with it
 
 
+def test_a_fact_written_again_after_a_crash_lost_it_is_delivered_under_the_same_webhook_id(pool):
+    # A send marked sent or a receipt commits without waiting for the flush: a crash of the server can
+    # lose it after its delivery went out; the fact is then written again, and its delivery must carry
+    # the id the receiver already saw, so the receiver can tell it is the same event.
+    tenant = new_tenant(pool)
+    bot = new_bot(pool, tenant)
+    endpoint, _ = new_endpoint(pool, tenant, "https://hooks.example/in")
+    other_endpoint, _ = new_endpoint(pool, tenant, "https://hooks.example/other")
+    contact = pool.run(tenant, lambda unit: unit.scalar(
+        "INSERT INTO contacts (bot_id, jid) VALUES (%s, %s) RETURNING id", (bot, CUSTOMER)), repeatable=False)
+    message = "5b0c3a52-8f4e-4d7c-9a61-0b7e2f1d9c11"
+
+    def write(unit):
+        unit.execute("INSERT INTO messages (id, bot_id, contact_id, direction, wa_message_id)"
+                     " VALUES (%s, %s, %s, 'in', 'x')", (message, bot, contact))
+        return unit.all("SELECT endpoint_id::text, id::text FROM webhook_deliveries WHERE event_key = %s"
+                        " ORDER BY endpoint_id", ("message.in:" + message,))
+
+    seen = []
+
+    def lost(unit):
+        seen.extend(write(unit))
+        raise RuntimeError("the server crashed before the commit reached the disk")
+
+    with pytest.raises(RuntimeError):
+        pool.run(tenant, lost, repeatable=False)
+    again = pool.run(tenant, write, repeatable=False)
+    assert [tuple(r) for r in again] == [tuple(r) for r in seen] and len(again) == 2
+    assert len({r[1] for r in again}) == 2  # each endpoint its own id
+    assert {r[0] for r in again} == {endpoint, other_endpoint}
+
+
 def test_a_tenant_without_endpoints_writes_facts_without_deliveries(pool):
     tenant = new_tenant(pool)
     bot = new_bot(pool, tenant)
