@@ -363,8 +363,9 @@ class BotPipeline(Actor):
     # -- outbox ------------------------------------------------------------------------------------
 
     def _claim(self, effect: pm.Claim) -> pm.Claimed:
-        return pm.Claimed(tuple(self.deps.store.claim_due(self.tenant_id, self.bot_id, effect.limit,
-                                                          effect.leave_out)))
+        rows = self.deps.store.claim_due(self.tenant_id, self.bot_id, effect.limit, effect.leave_out)
+        # db.pipeline_store.ClaimedRows: with when held answers may go (None: nothing is held)
+        return pm.Claimed(tuple(rows), getattr(rows, "held_for", None))
 
     def _check_received(self, effect: pm.CheckReceived) -> pm.Received:
         row = effect.row

@@ -35,13 +35,16 @@ def row_to_dict(row: Any) -> dict[str, Any]:
 
 
 def create(pool: Any, tenant_id: str, name: str, transport_options: dict[str, Any]) -> dict[str, Any]:
-    rows = pool.query(
-        tenant_id,
-        f"INSERT INTO bots (name, transport_options) VALUES (%s, %s) RETURNING {_COLUMNS}",
-        (name, json.dumps(transport_options)),
-        repeatable=False,
-    )
-    return row_to_dict(rows[0])
+    """A new bot; raises ``db.quotas.QuotaExceeded`` (nothing written) when the tenant has as many bots
+    as its quota allows. The check and the insert are one transaction holding the tenant's quota row."""
+    from db import quotas  # it imports NOTIFY_CHANNEL from here
+
+    def work(unit: Any) -> dict[str, Any]:
+        quotas.check_bot(unit)
+        return row_to_dict(unit.one(f"INSERT INTO bots (name, transport_options) VALUES (%s, %s) RETURNING {_COLUMNS}",
+                                    (name, json.dumps(transport_options))))
+
+    return pool.run(tenant_id, work, repeatable=False)  # a repeat could make a second bot
 
 
 def update(pool: Any, tenant_id: str, bot_id: str, name: str | None,

@@ -17,6 +17,7 @@ import json
 import secrets
 from typing import Any
 
+from db import quotas
 from db.bots import NOTIFY_CHANNEL
 
 ANSWERABLE_KINDS = frozenset({"text", "image", "video", "document", "audio", "sticker"})
@@ -153,9 +154,11 @@ def store_from_phone(pool: Any, tenant_id: str, bot_id: str, event: Any, correla
 
 
 _ENQUEUE = (
-    # One statement: the contact (found or created by jid), the outbox row, its outgoing message row
-    # (status pending, message id fixed now) and the notice that wakes the bot's pipeline.
-    "WITH c AS (INSERT INTO contacts (bot_id, jid) VALUES (%(bot)s, %(to)s)"
+    # One statement: the day's message quota (migration 0018: counted now, or nothing is written),
+    # the contact (found or created by jid), the outbox row, its outgoing message row (status
+    # pending, message id fixed now) and the notice that wakes the bot's pipeline.
+    "WITH g AS MATERIALIZED (SELECT quota_take_messages(1) AS granted),"
+    " c AS (INSERT INTO contacts (bot_id, jid) SELECT %(bot)s::uuid, %(to)s FROM g WHERE g.granted = 1"
     " ON CONFLICT (bot_id, jid) DO UPDATE SET jid = excluded.jid RETURNING id, jid),"
     " o AS (INSERT INTO outbox (bot_id, contact_id, to_jid, wa_message_id, kind, body, source, correlation_id,"
     " media_id) SELECT %(bot)s, c.id, c.jid, %(wa)s, %(kind)s, %(text)s, 'api', %(cid)s, %(media)s FROM c"
@@ -171,7 +174,8 @@ def enqueue(pool: Any, tenant_id: str, bot_id: str, to_jid: str, text: str, corr
             media_id: str | None = None, kind: str = "text", sent_by: str | None = None) -> str:
     """Queue a message sent through the API (to a contact by jid, created if new); the outbox id.
     ``sent_by`` names the dashboard member who wrote it (``member:<email>``), kept on the message.
-    The notice wakes the pipeline of whichever supervisor process holds the bot."""
+    The notice wakes the pipeline of whichever supervisor process holds the bot. Raises
+    ``db.quotas.QuotaExceeded`` (nothing written) when the tenant's daily message quota is used up."""
     rows = pool.query(
         tenant_id,
         _ENQUEUE,
@@ -179,6 +183,8 @@ def enqueue(pool: Any, tenant_id: str, bot_id: str, to_jid: str, text: str, corr
          "media": media_id, "channel": NOTIFY_CHANNEL, "by": sent_by},
         repeatable=False,
     )
+    if not rows:
+        raise quotas.messages_refused(pool, tenant_id)
     return str(rows[0][0])
 
 

@@ -186,20 +186,27 @@ WITH a AS (
       FROM unnest(%(mids)s::uuid[], %(moids)s::uuid[]) AS x(mid, oid)
      WHERE m.id = x.mid AND m.status = 'stored'
     RETURNING x.oid
+), r AS (
+    SELECT a.*, row_number() OVER (ORDER BY a.n) AS k FROM a WHERE a.oid IN (SELECT oid FROM claimed)
+), g AS MATERIALIZED (
+    -- The day's message quota (migration 0018): the answers past it are written 'held'.
+    SELECT quota_take_messages((SELECT count(*) FROM r)::int) AS granted
 ), o AS (
     INSERT INTO outbox (id, bot_id, contact_id, to_jid, wa_message_id, kind, body, source, correlation_id,
-                        cause_message_id, created_at, state, attempts)
-    SELECT a.oid, a.bot, c.id, c.jid, a.wa, 'text', a.body, a.source, a.cid, a.cause, clock_timestamp(),
-           CASE WHEN a.now AND NOT u.unsent THEN 'sending' ELSE 'pending' END,
-           CASE WHEN a.now AND NOT u.unsent THEN 1 ELSE 0 END
-      FROM a JOIN contacts c ON c.id = a.contact
-           -- An older message to the customer not yet sent (waiting for a retry, say): this one may not
-           -- overtake it, so it waits in the outbox and goes out through a claim, after it.
+                        cause_message_id, created_at, state, attempts, last_error)
+    SELECT r.oid, r.bot, c.id, c.jid, r.wa, 'text', r.body, r.source, r.cid, r.cause, clock_timestamp(),
+           CASE WHEN r.k > g.granted THEN 'held' WHEN r.now AND NOT u.unsent THEN 'sending' ELSE 'pending' END,
+           CASE WHEN r.k <= g.granted AND r.now AND NOT u.unsent THEN 1 ELSE 0 END,
+           CASE WHEN r.k > g.granted THEN %(held)s END
+      FROM r CROSS JOIN g JOIN contacts c ON c.id = r.contact
+           -- An older message to the customer not yet sent (waiting for a retry, or held by the quota,
+           -- say): this one may not overtake it, so it waits in the outbox and goes out through a claim,
+           -- after it.
            CROSS JOIN LATERAL (SELECT EXISTS (
-               SELECT 1 FROM outbox p WHERE p.bot_id = a.bot AND p.to_jid = c.jid
-                  AND p.state IN ('pending', 'sending')) AS unsent) u
-     WHERE a.oid IN (SELECT oid FROM claimed)
-     ORDER BY a.n
+               SELECT 1 FROM outbox p WHERE p.bot_id = r.bot AND p.to_jid = c.jid
+                  AND p.state IN ('pending', 'sending')) OR EXISTS (
+               SELECT 1 FROM outbox p WHERE p.bot_id = r.bot AND p.to_jid = c.jid AND p.state = 'held') AS unsent) u
+     ORDER BY r.n
     RETURNING id, bot_id, contact_id, to_jid, wa_message_id, body, source, correlation_id, state
 ), m AS (
     INSERT INTO messages (bot_id, contact_id, direction, wa_message_id, kind, body, status, correlation_id,
@@ -212,6 +219,9 @@ WITH a AS (
 SELECT o.id, o.state, o.to_jid, o.wa_message_id, o.body, o.correlation_id
   FROM o JOIN m ON m.outbox_id = o.id
 """
+
+# Why an answer waits in the outbox as 'held' (its last_error until a claim releases it).
+HELD_REASON = "held: the tenant's daily message quota is used up; sent when the quota allows"
 
 # bot, contact, message ids, text, source, correlation id, and whether the caller sends it at once
 Answer = tuple[str, str, list[str], str, str, str | None, bool]
@@ -226,10 +236,11 @@ def answer_many(pool: Any, tenant_id: str, items: list[Answer]) -> list[tuple[st
     An item asked to be sent at once is written already claimed for sending, with the attempt
     counted — as ``claim_many`` would have done — and comes back as the ``Outgoing`` row to send
     (its ``state``/``attempts`` those before the claim, as from ``claim_many``); otherwise row is
-    None and the row waits in the outbox as 'pending'."""
+    None and the row waits in the outbox as 'pending' — or as 'held' when the tenant's daily message
+    quota is used up (migration 0018): then no claim takes it until ``claim_many`` releases it."""
     oids = [str(uuid.uuid4()) for _ in items]
-    params: dict[str, list[Any]] = {"oids": oids, "bots": [], "contacts": [], "was": [], "texts": [],
-                                    "sources": [], "cids": [], "causes": [], "now": [], "mids": [], "moids": []}
+    params: dict[str, Any] = {"oids": oids, "bots": [], "contacts": [], "was": [], "texts": [], "sources": [],
+                              "cids": [], "causes": [], "now": [], "mids": [], "moids": [], "held": HELD_REASON}
     for oid, (bot_id, contact_id, message_ids, text, source, cid, send_now) in zip(oids, items):
         params["bots"].append(bot_id)
         params["contacts"].append(contact_id)
@@ -251,26 +262,49 @@ def answer_many(pool: Any, tenant_id: str, items: list[Answer]) -> list[tuple[st
 
 # -- delivery --------------------------------------------------------------------------------------
 
+# Two statements, one transaction: held rows the day's quota now allows are released first (the
+# claim's own snapshot would not see them released within one statement), then the claim; a row per
+# bot that still has held rows says, in its last column, when the next UTC day begins.
 _CLAIM = """
+SELECT quota_release_held(%(bots)s::uuid[]);
 WITH w AS (
-    SELECT * FROM unnest(%s::uuid[], %s::int[]) AS w(bot, lim)
+    SELECT * FROM unnest(%(bots)s::uuid[], %(lims)s::int[]) AS w(bot, lim)
 ), d AS (
     SELECT o.id, o.state AS was FROM w CROSS JOIN LATERAL (
            SELECT id, state FROM outbox x
             WHERE bot_id = w.bot AND state IN ('pending', 'sending') AND next_attempt_at <= now()
-              AND NOT (id = ANY(%s::uuid[]))
-              -- Per customer in commit order: not while an older message to them waits for a retry.
+              AND NOT (id = ANY(%(out)s::uuid[]))
+              -- Per customer in commit order: not while an older message to them waits for a retry
+              -- or is held by the quota.
               AND NOT EXISTS (
                   SELECT 1 FROM outbox p
                    WHERE p.bot_id = w.bot AND p.state IN ('pending', 'sending') AND p.next_attempt_at > now()
                      AND p.to_jid = x.to_jid AND (p.created_at, p.id) < (x.created_at, x.id))
+              AND NOT EXISTS (
+                  SELECT 1 FROM outbox p
+                   WHERE p.bot_id = w.bot AND p.state = 'held'
+                     AND p.to_jid = x.to_jid AND (p.created_at, p.id) < (x.created_at, x.id))
             ORDER BY created_at, id LIMIT w.lim) o
+), c AS (
+    UPDATE outbox SET state = 'sending', attempts = outbox.attempts + 1
+      FROM d WHERE outbox.id = d.id AND outbox.state IN ('pending', 'sending')
+    RETURNING outbox.bot_id, outbox.created_at, outbox.id, to_jid, wa_message_id, kind, body, d.was,
+              outbox.attempts - 1 AS attempts, correlation_id, media_id
 )
-UPDATE outbox SET state = 'sending', attempts = outbox.attempts + 1
-  FROM d WHERE outbox.id = d.id AND outbox.state IN ('pending', 'sending')
-RETURNING outbox.bot_id, outbox.created_at, outbox.id, to_jid, wa_message_id, kind, body, d.was,
-          outbox.attempts - 1, correlation_id, media_id
+SELECT c.*, NULL::float8 FROM c
+UNION ALL
+SELECT w.bot, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       extract(epoch FROM date_trunc('day', now() AT TIME ZONE 'UTC') + interval '1 day' - (now() AT TIME ZONE 'UTC'))
+  FROM w WHERE EXISTS (SELECT 1 FROM outbox h WHERE h.bot_id = w.bot AND h.state = 'held')
 """
+
+
+class ClaimedRows(list):
+    """The rows a claim took for one bot, oldest first; ``held_for``: when the bot still has answers
+    held by the daily message quota, the seconds until the next UTC day (when the quota allows
+    again), else None."""
+
+    held_for: float | None = None
 
 
 def claim_many(pool: Any, tenant_id: str, items: list[tuple[str, int, Sequence[str]]]) -> list[list[Outgoing]]:
@@ -285,17 +319,27 @@ def claim_many(pool: Any, tenant_id: str, items: list[tuple[str, int, Sequence[s
     'sending' means an earlier attempt's outcome is unknown (ask the network before resending);
     ``attempts`` counts earlier attempts."""
     left_out = sorted({outbox_id for item in items for outbox_id in item[2]})
-    rows = pool.query(tenant_id, _CLAIM, ([i[0] for i in items], [i[1] for i in items], left_out), repeatable=True,
-                      durable=False)  # lost in a crash, the attempt is redone under the same message id
-    by_bot: dict[str, list[Any]] = {}
-    for row in sorted(rows, key=lambda r: (r[1], str(r[2]))):
-        by_bot.setdefault(str(row[0]), []).append(
+    rows = pool.query(tenant_id, _CLAIM, {"bots": [i[0] for i in items], "lims": [i[1] for i in items],
+                                          "out": left_out},
+                      repeatable=True, durable=False)  # lost in a crash, the attempt is redone under the same id
+    by_bot: dict[str, ClaimedRows] = {}
+    held: dict[str, float] = {}
+    for row in sorted((r for r in rows if r[2] is not None), key=lambda r: (r[1], str(r[2]))):
+        by_bot.setdefault(str(row[0]), ClaimedRows()).append(
             Outgoing(str(row[2]), row[3], row[4], row[5], row[6], row[7], row[8], row[9],
                      None if row[10] is None else str(row[10])))
+    for row in rows:
+        if row[2] is None:
+            held[str(row[0])] = max(0.0, float(row[11]))
     # Two calls for one bot in a batch would split its rows arbitrarily: give them all to the first.
     results: list[list[Outgoing]] = []
     for item in items:
-        results.append(by_bot.pop(str(item[0]), []))
+        bot = str(item[0])
+        claimed = by_bot.pop(bot, None)
+        if claimed is None:
+            claimed = ClaimedRows()
+        claimed.held_for = held.pop(bot, None)
+        results.append(claimed)
     return results
 
 

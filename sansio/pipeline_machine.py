@@ -31,7 +31,8 @@ State (one record per bot, rebuilt on every change, never mutated):
   ``awaiting_config`` and is handled again, from the same state, once ``ConfigLoaded`` arrives.
 
 Inputs: from the session (``Inbound``, ``Receipt``, ``LinkUp``, ``Wake``), the actor's start
-(``Start``), timers (``StoreRetryDue``, ``DebounceDue``, ``DeliverDue``, and ``DeliverMore`` that
+(``Start``), timers (``StoreRetryDue``, ``DebounceDue``, ``DeliverDue``, ``HeldDue`` — the next UTC
+day while answers are held by the tenant's daily message quota — and ``DeliverMore`` that
 the actor mails to itself), and the outcomes of effects: asynchronous ones (``StoreDone``,
 ``AiDone``, ``Answered``, ``Recorded``) and those the actor runs at once and reports straight back
 (``ConfigLoaded``, ``Recovered``, ``Claimed``, ``Received``, ``SendOk``, ``SendFailed``,
@@ -67,6 +68,8 @@ from sansio.token_bucket import Bucket
 
 STORE_TIMER = "store"
 DELIVER_TIMER = "deliver"
+HELD_TIMER = "held"  # the next UTC day, while answers are held by the daily message quota
+HELD_MARGIN = 1.0  # seconds after the day begins (clocks differ a little)
 SAME_DEADLINE = 0.001  # seconds: a claim this soon after another deadline is the same claim
 
 PAUSED = "conversation paused"
@@ -421,6 +424,15 @@ class Answered(NamedTuple):
 @_input
 class Claimed(NamedTuple):
     rows: tuple
+    held_for: float | None = None  # answers held by the daily message quota: seconds until the next UTC day
+
+
+@_input
+class HeldDue(NamedTuple):
+    """A new UTC day began since answers were held by the daily message quota: a claim releases
+    what the quota allows now."""
+
+    at: float
 
 
 @_input
@@ -1132,6 +1144,11 @@ def _claimed(s: _Step, e: Claimed) -> None:
         _release(s, tuple(e.rows))  # cannot happen: a claim is answered at once
         return
     s.maybe_due = False
+    if e.held_for is not None:
+        # Held answers are released by a claim once the quota allows: the operator raising it wakes
+        # the pipeline; a new day needs a timer (one, replaced by each claim that still finds some).
+        at = s.now + e.held_for + HELD_MARGIN
+        s.effects.append(ScheduleTimer(HELD_TIMER, at, HeldDue(at)))
     _start_sending(s, tuple(e.rows), s.claim_limit)
     # Rows due later (retries) are timed when they fail, and new rows wake the pipeline, so there is
     # nothing to look up after a batch.
@@ -1277,6 +1294,11 @@ def _deliver_more(s: _Step, e: DeliverMore) -> None:
     _deliver(s)
 
 
+def _held_due(s: _Step, e: HeldDue) -> None:
+    s.maybe_due = True
+    _deliver(s)
+
+
 def _recorded(s: _Step, e: Recorded) -> None:
     s.recording = s.recording.difference(e.outbox_ids)
     if not e.ok:  # still 'sending': a claim asks the network about them
@@ -1334,6 +1356,7 @@ _HANDLERS: dict[type, Callable[[_Step, Any], None]] = {
     Recorded: _recorded,
     DeliverDue: _deliver_due,
     DeliverMore: _deliver_more,
+    HeldDue: _held_due,
     LinkUp: _link_up,
     Wake: _wake,
     Receipt: _receipt,

@@ -13,6 +13,7 @@ from flask import Flask, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from core import context, sentry
+from db.quotas import QuotaExceeded
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,16 @@ def install(app: Flask, metrics: Any) -> None:
         response = error_response(exc.status, exc.code, exc.message, exc.field)
         if exc.status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="api"'
+        return response
+
+    @app.errorhandler(QuotaExceeded)
+    def _quota(exc: QuotaExceeded) -> Any:
+        # The daily message quota allows again by itself (429, Retry-After); the others need the
+        # operator or a deletion (403). Nothing was stored either way.
+        status = 429 if exc.retry_after is not None else 403
+        response = error_response(status, "quota_exceeded", exc.message)
+        if exc.retry_after is not None:
+            response.headers["Retry-After"] = str(int(exc.retry_after) + 1)
         return response
 
     @app.errorhandler(HTTPException)
