@@ -1,5 +1,5 @@
 """Entry point: ``python run.py [all|web|supervisor|migrate|create-tenant NAME [--admin-email EMAIL]|
-reset-password EMAIL|simulator]``.
+reset-password EMAIL|tenant quota ID ...|simulator]``.
 
 gevent patches the standard library before anything else is imported (pykka's threads become
 greenlets), and psycopg2 gets a wait callback that yields to the hub and cancels abandoned queries.
@@ -46,6 +46,13 @@ def _parser() -> argparse.ArgumentParser:
     reset = sub.add_parser("reset-password", help="print a one-time password-reset link for a dashboard account")
     reset.add_argument("email")
     sub.add_parser("simulator", help="run the WhatsApp network simulator (a test and demo tool)")
+    tenant = sub.add_parser("tenant", help="the operator's tenant commands (today: quota)")
+    tenant_sub = tenant.add_subparsers(dest="tenant_command", required=True)
+    quota = tenant_sub.add_parser("quota", help="show or set a tenant's quotas (0 or 'none': no limit)")
+    quota.add_argument("tenant_id")
+    quota.add_argument("--bots", help="bots it may have")
+    quota.add_argument("--messages-per-day", help="messages it may send per UTC day (API and bot answers)")
+    quota.add_argument("--media-bytes", help="bytes of media it may store")
     return parser
 
 
@@ -77,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
             return _create_tenant(system, args.name, args.admin_email)
         if command == "reset-password":
             return _reset_password(system, args.email)
+        if command == "tenant":
+            from core import quota_cli
+
+            return quota_cli.main(system, args)
         return _serve(system, web=command in ("all", "web"), supervise=command in ("all", "supervisor"))
     except StartupError as exc:
         print(f"cannot start: {exc}", file=sys.stderr)

@@ -100,6 +100,38 @@ def test_create_tenant_prints_a_key_once_and_that_key_authenticates(env, pool):
     assert row[0] == "Acme CLI"
 
 
+# -- tenant quota ----------------------------------------------------------------------------------
+
+
+def test_tenant_quota_sets_the_limits_given_keeps_the_others_and_shows_them_with_the_usage(env, make_tenant):
+    tenant_id, _ = make_tenant()
+    result = run_py(env, "tenant", "quota", tenant_id, "--bots", "3", "--messages-per-day", "1000")
+    assert result.returncode == 0, result.stderr
+    assert "bots: no limit -> 3" in result.stdout and "messages-per-day: no limit -> 1,000" in result.stdout
+    result = run_py(env, "tenant", "quota", tenant_id, "--bots", "none")
+    assert result.returncode == 0, result.stderr
+    assert "bots: 3 -> no limit" in result.stdout
+    lines = run_py(env, "tenant", "quota", tenant_id).stdout.splitlines()
+    assert any(line.split() == ["bots", "0", "of", "no", "limit"] for line in lines), lines
+    assert any("messages-per-day" in line and line.endswith("of 1,000") for line in lines), lines
+    assert any("media-bytes" in line and line.endswith("of no limit") for line in lines), lines
+
+
+def test_tenant_quota_refuses_a_bad_number_and_changes_nothing(env, make_tenant):
+    tenant_id, _ = make_tenant()
+    result = run_py(env, "tenant", "quota", tenant_id, "--bots", "3", "--media-bytes", "lots")
+    assert result.returncode == 2
+    (line,) = plain_lines(result.stderr)
+    assert "media-bytes" in line and "'lots' is not a whole number" in line
+    assert "of no limit" in run_py(env, "tenant", "quota", tenant_id).stdout.splitlines()[1]
+
+
+def test_tenant_quota_for_an_unknown_tenant_says_so(env):
+    result = run_py(env, "tenant", "quota", "00000000-0000-4000-8000-000000000000", "--bots", "1")
+    assert result.returncode == 1
+    assert plain_lines(result.stderr) == ["no tenant 00000000-0000-4000-8000-000000000000"]
+
+
 def test_create_tenant_with_a_blank_name_fails_with_one_clear_line(env):
     result = run_py(env, "create-tenant", "   ")
     assert result.returncode != 0
