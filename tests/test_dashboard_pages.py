@@ -524,3 +524,30 @@ def test_a_key_made_in_the_dashboard_can_be_limited_to_scopes(web, shop):
     listed = shop.admin.get("/app/admin/keys").text
     row = re.search(r'<td data-label="Name">reader</td>.*?</tr>', listed, re.S).group(0)
     assert '<span class="badge">read</span>' in row
+
+
+# -- quotas --------------------------------------------------------------------------------------
+
+
+def test_a_bot_past_the_quota_is_refused_on_the_bots_page_with_the_reason(web, shop, bot):
+    from db import quotas
+    from sansio import quotas as q
+
+    quotas.set_limits(web.pool, shop.tenant_id, {q.BOTS: 1})
+    response = shop.admin.post("/app/bots", {"name": "Second desk"})
+    assert response.status_code == 403
+    assert "quota of 1 bot is used up (1 in use)" in response.text
+    assert len(shop.api.get("/bots").json()["bots"]) == 1
+
+
+def test_a_send_past_the_daily_quota_is_refused_in_the_composer_with_the_draft_kept(web, shop, bot, conversation):
+    from db import quotas
+    from sansio import quotas as q
+
+    quotas.set_limits(web.pool, shop.tenant_id, {q.MESSAGES_PER_DAY: 1})
+    assert shop.agent.post(f"/app/inbox/{conversation}/send", {"text": "We open at nine."}).status_code == 303
+    response = shop.agent.post(f"/app/inbox/{conversation}/send", {"text": "And close at six."})
+    assert response.status_code == 429
+    assert "quota of 1 messages per day is used up" in response.text and "And close at six." in response.text
+    assert [r["text"] for r in shop.api.get("/outbox", params={"state": "pending"}).json()["outbox"]] == [
+        "We open at nine."]

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from core.ai import AiClient, AiError
 from db import bots as bots_db
 from db import conversations_api as api_db
+from db.quotas import QuotaExceeded
 from sansio import roles
 from sansio import rules as rules_mod
 from sansio.prompt import build_messages
@@ -98,7 +99,12 @@ def create_bot(person: Member) -> Any:
                           else api.first_problem(exc, TransportOptions))
         found = bots_db.list_all(pool, person.tenant_id)
         return render_template("bots.html", bots=found, form=form, error=message, field=field, confirm=CONFIRM), 400
-    bot = bots_db.create(pool, person.tenant_id, name, options)
+    try:
+        bot = bots_db.create(pool, person.tenant_id, name, options)
+    except QuotaExceeded as exc:
+        found = bots_db.list_all(pool, person.tenant_id)
+        message = exc.message[:1].upper() + exc.message[1:] + "."
+        return render_template("bots.html", bots=found, form=form, error=message, field="name", confirm=CONFIRM), 403
     if options.get("auto_start"):
         bots_db.set_desired(pool, person.tenant_id, bot["id"], "running")
     return redirect(url_for("dashboard.bot", bot_id=bot["id"]), code=303)

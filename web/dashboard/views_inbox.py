@@ -17,6 +17,7 @@ import media
 from core import context
 from db import conversations, dashboard, webhook_endpoints
 from db import conversations_api as api_db
+from db.quotas import QuotaExceeded
 from sansio import recipients, roles
 from web import media as media_api
 from web import paging
@@ -166,6 +167,9 @@ def send(person: Member, contact_id: str) -> Any:
                                           sent_by=person.held_by)
     except psycopg2.errors.ForeignKeyViolation:
         abort(404, description="The bot was deleted.")
+    except QuotaExceeded as exc:
+        return _send_failed(person, contact, exc.message[:1].upper() + exc.message[1:] + ".",
+                            request.form.get("text", ""), 429)
     if session.wants_fragment():
         found = dashboard.message(pool, tenant_id, contact["id"], outbox_id=outbox_id)
         assert found is not None  # just written
