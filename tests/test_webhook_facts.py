@@ -149,6 +149,25 @@ def test_a_fact_written_again_after_a_crash_lost_it_is_delivered_under_the_same_
     assert {r[0] for r in again} == {endpoint, other_endpoint}
 
 
+def test_a_fact_that_makes_a_delivery_commits_durably_even_when_its_transaction_asked_not_to(pool):
+    # A receipt commits without waiting for the flush; once it carries a delivery a worker may send at
+    # once, so the commit must not be one a crash can take back.
+    tenant = new_tenant(pool)
+    bot = new_bot(pool, tenant)
+    contact = pool.run(tenant, lambda unit: unit.scalar(
+        "INSERT INTO contacts (bot_id, jid) VALUES (%s, %s) RETURNING id", (bot, CUSTOMER)), repeatable=False)
+
+    def write(unit):
+        unit.execute("SELECT set_config('synchronous_commit', 'off', true)")
+        unit.execute("INSERT INTO messages (bot_id, contact_id, direction, wa_message_id) VALUES (%s, %s, 'in', %s)",
+                     (bot, contact, f"x{unit.scalar('SELECT random()')}"))
+        return unit.scalar("SHOW synchronous_commit")
+
+    assert pool.run(tenant, write, repeatable=False) == "off"  # no endpoint, no delivery: as asked
+    new_endpoint(pool, tenant, "https://hooks.example/in")
+    assert pool.run(tenant, write, repeatable=False) == "on"
+
+
 def test_a_tenant_without_endpoints_writes_facts_without_deliveries(pool):
     tenant = new_tenant(pool)
     bot = new_bot(pool, tenant)
