@@ -36,6 +36,7 @@ sys.path.insert(0, ROOT)
 import requests  # noqa: E402
 
 from bench._harness import (  # noqa: E402
+    UNREACHED_LIMITS,
     Bench,
     Child,
     Verdict,
@@ -104,7 +105,7 @@ def run(args: argparse.Namespace, bench: Bench) -> None:
     db = bench.database(from_env=False)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "PORT"))}
     env.update(DATABASE_URL=db.app_url, DATA_DIR=bench.path("data"), LOG_LEVEL="warning",
-               PYTHONUNBUFFERED="1", HTTP_MAX_BODY="1048576")
+               PYTHONUNBUFFERED="1", HTTP_MAX_BODY="1048576", **UNREACHED_LIMITS)
     _tenant, key, _out = cli_tenant({**env, "DATABASE_OWNER_URL": db.owner_url}, "API bench")
     webs = [bench.stops(Web("before", git_tree(args.baseline, bench.path("baseline")), env, bench.work)),
             bench.stops(Web("after", ROOT, env, bench.work))]

@@ -56,6 +56,7 @@ import requests  # noqa: E402
 
 from bench._harness import (  # noqa: E402
     RUN,
+    UNREACHED_LIMITS,
     Bench,
     Child,
     Verdict,
@@ -92,7 +93,7 @@ class Deployment:
         self.env = {**env, "DATA_DIR": os.path.join(self.work, "data"), "DATABASE_URL": self.db.app_url,
                     "DATABASE_OWNER_URL": self.db.owner_url, "WA_TRANSPORT": "simulator", "BOT_SEND_RATE": "0",
                     "WA_SIMULATOR_ADDR": f"127.0.0.1:{sim_port}", "PORT": str(free_port()), "LOG_LEVEL": "warning",
-                    "PYTHONUNBUFFERED": "1"}
+                    "PYTHONUNBUFFERED": "1", **UNREACHED_LIMITS}
         self.url = f"http://127.0.0.1:{self.env['PORT']}"
         self.env["PUBLIC_URL"] = self.url
         self._start(bench, "simulator", "simulator").wait_answering(self.control + "/healthz", 30)

@@ -84,6 +84,7 @@ import gevent.queue  # noqa: E402
 from gevent.fileobject import FileObjectPosix  # noqa: E402
 
 from bench._harness import (  # noqa: E402
+    UNREACHED_LIMITS,
     Bench,
     Child,
     Database,
@@ -399,7 +400,7 @@ class Server(Child):
             child_env = {k: v for k, v in os.environ.items() if not k.startswith(("SSE_", "SENTRY_"))}
             child_env.update(
                 DATABASE_URL=env.app_url, DATA_DIR=os.path.join(env.work_dir, "server"), HOST="127.0.0.1",
-                PORT="0", SSE_HEARTBEAT="3600", LOG_LEVEL="warning", PYTHONUNBUFFERED="1",
+                PORT="0", SSE_HEARTBEAT="3600", LOG_LEVEL="warning", PYTHONUNBUFFERED="1", **UNREACHED_LIMITS,
             )
             child_env.pop("DATABASE_OWNER_URL", None)  # migrated already; the server only checks
             cmd = [sys.executable, "run.py", "web"]

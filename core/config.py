@@ -67,6 +67,20 @@ class _Choice:
         return value
 
 
+def _per_minute(raw: str) -> float:
+    value = float(raw)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError
+    return value
+
+
+def _at_least_a_day(raw: str) -> float:
+    value = float(raw)
+    if not value >= 86400 or value == float("inf"):
+        raise ValueError
+    return value
+
+
 def _optional_str(raw: str) -> str | None:
     return raw or None
 
@@ -115,6 +129,8 @@ _EXPECTED: dict[Callable[[str], Any], str] = {
     _str: "any text",
     _bool: "true or false",
     _public_url: "an http:// or https:// URL without query or fragment",
+    _per_minute: "a number of requests per minute of at least 0 (0: no limit)",
+    _at_least_a_day: "a number of seconds of at least 86400 (1 day)",
 }
 
 
@@ -215,6 +231,20 @@ SPECS += (
     Spec("WEBHOOK_DISABLE_AFTER", _positive_float, "432000", "Seconds an endpoint may fail every attempt before it is disabled (default 5 days)."),
     Spec("WEBHOOK_RETENTION", _positive_float, "604800", "Seconds webhook deliveries and their attempts are kept for the log and replay (default 7 days)."),
 )
+SPECS += (
+    # Request limits (per API key and per dashboard session; state in PostgreSQL, shared by every web process)
+    Spec("RATE_LIMIT_ENABLED", _bool, "true", "Limit requests per API key and dashboard session, and sign-in attempts (off: no limits, no RateLimit headers)."),
+    Spec("RATE_LIMIT_READS", _per_minute, "3000", "Reads (GET, HEAD) one API key or dashboard session may make per minute after its burst (0: unlimited)."),
+    Spec("RATE_LIMIT_READS_BURST", _positive_int, "600", "Reads one key or session may make back to back before the per-minute rate applies."),
+    Spec("RATE_LIMIT_WRITES", _per_minute, "1200", "Writes (every other method) one API key or dashboard session may make per minute after its burst (0: unlimited)."),
+    Spec("RATE_LIMIT_WRITES_BURST", _positive_int, "300", "Writes one key or session may make back to back before the per-minute rate applies."),
+    Spec("RATE_LIMIT_SIGN_IN", _per_minute, "30", "Sign-in attempts per minute for one email and from one client address, after the burst (0: unlimited); failed ones are slowed further (SIGN_IN_LOCKOUT)."),
+    Spec("RATE_LIMIT_SIGN_IN_BURST", _positive_int, "30", "Sign-in attempts one email or address may make back to back before the per-minute rate applies."),
+)
+SPECS += (
+    # The audit log
+    Spec("AUDIT_RETENTION", _at_least_a_day, "31536000", "Seconds audit log rows are kept (default 365 days, at least 1 day); stored by the owner role when migrations run, and older rows are pruned."),
+)
 
 _BY_FIELD = {spec.field: spec for spec in SPECS}
 
@@ -298,6 +328,14 @@ class Settings:
     webhook_concurrency: int
     webhook_disable_after: float
     webhook_retention: float
+    rate_limit_enabled: bool
+    rate_limit_reads: float
+    rate_limit_reads_burst: int
+    rate_limit_writes: float
+    rate_limit_writes_burst: int
+    rate_limit_sign_in: float
+    rate_limit_sign_in_burst: int
+    audit_retention: float
 
 
 def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

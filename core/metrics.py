@@ -79,6 +79,9 @@ class Metrics:
             "supervisor_events", "Supervisor events (restarts, intensity exceeded) by kind", ["kind"], registry=r
         )
         self.events_published = Counter("events_published", "Events written to the event log", ["type"], registry=r)
+        self.rate_limit_refusals = Counter(
+            "rate_limit_refusals", "Requests refused by the request limits (429), by tenant ('' for sign-in) and class",
+            ["tenant", "class"], registry=r)
         self.greenlets = Gauge("process_greenlets", "Live greenlets in this process", registry=r)
         self.os_threads = Gauge("process_os_threads", "OS threads in this process", registry=r)
 

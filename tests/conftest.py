@@ -254,13 +254,14 @@ def make_member(web, pool, password_hash):
 @pytest.fixture
 def shop(web, pg, make_tenant, make_member):
     """A tenant with an API key (``shop.api``) and one signed-in member of each role. Every test
-    signs in from 127.0.0.1: that address's failure count starts from zero for each test."""
+    signs in from 127.0.0.1: that address's failure count and sign-in attempts start from zero for each test."""
     import psycopg2
 
     conn = psycopg2.connect(pg.owner_url)
     conn.autocommit = True
     with conn.cursor() as cur:
         cur.execute("DELETE FROM sign_in_failures WHERE key = 'addr:127.0.0.1'")
+        cur.execute("DELETE FROM sign_in_limits WHERE key = 'addr:127.0.0.1'")  # and its attempts (request limits)
     conn.close()
     tenant_id, key = make_tenant()
 

@@ -33,8 +33,10 @@ MAX_EXAMPLES = "12"
 
 @pytest.fixture
 def fuzzed(serve_root):
-    """A web app of its own, with an event bus (the stream routes exist, though not fuzzed)."""
-    return serve_root(bus=True)
+    """A web app of its own, with an event bus (the stream routes exist, though not fuzzed). The request
+    limits count (their fields are checked against the document) but are far from every run's volume."""
+    return serve_root(bus=True, rate_limit_reads=1_000_000, rate_limit_reads_burst=100_000,
+                      rate_limit_writes=1_000_000, rate_limit_writes_burst=100_000)
 
 
 def _objects(url: str, key: str, name: str) -> dict[str, str]:

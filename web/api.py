@@ -28,6 +28,7 @@ from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core import context
+from web import rate_limits
 from web.errors import ApiError, error_response
 
 SCOPES = ("read", "send", "manage")
@@ -75,7 +76,7 @@ class PathModel(BaseModel):
 class ErrorDetail(BaseModel):
     status: int = Field(description="the HTTP status, again")
     code: str = Field(description="what went wrong, for programs: invalid_input, invalid_json, unauthorized, "
-                                  "forbidden, not_found, conflict, payload_too_large, …")
+                                  "forbidden, not_found, conflict, payload_too_large, rate_limited, …")
     message: str = Field(description="what went wrong, for people")
     field: str | None = Field(None, description="the request field at fault, e.g. rules[2].pattern")
 
@@ -256,6 +257,7 @@ def _admit() -> None:
     auth = getattr(view, "auth", "key")
     if auth != "none":
         _authenticate(allow_session=auth == "key_or_session")
+        _limit()
         _check_scope(getattr(view, "scope", None))
     if (request.method in ("POST", "PUT", "PATCH") and not getattr(view, "raw_body", False) and request.data
             and not isinstance(request.get_json(silent=True), dict)):
@@ -272,6 +274,7 @@ def _authenticate(allow_session: bool) -> None:
         person = session.current()
         if person is not None and person.tenant_id is not None and person.role is not None:
             g.tenant_id, g.person, g.scopes = person.tenant_id, person, ("read",)
+            g.rate_subject = rate_limits.session_subject(person.session_id)
             context.set_current(context.current()._replace(tenant_id=person.tenant_id))
             return
         raise ApiError(401, "unauthorized",
@@ -283,7 +286,16 @@ def _authenticate(allow_session: bool) -> None:
     if found is None:
         raise ApiError(401, "unauthorized", "invalid API key")
     g.tenant_id, g.scopes = found
+    g.rate_subject = rate_limits.key_subject(key.strip())
     context.set_current(context.current()._replace(tenant_id=g.tenant_id))
+
+
+def _limit() -> None:
+    """Count the request against its key's (or session's) limit: 429 past it (web.rate_limits)."""
+    decision = rate_limits.check(g.tenant_id, g.rate_subject)
+    if decision is not None and not decision.allowed:
+        who = "this dashboard session" if g.rate_subject.startswith("session:") else "this API key"
+        raise ApiError(429, "rate_limited", rate_limits.refusal_message(decision, who))
 
 
 def _check_scope(scope: str | None) -> None:

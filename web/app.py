@@ -20,7 +20,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from core import context
 from core.root import WebRoot
-from web import errors
+from web import errors, rate_limits
 
 log = logging.getLogger("web.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -87,6 +87,7 @@ def create_app(system: WebRoot) -> Flask:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops)  # type: ignore[method-assign]
     metrics = system.metrics
     errors.install(app, metrics)
+    rate_limits.install(app)
 
     @app.before_request
     def _begin() -> Any:

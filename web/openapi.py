@@ -32,6 +32,11 @@ the request field at fault as a path (`rules[2].pattern`, `transport_options.pro
 Another tenant's objects are 404, like ids that name nothing. The examples of each error response
 carry `x-request`: the request that produces them.
 
+**Limits.** Each key (and each dashboard session) may make bursts of requests, then a steady rate:
+reads (GET, HEAD) and writes apart. Past the limit the answer is 429 `rate_limited` with `Retry-After`;
+every answer carries `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers). A live
+stream counts once, when it connects. See `docs/api.md`, "Request limits".
+
 **Webhooks**: the platform POSTs the tenant's events to its endpoints (`/api/v1/webhooks`), signed as
 Standard Webhooks; each delivery and attempt is in the endpoint's log. Payloads and signatures:
 `docs/webhooks.md`.
@@ -231,6 +236,27 @@ _LINKS = {
 }
 
 
+# Request limits (web.rate_limits): every operation but this document's may answer 429, and every
+# answer of a limited operation carries the RateLimit fields. The example is what
+# tests/test_rate_limits.py produces (a key past a burst of 2 writes at 60 a minute).
+RATE_LIMITED_EXAMPLE = {"status": 429, "code": "rate_limited",
+                        "message": "too many writes for this API key: at most 60 a minute after a burst of 2;"
+                                   " retry in 1 second"}
+_RATE_LIMIT_HEADERS = {
+    "RateLimit-Policy": {
+        "description": "the limit this request counted against (draft-ietf-httpapi-ratelimit-headers): "
+                       '`"reads"` (GET, HEAD) or `"writes"`, `q` requests a minute (`w=60`) after a burst of '
+                       "`wabot-burst`, per API key or dashboard session",
+        "schema": {"type": "string"}, "example": '"writes";q=1200;w=60;wabot-burst=300'},
+    "RateLimit": {
+        "description": "what is left of it: `r` requests may follow at once; `t` seconds until the whole burst is "
+                       "back (on a 429: until the next request is allowed, as Retry-After)",
+        "schema": {"type": "string"}, "example": '"writes";r=299;t=1'},
+}
+_RETRY_AFTER = {"description": "whole seconds until a request of this class is allowed again",
+                "schema": {"type": "integer", "minimum": 1}, "example": 1}
+
+
 def info() -> Info:
     return Info(title="wabot API", version=VERSION, description=DESCRIPTION)
 
@@ -287,6 +313,19 @@ def complete(generated: dict[str, Any]) -> dict[str, Any]:
         "tags": ["Tenant"], "operationId": "getOpenApi", "summary": "This document", "security": [],
         "responses": {"200": {"description": "the OpenAPI 3.1 document", "content": {"application/json": {
             "schema": {"type": "object"}}}}}}}
+    for item in doc["paths"].values():
+        for op in item.values():
+            if op["operationId"] == "getOpenApi":
+                continue
+            op["responses"]["429"] = {
+                "description": "too many requests of this class for the key (or session): wait Retry-After seconds",
+                "headers": {"Retry-After": _RETRY_AFTER},
+                "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/ErrorBody"},
+                    "examples": {"past-the-limit": {"summary": "a key past its burst of writes",
+                                                    "value": {"error": RATE_LIMITED_EXAMPLE, "request_id": "…"}}}}}}
+            for response in op["responses"].values():
+                response.setdefault("headers", {}).update(copy.deepcopy(_RATE_LIMIT_HEADERS))
     request_id = {"name": "X-Request-ID", "in": "header", "required": False, "schema": {"type": "string"},
                   "description": "your id for this request, echoed in the response and the platform's logs (1–128"
                                  " characters of A-Z a-z 0-9 . _ : -; anything else is replaced by one of ours)"}

@@ -61,6 +61,7 @@ from core import context, sentry
 from core.root import WebRoot
 from db import outbox, tenants
 from sansio import roles, sse
+from web import rate_limits
 from web.auth import session_check, system
 from web.errors import ApiError, bad_request, not_found
 from web.streams import SUBSCRIBE_TIMEOUT, backlog, close_subscription, open_subscription, parse_filter
@@ -127,6 +128,7 @@ class _Caller(str):
 
     person: Any = None
     scopes: tuple[str, ...] | None = None
+    subject: str = ""  # whose request limit a connection counts against (web.rate_limits)
 
 
 def _authenticate(pool: Any, headers: Any, args: Any, environ: dict | None = None) -> _Caller:
@@ -136,6 +138,7 @@ def _authenticate(pool: Any, headers: Any, args: Any, environ: dict | None = Non
         if person is not None:
             caller = _Caller(person.tenant_id)
             caller.person = person
+            caller.subject = rate_limits.session_subject(person.session_id)
             return caller
     if key is None:
         raise ApiError(
@@ -147,6 +150,7 @@ def _authenticate(pool: Any, headers: Any, args: Any, environ: dict | None = Non
         raise ApiError(401, "unauthorized", "invalid API key")
     caller = _Caller(found[0])
     caller.scopes = found[1]
+    caller.subject = rate_limits.key_subject(key)
     if caller.scopes is not None and "read" not in caller.scopes:
         raise ApiError(403, "forbidden", f"this key lacks the scope 'read' (it has: {', '.join(caller.scopes)})")
     return caller
@@ -389,6 +393,10 @@ def websocket() -> Any:
     try:
         caller = environ.get(_GATE_TENANT) or _authenticate(root.pool, request.headers, request.args, environ)
         tenant_id = g.tenant_id = str(caller)
+        limited = rate_limits.check(tenant_id, caller.subject)  # a connection is one request, at connect
+        if limited is not None and not limited.allowed:
+            who = "this dashboard session" if caller.person is not None else "this API key"
+            raise ApiError(429, "rate_limited", rate_limits.refusal_message(limited, who))
         if ws is None:
             raise ApiError(
                 400, "websocket_required",
@@ -402,7 +410,7 @@ def websocket() -> Any:
     except ApiError as exc:
         if ws is None:
             raise
-        return _refuse(ws, root.settings, exc, CLOSE_POLICY)
+        return _refuse(ws, root.settings, exc, CLOSE_TRY_AGAIN if exc.status == 429 else CLOSE_POLICY)
     with context.bound(tenant_id=tenant_id):
         try:
             ref, subscriber, high, delivered = open_subscription(root, tenant_id, flt, "ws")

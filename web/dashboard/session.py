@@ -29,7 +29,7 @@ from flask import abort, current_app, g, redirect, request, url_for
 from core import context
 from core.root import WebRoot
 from db import accounts, dashboard
-from sansio import roles
+from sansio import rate_limit, roles
 
 COOKIE = "wabot_session"
 PRE_COOKIE = "wabot_form"  # the double-submit token of forms shown before a session exists
@@ -198,6 +198,17 @@ def _to_sign_in() -> Any:
     return redirect(url_for("dashboard.sign_in", next=target))
 
 
+def _limit(person: Member) -> None:
+    """Count the request against the session's request limit (web.rate_limits): 429 past it."""
+    from web import rate_limits
+
+    decision = rate_limits.check(person.tenant_id, rate_limits.session_subject(person.session_id))
+    if decision is not None and not decision.allowed:
+        wait = max(1, rate_limit.whole_seconds(decision.retry_after))
+        abort(429, description=f"Too many requests from this session: wait {wait} second{'s' if wait != 1 else ''}"
+                               " and try again.")
+
+
 def page(permission: str = roles.READ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """The view needs a signed-in member with ``permission``; state changes also need the CSRF token."""
 
@@ -214,6 +225,7 @@ def page(permission: str = roles.READ) -> Callable[[Callable[..., Any]], Callabl
                 if request.method in SAFE_METHODS and not wants_fragment():
                     return redirect(url_for("dashboard.tenants"))
                 abort(403, description="You are not a member of this organisation any more.")
+            _limit(person)
             if not person.can(permission):
                 abort(403, description="Your role does not allow this.")
             if request.method == "GET" and not wants_fragment():

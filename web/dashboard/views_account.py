@@ -10,7 +10,9 @@ from flask import abort, current_app, redirect, render_template, request, url_fo
 
 from core.passwords import PasswordRejected, Passwords, check_new
 from db import accounts
+from sansio import rate_limit
 from sansio import sign_in_throttle as throttle
+from web import rate_limits
 from web.dashboard import blueprint, session
 from web.dashboard.session import Person
 
@@ -68,6 +70,11 @@ def _refusal(keys: list[str]) -> str | None:
     return throttle.refusal(longest) if longest > 0 else None
 
 
+def _too_many(seconds: float) -> str:
+    wait = max(1, rate_limit.whole_seconds(seconds))
+    return f"Too many sign-in attempts. Try again in {wait} second{'s' if wait != 1 else ''}."
+
+
 @blueprint.route("/signin", methods=["GET", "POST"])
 def sign_in() -> Any:
     target = _safe_next(request.values.get("next"))
@@ -80,6 +87,11 @@ def sign_in() -> Any:
     password = request.form.get("password", "")
     pool = session.root().pool
     keys = _throttle_keys(email)
+    # Every attempt, right or wrong, counts against the email's and the address's request limit
+    # (web.rate_limits) before any password is hashed; failures are slowed further below.
+    wait = rate_limits.check_sign_in(keys)
+    if wait is not None:
+        return render_template("signin.html", next=target, email=email, error=_too_many(wait)), 429
     refused = _refusal(keys)
     if refused:
         return render_template("signin.html", next=target, email=email, error=refused), 429

@@ -380,6 +380,14 @@
     document.body.addEventListener("htmx:responseError", function (e) {
       var xhr = e.detail.xhr;
       if (xhr.status === 401) return; // HX-Redirect takes the page to the sign-in
+      if (xhr.status === 429) {
+        // The session's request limit: Retry-After says for how long (whole seconds).
+        var wait = parseInt(xhr.getResponseHeader("Retry-After") || "", 10);
+        if (!(wait > 0)) wait = 1;
+        say("Too many requests from this session: wait " + wait + " second" + (wait === 1 ? "" : "s") +
+            " and try again.");
+        return;
+      }
       say("That did not work: the server answered " + xhr.status + (xhr.statusText ? " " + xhr.statusText : "") +
           ". Reload the page and try again.");
     });
