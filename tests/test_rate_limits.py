@@ -230,6 +230,37 @@ def test_the_database_decides_exactly_as_the_pure_decision_on_the_same_clock(poo
         assert theirs.retry_after == pytest.approx(mine.retry_after, abs=1e-6)
 
 
+@pytest.fixture(scope="module")
+def bouncer(pg):
+    from bench._pgbouncer import PgBouncer
+    from db import embedded
+
+    server = PgBouncer(pg.app_url, (embedded.APP_ROLE,), pool_size=2)
+    yield server
+    server.stop()
+
+
+def test_concurrent_requests_through_pgbouncer_in_transaction_mode_take_exactly_the_burst(bouncer, make_tenant):
+    import gevent
+
+    from actors.pool import Pool, PoolConfig
+    from db import embedded
+
+    through = Pool(PoolConfig(dsn=bouncer.url(embedded.APP_ROLE), size=8, pooled=True))
+    try:
+        assert through.wait_ready(10), through.stats()["last_connect_error"]
+        (alice, _), (bob, _) = make_tenant(), make_tenant()
+        policy = rl.Policy("writes", 1, 10)  # a token a minute: nothing refills during the test
+        jobs = [gevent.spawn(store.take, through, alice if i % 2 else bob, "key:concurrent", policy)
+                for i in range(60)]
+        gevent.joinall(jobs, raise_error=True)
+        for tenant in (alice, bob):
+            allowed = [job.value.allowed for i, job in enumerate(jobs) if (alice if i % 2 else bob) == tenant]
+            assert allowed.count(True) == 10 and len(allowed) == 30
+    finally:
+        through.stop()
+
+
 def test_a_tenant_sees_and_changes_only_its_own_limit_rows(pool, make_tenant):
     (alice, _), (bob, _) = make_tenant(), make_tenant()
     policy = rl.Policy("reads", 60, 1)
