@@ -10,7 +10,8 @@ Subscribers register with their tenant and filter. ``subscribe`` answers with th
 every event up to it has been dispatched before the subscriber joined, every later one will be, so a
 subscriber that reads its backlog up to the watermark from the table resumes with no gap and no
 duplicate. A subscriber whose bounded mailbox is full is cut off at once with a reason (it never slows
-the others); the bus drops it from its routing table. Old events are pruned after EVENTS_RETENTION.
+the others); the bus drops it from its routing table. Old events are pruned after EVENTS_RETENTION, and
+audit log rows after AUDIT_RETENTION (in the same round).
 
 Publishing: ``make_publisher`` writes one event and answers its id; ``make_notice_publisher`` queues
 notices nobody waits on and writes each tenant's queued notices as one statement (group commit), so
@@ -33,6 +34,7 @@ from wsproto.connection import Connection, ConnectionType
 from wsproto.events import TextMessage
 
 from actors.base import Actor, MailboxFull, actor_of
+from db import audit as audit_db
 from db import events as events_db
 from db.batch import Coalescer
 from db.listen import listen_forever
@@ -288,6 +290,13 @@ class EventBus(Actor):
                 log.info("events pruned", extra={"removed": removed, "retention_seconds": self.retention})
         except Exception as exc:  # noqa: BLE001 - try again next time
             log.warning("event pruning failed", extra={"error": repr(exc)})
+        try:
+            # The audit log's retention is the owner's (AUDIT_RETENTION, stored when migrations run).
+            removed = audit_db.prune(self.pool)
+            if removed:
+                log.info("audit log pruned", extra={"removed": removed})
+        except Exception as exc:  # noqa: BLE001 - try again next time
+            log.warning("audit log pruning failed", extra={"error": repr(exc)})
         self._schedule_prune(min(self.retention / 10, 600.0))
 
 

@@ -89,7 +89,8 @@ class System:
         app_url, owner_url = self.database_urls()
         if not owner_url:
             raise StartupError("DATABASE_OWNER_URL is not set (migrations run as the schema owner)")
-        applied = migrate.apply(owner_url, role_of(app_url), self.settings.database_connect_timeout)
+        applied = migrate.apply(owner_url, role_of(app_url), self.settings.database_connect_timeout,
+                                audit_retention=self.settings.audit_retention)
         if applied:
             log.info("migrations applied", extra={"migrations": applied})
         return applied

@@ -8,6 +8,7 @@ import sys
 import uuid
 from typing import Any
 
+from db import audit as audit_db
 from db import quotas as quotas_db
 from sansio import quotas as q
 
@@ -32,7 +33,10 @@ def main(system: Any, args: Any) -> int:
         print(f"no tenant {tenant_id}", file=sys.stderr)
         return 1
     if changes:
-        before, after = quotas_db.set_limits(pool, tenant_id, changes)
+        def record(unit: Any, old: Any, new: Any) -> None:
+            audit_db.record(unit, tenant_id, audit_db.OPERATOR, "tenant.quota", "tenant", tenant_id, old, new)
+
+        before, after = quotas_db.set_limits(pool, tenant_id, changes, audit=record)
         for quota in changes:
             print(f"{quota.replace('_', '-')}: {q.describe(getattr(before, quota))} -> "
                   f"{q.describe(getattr(after, quota))}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 SESSION_PREFIX = "wbs_"
@@ -205,31 +206,39 @@ def _admins_left(unit: Any, without: str) -> int:
                             " FOR UPDATE", (without,)).fetchall())
 
 
-def set_role(pool: Any, tenant_id: str, user_id: str, role: str) -> bool:
-    """False when there is no such member; ``Conflict`` when it would leave the tenant without an admin."""
+def set_role(pool: Any, tenant_id: str, user_id: str, role: str,
+             audit: Callable[[Any, Any, Any], None] | None = None) -> bool:
+    """False when there is no such member; ``Conflict`` when it would leave the tenant without an admin.
+    ``audit(unit, before, after)`` records the change in the same transaction (``web.audit``)."""
 
     def work(unit: Any) -> bool:
-        row = unit.one("SELECT role, account_id FROM users WHERE id = %s FOR UPDATE", (user_id,))
+        row = unit.one("SELECT role, account_id, email FROM users WHERE id = %s FOR UPDATE", (user_id,))
         if row is None:
             return False
         if row[0] == "admin" and role != "admin" and row[1] is not None and not _admins_left(unit, user_id):
             raise Conflict("the tenant must keep at least one admin who can sign in")
         unit.execute("UPDATE users SET role = %s WHERE id = %s", (role, user_id))
+        if audit is not None:
+            audit(unit, {"email": row[2], "role": row[0]}, {"email": row[2], "role": role})
         return True
 
     return pool.run(tenant_id, work, repeatable=True)
 
 
-def remove_member(pool: Any, tenant_id: str, user_id: str) -> bool:
-    """Remove the membership (their sessions in this tenant end at once: a trigger revokes them)."""
+def remove_member(pool: Any, tenant_id: str, user_id: str,
+                  audit: Callable[[Any, Any, Any], None] | None = None) -> bool:
+    """Remove the membership (their sessions in this tenant end at once: a trigger revokes them).
+    ``audit(unit, before, after)`` records it in the same transaction (``web.audit``)."""
 
     def work(unit: Any) -> bool:
-        row = unit.one("SELECT role, account_id FROM users WHERE id = %s FOR UPDATE", (user_id,))
+        row = unit.one("SELECT role, account_id, email FROM users WHERE id = %s FOR UPDATE", (user_id,))
         if row is None:
             return False
         if row[0] == "admin" and row[1] is not None and not _admins_left(unit, user_id):
             raise Conflict("the tenant must keep at least one admin who can sign in")
         unit.execute("DELETE FROM users WHERE id = %s", (user_id,))
+        if audit is not None:
+            audit(unit, {"email": row[2], "role": row[0]}, None)
         return True
 
     return pool.run(tenant_id, work, repeatable=True)

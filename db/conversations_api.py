@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import json
+from collections.abc import Callable
 from typing import Any
 
 from db.bots import NOTIFY_CHANNEL
@@ -196,17 +197,25 @@ def get_reply_settings(pool: Any, tenant_id: str, bot_id: str) -> tuple[Any, Any
     return (rows[0][0], rows[0][1]) if rows else None
 
 
-def set_reply_setting(pool: Any, tenant_id: str, bot_id: str, column: str, value: Any) -> bool:
-    """Store ``rules`` or ``ai`` (already validated) and notify; False when the bot is not the tenant's."""
+def set_reply_setting(pool: Any, tenant_id: str, bot_id: str, column: str, value: Any,
+                      audit: Callable[[Any, Any, Any], None] | None = None) -> bool:
+    """Store ``rules`` or ``ai`` (already validated) and notify; False when the bot is not the tenant's.
+    ``audit(unit, before, after)`` records the change in the same transaction (``web.audit``)."""
     if column not in ("rules", "ai"):
         raise ValueError(f"not a reply setting: {column!r}")
 
     def work(unit: Any) -> bool:
+        if audit is not None:
+            found = unit.one(f"SELECT {column} FROM bots WHERE id = %s FOR UPDATE", (bot_id,))
+            if found is None:
+                return False
         updated = unit.execute(
             f"UPDATE bots SET {column} = %s::jsonb, updated_at = now() WHERE id = %s", (json.dumps(value), bot_id)
         ).rowcount
         if updated:
             unit.execute(_NOTIFY, (NOTIFY_CHANNEL, bot_id))
+            if audit is not None:
+                audit(unit, found[0], value)
         return bool(updated)
 
     return pool.run(tenant_id, work, repeatable=True)

@@ -51,8 +51,11 @@ def available(directory: pathlib.Path = MIGRATIONS_DIR) -> list[Migration]:
     return found
 
 
-def apply(owner_url: str, app_role: str, connect_timeout: float = 10) -> list[str]:
-    """Apply pending migrations; return the names applied (empty when up to date)."""
+def apply(owner_url: str, app_role: str, connect_timeout: float = 10,
+          audit_retention: float | None = None) -> list[str]:
+    """Apply pending migrations; return the names applied (empty when up to date). ``audit_retention``
+    (seconds, AUDIT_RETENTION) is stored for ``prune_audit_log()``, which the app role may call but
+    whose retention it cannot choose."""
     migrations = available()
     conn = psycopg2.connect(owner_url, connect_timeout=int(max(1, connect_timeout)))
     conn.autocommit = True
@@ -87,6 +90,9 @@ def apply(owner_url: str, app_role: str, connect_timeout: float = 10) -> list[st
                     log.info("migration applied", extra={"migration": migration.name})
                     applied_now.append(migration.name)
                 _grant(cur, app_role)
+                if audit_retention is not None:
+                    cur.execute("UPDATE audit_settings SET retention = make_interval(secs => %s)"
+                                " WHERE retention <> make_interval(secs => %s)", (audit_retention, audit_retention))
             finally:
                 cur.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
     finally:
@@ -105,6 +111,10 @@ def _grant(cur, app_role: str) -> None:
         "REVOKE INSERT, UPDATE, DELETE ON schema_migrations FROM {}",
         # Changed only through event_ids_after_restart() (migration 0015).
         "REVOKE ALL ON event_id_epoch FROM {}",
+        # The audit log is append-only for the app: rows leave only through the owner (prune_audit_log(),
+        # a tenant's deletion); its retention is the owner's to set (migration 0023).
+        "REVOKE UPDATE, DELETE, TRUNCATE ON audit_log FROM {}",
+        "REVOKE ALL ON audit_settings FROM {}",
     ):
         cur.execute(sql.SQL(statement).format(role))
 

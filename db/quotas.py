@@ -8,6 +8,8 @@ Every function runs for one tenant under row-level security.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from sansio import quotas as q
@@ -46,9 +48,11 @@ def read(pool: Any, tenant_id: str) -> tuple[q.Limits, q.Usage]:
 _COLUMN = {q.BOTS: "max_bots", q.MESSAGES_PER_DAY: "max_messages_per_day", q.MEDIA_BYTES: "max_media_bytes"}
 
 
-def set_limits(pool: Any, tenant_id: str, changes: dict[str, int | None]) -> tuple[q.Limits, q.Limits]:
+def set_limits(pool: Any, tenant_id: str, changes: dict[str, int | None],
+               audit: Callable[[Any, Any, Any], None] | None = None) -> tuple[q.Limits, q.Limits]:
     """Change the named limits (None: no limit), keep the others; (before, after). Every bot of the
-    tenant is woken (``bot_commands``): answers held by the daily message quota go once it allows."""
+    tenant is woken (``bot_commands``): answers held by the daily message quota go once it allows.
+    ``audit(unit, before, after)`` records a change in the same transaction (``db.audit``)."""
     from db.bots import NOTIFY_CHANNEL  # db.bots imports this module
 
     unknown = set(changes) - set(_COLUMN)
@@ -64,7 +68,10 @@ def set_limits(pool: Any, tenant_id: str, changes: dict[str, int | None]) -> tup
             unit.execute(f"UPDATE tenant_quotas SET {sets}, updated_at = now()", changes)
             unit.execute("SELECT pg_notify(%s, id::text) FROM bots", (NOTIFY_CHANNEL,))
         new = unit.one("SELECT max_bots, max_messages_per_day, max_media_bytes FROM tenant_quotas")
-        return before, q.Limits(new[0], new[1], new[2])
+        after = q.Limits(new[0], new[1], new[2])
+        if changes and audit is not None:
+            audit(unit, dataclasses.asdict(before), dataclasses.asdict(after))
+        return before, after
 
     return pool.run(tenant_id, work, repeatable=True)
 

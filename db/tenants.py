@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 KEY_PREFIX = "wbk_"
@@ -58,6 +58,20 @@ def create_key(
         repeatable=False,
     )
     return str(rows[0][0]), prefix, key
+
+
+def revoke_key(pool: Any, tenant_id: str, key_id: str, audit: Callable[[Any, Any, Any], None] | None = None) -> bool:
+    """Revoke the key at once; False when the tenant has no such unrevoked key. ``audit(unit, before,
+    after)`` records it in the same transaction (``web.audit``)."""
+
+    def work(unit: Any) -> bool:
+        row = unit.one("UPDATE api_keys SET revoked_at = now() WHERE id = %s AND revoked_at IS NULL"
+                       " RETURNING name, prefix", (key_id,))
+        if row is not None and audit is not None:
+            audit(unit, {"name": row[0], "prefix": row[1]}, None)
+        return row is not None
+
+    return bool(pool.run(tenant_id, work, repeatable=False))
 
 
 def authenticate_with_scopes(pool: Any, key: str) -> tuple[str, tuple[str, ...] | None] | None:

@@ -21,7 +21,7 @@ from transports.events import MessageReceived
 HOSTILE = "<script>alert(1)</script><img src=x onerror=alert(2)>"
 PAGES = ["/app/inbox", "/app/inbox/{contact}", "/app/bots", "/app/bots/{bot}", "/app/bots/{bot}/rules",
          "/app/bots/{bot}/ai", "/app/outbox", "/app/events", "/app/admin/members", "/app/admin/keys",
-         "/app/admin/status", "/app/account", "/tenants", "/app/webhooks"]
+         "/app/admin/status", "/app/account", "/tenants", "/app/webhooks", "/app/admin/audit"]
 
 
 @pytest.fixture

@@ -64,6 +64,7 @@ REQUESTS = [
     ("keys", "GET", "/app/admin/keys", None, roles.ADMIN),
     ("create key", "POST", "/app/admin/keys", {"name": "matrix"}, roles.ADMIN),
     ("revoke key", "POST", "/app/admin/keys/{key}/revoke", {"confirm": "yes"}, roles.ADMIN),
+    ("audit log", "GET", "/app/admin/audit", None, roles.ADMIN),
     ("status", "GET", "/app/admin/status", None, roles.ADMIN),
     ("webhooks", "GET", "/app/webhooks", None, roles.READ),
     ("webhook", "GET", "/app/webhooks/{webhook}", None, roles.READ),

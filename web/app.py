@@ -132,7 +132,7 @@ def create_app(system: WebRoot) -> Flask:
             except ValueError:
                 pass  # reset from another context (streamed responses): nothing to undo
 
-    from web import bots, conversations, health, media, streams, tenants, webhooks, ws
+    from web import audit, bots, conversations, health, media, streams, tenants, webhooks, ws
     from web.dashboard import blueprint as dashboard
 
     app.register_blueprint(health.blueprint)
@@ -143,6 +143,7 @@ def create_app(system: WebRoot) -> Flask:
     app.register_blueprint(ws.blueprint, url_prefix="/api/v1")
     app.register_api(media.blueprint, url_prefix="/api/v1")
     app.register_api(webhooks.blueprint, url_prefix="/api/v1")
+    app.register_api(audit.blueprint, url_prefix="/api/v1")
     for extra in system.blueprints:
         app.register_blueprint(extra, url_prefix="/api/v1")
     app.register_blueprint(openapi.blueprint)

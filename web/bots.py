@@ -18,6 +18,7 @@ import segno
 from flask import Response, current_app, g, jsonify
 
 from db import bots
+from web import audit
 from web import validation as v
 from web.api import api_blueprint, error_responses, operation
 from web.auth import system
@@ -64,6 +65,7 @@ def create_bot(body: BotCreate) -> Any:
     if options.get("auto_start"):
         bots.set_desired(pool, g.tenant_id, bot["id"], "running")
         bot = bots.get(pool, g.tenant_id, bot["id"]) or bot
+    audit.note("bot.create", "bot", bot["id"], after={"name": body.name, "transport_options": options})
     return jsonify(bot), 201
 
 
@@ -86,14 +88,20 @@ def update_bot(path: BotPath, body: BotUpdate) -> Any:
     bot = bots.update(system().pool, g.tenant_id, _bot_id(path.bot_id), body.name, options)
     if bot is None:
         raise not_found("bot")
+    changed = {"name": body.name, "transport_options": options}
+    audit.note("bot.update", "bot", bot["id"],
+               after={key: value for key, value in changed.items() if value is not None})
     return jsonify(bot)
 
 
 @operation(blueprint, "delete", "/bots/<bot_id>", scope="manage", summary="Delete a bot (a running session stops)",
            operation_id="deleteBot", responses={204: None, **error_responses(404)})
 def delete_bot(path: BotPath) -> Any:
-    if not bots.delete(system().pool, g.tenant_id, _bot_id(path.bot_id)):
+    bot_id = _bot_id(path.bot_id)
+    found = bots.get(system().pool, g.tenant_id, bot_id)
+    if found is None or not bots.delete(system().pool, g.tenant_id, bot_id):
         raise not_found("bot")
+    audit.note("bot.delete", "bot", bot_id, before={"name": found["name"]})
     return "", 204
 
 
@@ -102,6 +110,7 @@ def _intent(bot_id: str, action: str) -> Any:
     desired, command = ACTIONS[action]
     if not bots.set_desired(system().pool, g.tenant_id, bot_id, desired, command):
         raise not_found("bot")
+    audit.note(f"bot.{action}", "bot", bot_id)
     return jsonify({"bot": _get(bot_id), "accepted": action}), 202
 
 
@@ -222,4 +231,6 @@ def _pair_code_timeout() -> float:
            responses={200: PairCode, **error_responses(400, 404, 409, 504)})
 def bot_pair_code(path: BotPath, body: PairCodeRequest) -> Any:
     bot_id = _bot_id(path.bot_id)
-    return jsonify({"code": request_pair_code(system().pool, g.tenant_id, bot_id, body.phone, _pair_code_timeout())})
+    code = request_pair_code(system().pool, g.tenant_id, bot_id, body.phone, _pair_code_timeout())
+    audit.note("bot.pair_code", "bot", bot_id)
+    return jsonify({"code": code})

@@ -23,7 +23,7 @@ from db import conversations, tenants
 from db import conversations_api as api_db
 from sansio import recipients
 from sansio import rules as rules_mod
-from web import paging
+from web import audit, paging
 from web import validation as v
 from web.api import api_blueprint, error_responses, operation
 from web.auth import system
@@ -118,6 +118,8 @@ def send_message(path: BotPath, body: SendMessage) -> Any:
                                           media_id=body.media_id, kind=kind)
     except psycopg2.errors.ForeignKeyViolation:
         raise not_found("bot") from None  # deleted in the meantime
+    audit.note("message.send", "outbox", outbox_id,
+               after={"bot_id": bot_id, "to": body.to, "kind": kind, "media_id": body.media_id})
     return jsonify({"outbox_id": outbox_id, "state": "pending", "to": body.to, "kind": kind}), 202
 
 
@@ -150,6 +152,8 @@ def _hold(path: ContactPath, paused: bool) -> Any:
     updated = api_db.set_paused(system().pool, g.tenant_id, bot_id, found["id"], paused, _api_key_hash())
     if updated is None:
         raise not_found("contact")  # deleted in the meantime
+    audit.note("conversation.takeover" if paused else "conversation.release", "contact", found["id"],
+               after={"bot_id": bot_id, "jid": found.get("jid")})
     system().publish(g.tenant_id, bot_id, "conversation.state", api_db.conversation_state(updated))
     updated.pop("phone_hold_until", None)  # the documented contact shape
     return jsonify(updated)
@@ -191,7 +195,8 @@ def get_rules(path: BotPath) -> Any:
 def put_rules(path: BotPath, body: RulesUpdate) -> Any:
     bot_id = _bot_id(path.bot_id)
     rules = [rule.model_dump() for rule in body.rules]
-    if not api_db.set_reply_setting(system().pool, g.tenant_id, bot_id, "rules", rules):
+    if not api_db.set_reply_setting(system().pool, g.tenant_id, bot_id, "rules", rules,
+                                    audit=audit.in_transaction("rules.update", "bot", bot_id)):
         raise not_found("bot")
     return jsonify({"rules": rules})
 
@@ -218,7 +223,8 @@ def get_ai(path: BotPath) -> Any:
 def put_ai(path: BotPath, body: AiUpdate) -> Any:
     bot_id = _bot_id(path.bot_id)
     ai = body.ai.model_dump()
-    if not api_db.set_reply_setting(system().pool, g.tenant_id, bot_id, "ai", ai):
+    if not api_db.set_reply_setting(system().pool, g.tenant_id, bot_id, "ai", ai,
+                                    audit=audit.in_transaction("ai.update", "bot", bot_id)):
         raise not_found("bot")
     return jsonify(_ai_view(ai))
 
@@ -262,5 +268,6 @@ def retry_outbox(path: OutboxPath) -> Any:
     outcome, value = result
     if outcome == "conflict":
         raise ApiError(409, "conflict", f"only a dead message can be retried; this one is {value}")
+    audit.note("outbox.retry", "outbox", outbox_id)
     return jsonify(_row(value)), 202
 

@@ -17,6 +17,7 @@ from flask import Response, current_app, g, jsonify, request
 import media
 from db import media as media_db
 from media import names
+from web import audit
 from web import validation as v
 from web.api import api_blueprint, error_responses, operation
 from web.auth import system
@@ -86,6 +87,8 @@ def upload_media(query: MediaQuery) -> Any:
     except media.StorageUnavailable as exc:
         log.warning("media storage unavailable", extra={"error": str(exc)})
         raise ApiError(503, "storage_unavailable", "media storage is unavailable; try again later") from None
+    audit.note("media.upload", "media", media_id,
+               after={"mime_type": mime_type, "size_bytes": stored.size, "filename": filename})
     response = jsonify(
         {"id": media_id, "mime_type": mime_type, "size_bytes": stored.size, "sha256": stored.sha256,
          "filename": filename}

@@ -7,6 +7,7 @@ from typing import Any
 from flask import g, jsonify
 
 from db import tenants
+from web import audit
 from web import validation as v
 from web.api import api_blueprint, error_responses, operation
 from web.auth import system
@@ -53,16 +54,22 @@ def list_users() -> Any:
            description="A membership without a password: the dashboard's Members page gives the person an"
                        " invitation link.", responses={201: User, **error_responses(400, 409)})
 def create_user(body: UserCreate) -> Any:
-    rows = system().pool.query(
-        g.tenant_id,
-        "INSERT INTO users (email, display_name, role) VALUES (%s, %s, %s) ON CONFLICT (tenant_id, email) DO NOTHING"
-        " RETURNING id, email, display_name, role, created_at",
-        (body.email, body.display_name, body.role),
-        repeatable=False,
-    )
-    if not rows:
+    record = audit.in_transaction("member.add", "member")
+
+    def work(unit: Any) -> Any:
+        row = unit.one(
+            "INSERT INTO users (email, display_name, role) VALUES (%s, %s, %s) ON CONFLICT (tenant_id, email)"
+            " DO NOTHING RETURNING id, email, display_name, role, created_at",
+            (body.email, body.display_name, body.role),
+        )
+        if row is not None:
+            record(unit, None, {"email": row[1], "role": row[3]}, object_id=row[0])
+        return row
+
+    row = system().pool.run(g.tenant_id, work, repeatable=False)
+    if row is None:
         raise ApiError(409, "conflict", "a user with this email exists", field="email")
-    return jsonify(_user(rows[0])), 201
+    return jsonify(_user(row)), 201
 
 
 @operation(blueprint, "get", "/users/<user_id>", scope="read", summary="A user", operation_id="getUser",
@@ -82,7 +89,15 @@ def get_user(path: UserPath) -> Any:
            responses={204: None, **error_responses(404)})
 def delete_user(path: UserPath) -> Any:
     user_id = v.uuid_arg(path.user_id, "user")
-    if not system().pool.execute(g.tenant_id, "DELETE FROM users WHERE id = %s", (user_id,)):
+    record = audit.in_transaction("member.remove", "member", user_id)
+
+    def work(unit: Any) -> bool:
+        row = unit.one("DELETE FROM users WHERE id = %s RETURNING email, role", (user_id,))
+        if row is not None:
+            record(unit, {"email": row[0], "role": row[1]}, None)
+        return row is not None
+
+    if not system().pool.run(g.tenant_id, work, repeatable=False):
         raise not_found("user")
     return "", 204
 
@@ -105,8 +120,10 @@ def list_keys() -> Any:
            operation_id="createApiKey", responses={201: ApiKeyCreated, **error_responses(400)})
 def create_key(body: ApiKeyCreate) -> Any:
     key_id, prefix, key = tenants.create_key(system().pool, g.tenant_id, body.name, body.scopes)
-    return jsonify({"id": key_id, "prefix": prefix, "key": key, "name": body.name,
-                    "scopes": None if body.scopes is None else sorted(set(body.scopes)),
+    scopes = None if body.scopes is None else sorted(set(body.scopes))
+    # Never the key itself.
+    audit.note("key.create", "key", key_id, after={"name": body.name, "prefix": prefix, "scopes": scopes})
+    return jsonify({"id": key_id, "prefix": prefix, "key": key, "name": body.name, "scopes": scopes,
                     "note": "shown once; store it now"}), 201
 
 
@@ -114,9 +131,7 @@ def create_key(body: ApiKeyCreate) -> Any:
            operation_id="revokeApiKey", responses={204: None, **error_responses(404)})
 def revoke_key(path: ApiKeyPath) -> Any:
     key_id = v.uuid_arg(path.key_id, "API key")
-    count = system().pool.execute(
-        g.tenant_id, "UPDATE api_keys SET revoked_at = now() WHERE id = %s AND revoked_at IS NULL", (key_id,)
-    )
-    if not count:
+    if not tenants.revoke_key(system().pool, g.tenant_id, key_id,
+                              audit=audit.in_transaction("key.revoke", "key", key_id)):
         raise not_found("API key")
     return "", 204

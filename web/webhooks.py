@@ -18,7 +18,7 @@ from flask import g, jsonify
 from core import webhook_http
 from db import webhook_endpoints as db
 from sansio.outbound_address import AddressRefused, parse_url
-from web import paging
+from web import audit, paging
 from web import validation as v
 from web.api import api_blueprint, error_responses, operation
 from web.auth import system
@@ -66,6 +66,11 @@ def _webhook_id(raw: str) -> str:
     return v.uuid_arg(raw, "webhook")
 
 
+def audit_view(endpoint: dict[str, Any]) -> dict[str, Any]:
+    """What the audit log keeps of an endpoint (never its secret)."""
+    return {key: endpoint.get(key) for key in ("url", "description", "event_types", "bot_ids", "enabled")}
+
+
 def _conflict(exc: db.Conflict) -> ApiError:
     return ApiError(409, "conflict", str(exc))
 
@@ -85,6 +90,7 @@ def create_webhook(body: WebhookCreate) -> Any:
     check_bots(body.bot_ids)
     endpoint, secret = db.create(system().pool, g.tenant_id, url, body.description, body.event_types, body.bot_ids,
                                  body.enabled)
+    audit.note("webhook_endpoint.create", "webhook_endpoint", endpoint["id"], after=audit_view(endpoint))
     return jsonify({**endpoint, "secret": secret}), 201
 
 
@@ -115,6 +121,8 @@ def update_webhook(path: WebhookPath, body: WebhookUpdate) -> Any:
     endpoint = db.update(pool, g.tenant_id, webhook_id, **changes)
     if endpoint is None:
         raise not_found("webhook")
+    audit.note("webhook_endpoint.update", "webhook_endpoint", webhook_id,
+               after={key: value for key, value in changes.items() if value is not None or key == "bot_ids"})
     return jsonify(endpoint)
 
 
@@ -122,8 +130,10 @@ def update_webhook(path: WebhookPath, body: WebhookUpdate) -> Any:
            summary="Delete a webhook endpoint and its delivery log", operation_id="deleteWebhook",
            responses={204: None, **error_responses(404)})
 def delete_webhook(path: WebhookPath) -> Any:
-    if not db.delete(system().pool, g.tenant_id, _webhook_id(path.webhook_id)):
+    webhook_id = _webhook_id(path.webhook_id)
+    if not db.delete(system().pool, g.tenant_id, webhook_id):
         raise not_found("webhook")
+    audit.note("webhook_endpoint.delete", "webhook_endpoint", webhook_id)
     return "", 204
 
 
@@ -138,6 +148,7 @@ def rotate_secret(path: WebhookPath) -> Any:
     if found is None:
         raise not_found("webhook")
     endpoint, secret = found
+    audit.note("webhook_endpoint.rotate_secret", "webhook_endpoint", endpoint["id"])  # never the secret
     return jsonify({**endpoint, "secret": secret})
 
 
@@ -152,6 +163,8 @@ def send_test_event(path: WebhookPath) -> Any:
         raise _conflict(exc) from None
     if delivery is None:
         raise not_found("webhook")
+    audit.note("webhook_endpoint.test", "webhook_endpoint", _webhook_id(path.webhook_id),
+               after={"delivery_id": delivery["id"]})
     return jsonify(delivery), 202
 
 
@@ -194,6 +207,8 @@ def replay_delivery(path: DeliveryPath) -> Any:
         raise _conflict(exc) from None
     if delivery is None:
         raise not_found("delivery")
+    audit.note("webhook_delivery.replay", "webhook_delivery", delivery["id"],
+               after={"webhook_id": _webhook_id(path.webhook_id)})
     return jsonify(delivery), 202
 
 
@@ -210,4 +225,6 @@ def replay_failed(path: WebhookPath, body: ReplayFailed) -> Any:
         raise _conflict(exc) from None
     if count is None:
         raise not_found("webhook")
+    audit.note("webhook_endpoint.replay_failed", "webhook_endpoint", _webhook_id(path.webhook_id),
+               after={"replayed": count, "since": body.since_at, "until": body.until_at})
     return jsonify({"replayed": count})

@@ -181,4 +181,11 @@ def html_error(status: int, title: str, message: str) -> Any:
     return render_template("error.html", status=status, title=title, message=message), status
 
 
-from web.dashboard import views_account, views_bots, views_inbox, views_ops, views_webhooks  # noqa: E402,F401  (routes)
+from web.dashboard import (  # noqa: E402,F401  (routes)
+    views_account,
+    views_audit,
+    views_bots,
+    views_inbox,
+    views_ops,
+    views_webhooks,
+)

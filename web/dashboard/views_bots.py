@@ -20,7 +20,7 @@ from db.quotas import QuotaExceeded
 from sansio import roles
 from sansio import rules as rules_mod
 from sansio.prompt import build_messages
-from web import api
+from web import api, audit
 from web import bots as bots_api
 from web import validation as v
 from web.dashboard import blueprint, session
@@ -107,6 +107,7 @@ def create_bot(person: Member) -> Any:
         return render_template("bots.html", bots=found, form=form, error=message, field="name", confirm=CONFIRM), 403
     if options.get("auto_start"):
         bots_db.set_desired(pool, person.tenant_id, bot["id"], "running")
+    audit.note("bot.create", "bot", bot["id"], after={"name": name, "transport_options": options})
     return redirect(url_for("dashboard.bot", bot_id=bot["id"]), code=303)
 
 
@@ -145,7 +146,8 @@ def bot_action(person: Member, bot_id: str, action: str) -> Any:
         return render_template("confirm.html", message=CONFIRM[action], action=request.path,
                                back=url_for("dashboard.bot", bot_id=found["id"]))
     desired, command = bots_api.ACTIONS[action]
-    bots_db.set_desired(session.root().pool, person.tenant_id, found["id"], desired, command)
+    if bots_db.set_desired(session.root().pool, person.tenant_id, found["id"], desired, command):
+        audit.note(f"bot.{action}", "bot", found["id"])
     found = _bot(person, found["id"])
     back = request.form.get("back") == "list"
     return _done("_bot_row.html" if back else "_bot_panel.html",
@@ -160,7 +162,8 @@ def delete_bot(person: Member, bot_id: str) -> Any:
     if request.form.get("confirm") != "yes":
         return render_template("confirm.html", message=CONFIRM["delete"], action=request.path,
                                back=url_for("dashboard.bot", bot_id=found["id"]))
-    bots_db.delete(session.root().pool, person.tenant_id, found["id"])
+    if bots_db.delete(session.root().pool, person.tenant_id, found["id"]):
+        audit.note("bot.delete", "bot", found["id"], before={"name": found["name"]})
     if session.wants_fragment():
         response = current_app.response_class("", status=200)
         response.headers["HX-Redirect"] = url_for("dashboard.bots")
@@ -177,6 +180,7 @@ def bot_pair_code(person: Member, bot_id: str) -> Any:
         phone = schemas_bots.phone_digits(request.form.get("phone", ""))
         timeout = float(current_app.config.get("PAIR_CODE_TIMEOUT", bots_api.PAIR_CODE_TIMEOUT))
         code = bots_api.request_pair_code(session.root().pool, person.tenant_id, found["id"], phone, timeout)
+        audit.note("bot.pair_code", "bot", found["id"])
     except ValueError as exc:
         error = str(exc)
     except ApiError as exc:
@@ -281,7 +285,8 @@ def rules_post(person: Member, bot_id: str) -> Any:
         index, field = _error_index(exc.field)
         return _render_rules(person, found, rules, status=400, error=exc.reason, error_index=index,
                              error_field=field, dirty=True)
-    if not api_db.set_reply_setting(session.root().pool, person.tenant_id, found["id"], "rules", valid):
+    if not api_db.set_reply_setting(session.root().pool, person.tenant_id, found["id"], "rules", valid,
+                                    audit=audit.in_transaction("rules.update", "bot", found["id"])):
         abort(404, description="There is no such bot.")
     return _render_rules(person, found, _stored_rules(person, found["id"])[0], saved=True)
 
@@ -383,6 +388,7 @@ def ai_post(person: Member, bot_id: str) -> Any:
         except AiError as exc:
             return _render_ai(found, form, sample=sample, try_error=str(exc))
         return _render_ai(found, form, sample=sample, answer=answer)
-    if not api_db.set_reply_setting(session.root().pool, person.tenant_id, found["id"], "ai", checked.to_json()):
+    if not api_db.set_reply_setting(session.root().pool, person.tenant_id, found["id"], "ai", checked.to_json(),
+                                    audit=audit.in_transaction("ai.update", "bot", found["id"])):
         abort(404, description="There is no such bot.")
     return _render_ai(found, _ai_view(checked.to_json()), saved=True, sample=sample)

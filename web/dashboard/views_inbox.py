@@ -19,8 +19,8 @@ from db import conversations, dashboard, webhook_endpoints
 from db import conversations_api as api_db
 from db.quotas import QuotaExceeded
 from sansio import recipients, roles
+from web import audit, paging
 from web import media as media_api
-from web import paging
 from web.dashboard import blueprint, session
 from web.dashboard.session import Member
 from web.errors import ApiError
@@ -170,6 +170,8 @@ def send(person: Member, contact_id: str) -> Any:
     except QuotaExceeded as exc:
         return _send_failed(person, contact, exc.message[:1].upper() + exc.message[1:] + ".",
                             request.form.get("text", ""), 429)
+    audit.note("message.send", "outbox", outbox_id,
+               after={"bot_id": contact["bot_id"], "to": contact["jid"], "kind": kind, "media_id": media_id})
     if session.wants_fragment():
         found = dashboard.message(pool, tenant_id, contact["id"], outbox_id=outbox_id)
         assert found is not None  # just written
@@ -197,6 +199,8 @@ def take_over(person: Member, contact_id: str, action: str) -> Any:
                                 None, by=person.held_by)
     if updated is None:
         abort(404, description="There is no such conversation.")
+    audit.note("conversation.takeover" if action == "takeover" else "conversation.release", "contact", contact["id"],
+               after={"bot_id": contact["bot_id"], "jid": contact["jid"]})
     root.publish(person.tenant_id, contact["bot_id"], "conversation.state", api_db.conversation_state(updated))
     if session.wants_fragment():
         return render_template("_conversation_head.html", c=_contact(person, contact["id"]))
@@ -212,6 +216,7 @@ def retry(person: Member, outbox_id: str) -> Any:
     outcome, value = result
     if outcome == "conflict":
         abort(409, description=f"Only a failed message can be retried; this one is {value}.")
+    audit.note("outbox.retry", "outbox", value["id"])
     back = request.form.get("back", "")
     if session.wants_fragment():
         contact_id = value["contact_id"]

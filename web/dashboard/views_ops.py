@@ -13,7 +13,7 @@ from flask import abort, redirect, render_template, request, url_for
 from db import accounts, dashboard, tenants
 from db import conversations_api as api_db
 from sansio import roles
-from web import api, links, paging
+from web import api, audit, links, paging
 from web import validation as v
 from web.dashboard import blueprint, session
 from web.dashboard.session import Member
@@ -60,6 +60,8 @@ def outbox(person: Member) -> Any:
 def retry_all(person: Member) -> Any:
     bot_id = session.path_id(request.form.get("bot", ""), "bot")
     count = dashboard.retry_all_dead(session.root().pool, person.tenant_id, bot_id)
+    if count:
+        audit.note("outbox.retry_all", "bot", bot_id, after={"count": count})
     return redirect(url_for("dashboard.outbox", bot=bot_id, retried=count), code=303)
 
 
@@ -126,6 +128,7 @@ def invite(person: Member) -> Any:
     except accounts.Conflict as exc:
         return _members_page(person, status=409, error=str(exc), field="email", form=form)
     token = accounts.create_link(pool, person.tenant_id, user_id, "invite", settings.auth_link_ttl, person.held_by)
+    audit.note("member.invite", "member", user_id, after={"email": email, "role": role})  # never the link
     return _members_page(person, link=link_url(token), link_for=email, link_kind="invite")
 
 
@@ -135,8 +138,10 @@ def member_role(person: Member, user_id: str) -> Any:
     role = request.form.get("role", "")
     if role not in roles.ROLES:
         return _members_page(person, status=400, error="Choose admin, agent or viewer.")
+    user_id = session.path_id(user_id, "member")
     try:
-        if not accounts.set_role(session.root().pool, person.tenant_id, session.path_id(user_id, "member"), role):
+        if not accounts.set_role(session.root().pool, person.tenant_id, user_id, role,
+                                 audit=audit.in_transaction("member.role", "member", user_id)):
             abort(404, description="There is no such member.")
     except accounts.Conflict as exc:
         return _members_page(person, status=409, error=str(exc)[:1].upper() + str(exc)[1:] + ".")
@@ -154,7 +159,8 @@ def member_remove(person: Member, user_id: str) -> Any:
         return render_template("confirm.html", message=f"Remove {found['email']}? They are signed out at once.",
                                action=request.path, back=url_for("dashboard.members"))
     try:
-        accounts.remove_member(session.root().pool, person.tenant_id, user_id)
+        accounts.remove_member(session.root().pool, person.tenant_id, user_id,
+                               audit=audit.in_transaction("member.remove", "member", user_id))
     except accounts.Conflict as exc:
         return _members_page(person, status=409, error=str(exc)[:1].upper() + str(exc)[1:] + ".")
     if found["account_id"] == person.account_id:
@@ -177,6 +183,7 @@ def member_link(person: Member, user_id: str) -> Any:
             f"{found['email']} is also a member of another organisation, so only they (from their account page)"
             " or the operator (python run.py reset-password EMAIL) can change their password."))
     token = accounts.create_link(pool, person.tenant_id, found["id"], purpose, settings.auth_link_ttl, person.held_by)
+    audit.note("member.link", "member", found["id"], after={"email": found["email"], "purpose": purpose})
     return _members_page(person, link=link_url(token), link_for=found["email"], link_kind=purpose)
 
 
@@ -209,7 +216,8 @@ def create_key(person: Member) -> Any:
     except ApiError as exc:
         return _keys_page(person, status=400, error=exc.message)
     scopes = [s for s in api.SCOPES if s in request.form.getlist("scopes")] or None
-    _key_id, _prefix, key = tenants.create_key(session.root().pool, person.tenant_id, name, scopes)
+    key_id, prefix, key = tenants.create_key(session.root().pool, person.tenant_id, name, scopes)
+    audit.note("key.create", "key", key_id, after={"name": name, "prefix": prefix, "scopes": scopes})  # not the key
     return _keys_page(person, new_key=key, new_key_name=name)
 
 
@@ -220,8 +228,8 @@ def revoke_key(person: Member, key_id: str) -> Any:
     if request.form.get("confirm") != "yes":
         return render_template("confirm.html", message="Revoke this key? Programs using it stop working at once.",
                                action=request.path, back=url_for("dashboard.keys"))
-    session.root().pool.execute(person.tenant_id, "UPDATE api_keys SET revoked_at = now()"
-                                                  " WHERE id = %s AND revoked_at IS NULL", (key_id,))
+    tenants.revoke_key(session.root().pool, person.tenant_id, key_id,
+                       audit=audit.in_transaction("key.revoke", "key", key_id))
     return redirect(url_for("dashboard.keys"), code=303)
 
 

@@ -19,7 +19,7 @@ from db import dashboard
 from db import webhook_endpoints as db
 from sansio import roles
 from sansio import webhook_endpoints as rules
-from web import paging
+from web import audit, paging
 from web import validation as v
 from web import webhooks as api
 from web.dashboard import blueprint, session, viewer_zone
@@ -96,6 +96,7 @@ def create_webhook(person: Member) -> Any:
     except ApiError as exc:
         return _list_page(person, status=400, form=form, error=exc.message, field=exc.field)
     endpoint, secret = db.create(pool, person.tenant_id, enabled=True, **chosen)
+    audit.note("webhook_endpoint.create", "webhook_endpoint", endpoint["id"], after=api.audit_view(endpoint))
     return _list_page(person, created=endpoint, secret=secret)
 
 
@@ -159,7 +160,8 @@ def update_webhook(person: Member, webhook_id: str) -> Any:
         chosen = _settings(form, dashboard.bot_names(pool, person.tenant_id))
     except ApiError as exc:
         return _detail_page(person, endpoint, status=400, form=form, error=exc.message, field=exc.field)
-    db.update(pool, person.tenant_id, endpoint["id"], **chosen)
+    if db.update(pool, person.tenant_id, endpoint["id"], **chosen) is not None:
+        audit.note("webhook_endpoint.update", "webhook_endpoint", endpoint["id"], after=chosen)
     return redirect(url_for("dashboard.webhook", webhook_id=endpoint["id"], done="saved"), code=303)
 
 
@@ -167,7 +169,8 @@ def update_webhook(person: Member, webhook_id: str) -> Any:
 @session.page(roles.ADMIN)
 def switch_webhook(person: Member, webhook_id: str, action: str) -> Any:
     endpoint = _endpoint(person, webhook_id)
-    db.update(session.root().pool, person.tenant_id, endpoint["id"], enabled=action == "enable")
+    if db.update(session.root().pool, person.tenant_id, endpoint["id"], enabled=action == "enable") is not None:
+        audit.note("webhook_endpoint.update", "webhook_endpoint", endpoint["id"], after={"enabled": action == "enable"})
     return redirect(url_for("dashboard.webhook", webhook_id=endpoint["id"]), code=303)
 
 
@@ -184,6 +187,7 @@ def rotate_webhook_secret(person: Member, webhook_id: str) -> Any:
     if found is None:
         abort(404, description="There is no such webhook.")
     endpoint, secret = found
+    audit.note("webhook_endpoint.rotate_secret", "webhook_endpoint", endpoint["id"])  # never the secret
     return _detail_page(person, endpoint, secret=secret)
 
 
@@ -192,9 +196,11 @@ def rotate_webhook_secret(person: Member, webhook_id: str) -> Any:
 def webhook_test_event(person: Member, webhook_id: str) -> Any:
     endpoint = _endpoint(person, webhook_id)
     try:
-        db.send_test(session.root().pool, person.tenant_id, endpoint["id"])
+        delivery = db.send_test(session.root().pool, person.tenant_id, endpoint["id"])
     except db.Conflict as exc:
         return _detail_page(person, endpoint, status=409, error=str(exc)[:1].upper() + str(exc)[1:] + ".")
+    if delivery is not None:
+        audit.note("webhook_endpoint.test", "webhook_endpoint", endpoint["id"], after={"delivery_id": delivery["id"]})
     return redirect(url_for("dashboard.webhook", webhook_id=endpoint["id"], done="tested"), code=303)
 
 
@@ -206,7 +212,8 @@ def delete_webhook(person: Member, webhook_id: str) -> Any:
         return render_template("confirm.html", message=(
             f"Delete the webhook to {endpoint['url']}? Its delivery log goes with it and nothing more is sent."),
             action=request.path, back=url_for("dashboard.webhook", webhook_id=endpoint["id"]))
-    db.delete(session.root().pool, person.tenant_id, endpoint["id"])
+    if db.delete(session.root().pool, person.tenant_id, endpoint["id"]):
+        audit.note("webhook_endpoint.delete", "webhook_endpoint", endpoint["id"], before={"url": endpoint["url"]})
     return redirect(url_for("dashboard.webhooks"), code=303)
 
 
@@ -221,6 +228,7 @@ def replay_webhook_delivery(person: Member, webhook_id: str, delivery_id: str) -
         return _detail_page(person, endpoint, status=409, error=str(exc)[:1].upper() + str(exc)[1:] + ".")
     if found is None:
         abort(404, description="There is no such delivery.")
+    audit.note("webhook_delivery.replay", "webhook_delivery", found["id"], after={"webhook_id": endpoint["id"]})
     return redirect(url_for("dashboard.webhook", webhook_id=endpoint["id"], done="replayed"), code=303)
 
 
@@ -237,4 +245,7 @@ def replay_failed_webhook_deliveries(person: Member, webhook_id: str) -> Any:
         return _detail_page(person, endpoint, status=400, error=exc.message, field=exc.field)
     except db.Conflict as exc:
         return _detail_page(person, endpoint, status=409, error=str(exc)[:1].upper() + str(exc)[1:] + ".")
+    if count is not None:
+        audit.note("webhook_endpoint.replay_failed", "webhook_endpoint", endpoint["id"],
+                   after={"replayed": count, "since": since, "until": until})
     return redirect(url_for("dashboard.webhook", webhook_id=endpoint["id"], replayed=count or 0), code=303)
