@@ -37,11 +37,12 @@ from actors.pipeline import (
     Wake,
     WasReceived,
 )
-from core import context, sentry
+from core import context, outbound, sentry
 from core.root import Publisher
 from db import bots as bots_db
 from sansio import session_machine as sm
 from sansio.backoff import BackoffPolicy
+from sansio.outbound_address import AddressRefused
 from transports import events as tev
 from transports.base import Transport, TransportError
 
@@ -308,13 +309,36 @@ class BotSession(Actor):
         self._count("connect_attempts")
         if self.deps.on_attempt is not None:
             self.deps.on_attempt(self._last_disconnect)
-        transport = self.deps.transport_factory(self.bot_id, sink, self.deps.settings, self.options)
+        options = self._checked_options(generation)
+        if options is None:
+            return
+        transport = self.deps.transport_factory(self.bot_id, sink, self.deps.settings, options)
         self.transport = transport
         self._count("transports_created")
         try:
             transport.connect()
         except Exception as exc:  # noqa: BLE001 - a failed dial is a network fault like any other
             _tell_quietly(ref, _TransportEvent(generation, tev.Disconnected(tev.DisconnectKind.NETWORK, str(exc))))
+
+    def _checked_options(self, generation: int) -> dict[str, Any] | None:
+        """The transport options with the proxy's address checked by the outbound policy, after DNS,
+        and pinned (``core.outbound``); None when refused, the refusal told to the session as a
+        disconnect (a name that does not resolve is a network fault, retried; a refused address fails
+        the session with the reason)."""
+        proxy = self.options.get("proxy")
+        if not proxy:
+            return self.options
+        allow = bool(getattr(self.deps.settings, "allow_private_addresses", False))
+        kind = tev.DisconnectKind.ADDRESS_REFUSED
+        try:
+            return {**self.options, "proxy": outbound.checked_proxy(proxy, allow_private=allow)}
+        except outbound.Unresolved as exc:
+            kind, reason = tev.DisconnectKind.NETWORK, f"proxy {exc}"
+        except AddressRefused as exc:
+            reason = f"proxy {exc}"
+        log.warning("proxy refused", extra={"reason": reason})
+        _tell_quietly(self.actor_ref, _TransportEvent(generation, tev.Disconnected(kind, reason)))
+        return None
 
     def _close_transport(self) -> None:
         if self._dial_timer is not None:

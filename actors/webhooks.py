@@ -121,7 +121,7 @@ class WebhookDeps:
     def __post_init__(self) -> None:
         if self.sender is None:
             self.sender = Sender(timeout=self.settings.webhook_timeout,
-                                 allow_private=self.settings.webhooks_allow_private)
+                                 allow_private=self.settings.allow_private_addresses)
 
 
 class WebhookDispatcher(Actor):

@@ -224,7 +224,8 @@ SPECS += (
     Spec("PROXY_HOPS", _non_negative_int, "0", "Reverse proxies in front of the web app whose X-Forwarded-For/-Proto/-Host are trusted (0: none; the peer address is the client)."),
     # Webhooks
     Spec("WEBHOOKS_ALLOW_HTTP", _bool, "false", "Accept plain http:// webhook URLs (otherwise https only)."),
-    Spec("WEBHOOKS_ALLOW_PRIVATE", _bool, "false", "Let webhook URLs reach loopback, private, link-local and metadata addresses (off: refused when saved and at every delivery, after DNS)."),
+    Spec("OUTBOUND_ALLOW_PRIVATE", _bool, "false", "Let the addresses tenants supply (bot proxies, webhook URLs) reach loopback, private, link-local, CGNAT, multicast and metadata addresses (off: refused when saved and again when connecting, after DNS)."),
+    Spec("WEBHOOKS_ALLOW_PRIVATE", _bool, "false", "The older name of OUTBOUND_ALLOW_PRIVATE, still honoured: either one on allows private addresses."),
     Spec("WEBHOOK_TIMEOUT", _positive_float, "15", "Seconds one webhook request may take, connecting to the last byte read."),
     Spec("WEBHOOK_MAX_IN_FLIGHT", _positive_int, "4", "Requests in flight per webhook endpoint, across every supervisor process; a hanging receiver holds only these."),
     Spec("WEBHOOK_CONCURRENCY", _positive_int, "500", "Webhook requests one supervisor process runs at once, all endpoints together."),
@@ -322,6 +323,7 @@ class Settings:
     sign_in_lockout: float
     proxy_hops: int
     webhooks_allow_http: bool
+    outbound_allow_private: bool
     webhooks_allow_private: bool
     webhook_timeout: float
     webhook_max_in_flight: int
@@ -336,6 +338,11 @@ class Settings:
     rate_limit_sign_in: float
     rate_limit_sign_in_burst: int
     audit_retention: float
+
+    @property
+    def allow_private_addresses(self) -> bool:
+        """Whether tenants' addresses may be private (OUTBOUND_ALLOW_PRIVATE, or its older name)."""
+        return self.outbound_allow_private or self.webhooks_allow_private
 
 
 def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -24,8 +24,9 @@ from typing import NamedTuple
 
 import gevent
 
+from core import outbound
 from core.http_transport import default_ssl_context
-from sansio import outbound_address, webhooks
+from sansio import webhooks
 from sansio.outbound_address import AddressRefused, Target
 
 USER_AGENT = "wabot-webhooks/1"
@@ -33,16 +34,7 @@ USER_AGENT = "wabot-webhooks/1"
 
 def resolve(target: Target, *, allow_private: bool) -> list[str]:
     """The addresses to connect to for ``target``, each allowed by the policy; raises AddressRefused."""
-    literal = outbound_address.literal_address(target.host)
-    if literal is not None:
-        found = [literal]
-    else:
-        try:
-            infos = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
-        except (socket.gaierror, UnicodeError) as exc:
-            raise AddressRefused(f"{target.host} could not be resolved ({exc})") from None
-        found = [str(info[4][0]) for info in infos]
-    return outbound_address.check_addresses(target.host, found, allow_private=allow_private)
+    return outbound.resolve(target.host, target.port, allow_private=allow_private)
 
 
 class _Pinned(http.client.HTTPConnection):

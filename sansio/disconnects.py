@@ -10,6 +10,9 @@
 - ``TEMPORARY_BAN``: wait until it expires, then resume. Without a usable expiry there is nothing to
   wait for, so the session fails and waits for the user rather than reconnect into the ban.
 - ``CLOSED``: we closed it ourselves; nothing to do.
+- ``ADDRESS_REFUSED``: the platform's outbound address policy refused the address to dial (a bot's
+  proxy resolving to loopback, a private range, the metadata service...). Retrying changes nothing
+  until the tenant changes the proxy: the session fails with the reason and waits for the user.
 
 Pure: a function of the event.
 """
@@ -88,6 +91,8 @@ def classify(event: Disconnected) -> Decision:
         )
     if kind is DisconnectKind.CLOSED:
         return Decision(Action.NONE, "", _describe(event, "closed"))
+    if kind is DisconnectKind.ADDRESS_REFUSED:
+        return Decision(Action.WAIT_FOR_USER, "failed", _describe(event, "refused by the outbound address policy"))
     raise ValueError(f"unknown disconnect kind {kind!r}")
 
 

@@ -123,3 +123,44 @@ def literal_address(host: str) -> str | None:
         return str(ipaddress.ip_address(host))
     except ValueError:
         return None
+
+
+# -- proxies ---------------------------------------------------------------------------------------
+
+PROXY_DEFAULT_PORTS = {"socks5": 1080, "http": 80, "https": 443}
+
+
+class ProxyTarget(NamedTuple):
+    """A bot's proxy as the platform dials it."""
+
+    scheme: str  # 'socks5', 'http' or 'https'
+    host: str  # a name or a literal address (IPv6 without brackets)
+    port: int
+
+
+def proxy_target(url: str) -> ProxyTarget:
+    """The scheme, host and port of a proxy URL (``scheme://[user:password@]host[:port]``); raises
+    AddressRefused when it names none."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise AddressRefused(f"is not a valid proxy URL ({exc})") from None
+    scheme = parts.scheme.lower()
+    if scheme not in PROXY_DEFAULT_PORTS:
+        raise AddressRefused("must be a socks5://, http:// or https:// URL")
+    if not parts.hostname:
+        raise AddressRefused("must name a host")
+    return ProxyTarget(scheme, parts.hostname, port or PROXY_DEFAULT_PORTS[scheme])
+
+
+def pin_proxy(url: str, address: str) -> str:
+    """``url`` with its host replaced by ``address`` (checked by the policy) and the port made
+    explicit, credentials kept: the proxy is then dialed at the address that was checked, not at
+    whatever its name resolves to by then."""
+    parts = urllib.parse.urlsplit(url)
+    target = proxy_target(url)
+    userinfo = parts.netloc.rpartition("@")[0]
+    host = f"[{address}]" if ":" in address else address
+    netloc = f"{userinfo}@{host}:{target.port}" if userinfo else f"{host}:{target.port}"
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

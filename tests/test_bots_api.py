@@ -43,9 +43,9 @@ def _error(response, status, field=None, code="invalid_input"):
 
 
 def test_a_created_bot_is_returned_listed_and_readable_with_its_session_fields(alice):
-    bot = _bot(alice, "Support", proxy="socks5://user:pw@proxy.example:1080", phone="+49 151-2345 6789")
+    bot = _bot(alice, "Support", proxy="socks5://user:pw@93.184.215.14:1080", phone="+49 151-2345 6789")
     assert bot["name"] == "Support"
-    assert bot["transport_options"] == {"proxy": "socks5://user:pw@proxy.example:1080", "phone": "4915123456789"}
+    assert bot["transport_options"] == {"proxy": "socks5://user:pw@93.184.215.14:1080", "phone": "4915123456789"}
     assert bot["desired_state"] == "stopped"
     uuid.UUID(bot["id"])
 
@@ -93,7 +93,7 @@ def test_deleting_a_bot_answers_204_and_then_it_is_gone(alice):
         ({"name": "ok", "transport_options": {"socks": "x"}}, "transport_options.socks", "socks"),
         ({"name": "ok", "transport_options": {"proxy": 5}}, "transport_options.proxy", "string"),
         ({"name": "ok", "transport_options": {"proxy": "ftp://h:21"}}, "transport_options.proxy", "scheme"),
-        ({"name": "ok", "transport_options": {"proxy": "proxy.example:1080"}}, "transport_options.proxy", ""),
+        ({"name": "ok", "transport_options": {"proxy": "93.184.215.14:1080"}}, "transport_options.proxy", ""),
         ({"name": "ok", "transport_options": {"proxy": "http://"}}, "transport_options.proxy", "host"),
         ({"name": "ok", "transport_options": {"proxy": "http://h:99999"}}, "transport_options.proxy", "proxy URL"),
         ({"name": "ok", "transport_options": {"proxy": "http://h/a b"}}, "transport_options.proxy", "spaces"),
@@ -310,7 +310,7 @@ def test_sql_injection_strings_are_stored_verbatim_or_rejected_and_other_tenants
         assert bot["name"] == text
         assert _row(pool, alice.tenant_id, bot["id"], "name")[0] == text
 
-    proxy = "socks5://u:';DROP--TABLE@proxy.example:1080"
+    proxy = "socks5://u:';DROP--TABLE@93.184.215.14:1080"
     assert _bot(alice, "proxied", proxy=proxy)["transport_options"]["proxy"] == proxy
     for bad in ("http://h/'; DROP TABLE bots; --", "http://h:1'--", "'; DROP TABLE bots; --"):
         _error(alice.post("/bots", json={"name": "p", "transport_options": {"proxy": bad}}), 400,

@@ -35,6 +35,7 @@ TABLE = [
     ((K.TEMPORARY_BAN, 101, None), (Action.WAIT_FOR_USER, "failed", None)),
     ((K.TEMPORARY_BAN, 101, -5.0), (Action.WAIT_FOR_USER, "failed", None)),
     ((K.CLOSED, None, None), (Action.NONE, "", None)),
+    ((K.ADDRESS_REFUSED, None, None), (Action.WAIT_FOR_USER, "failed", None)),
 ]
 
 

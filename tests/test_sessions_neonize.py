@@ -12,7 +12,8 @@ from tests.test_neonize_transport import SilentProxy, Ticker
 
 @pytest.fixture
 def neonize_settings(pg, tmp_path):
-    return session_settings(pg, str(tmp_path), "127.0.0.1:1", WA_TRANSPORT="neonize")
+    # The hanging proxy listens on 127.0.0.1: the operator allows private addresses here.
+    return session_settings(pg, str(tmp_path), "127.0.0.1:1", WA_TRANSPORT="neonize", OUTBOUND_ALLOW_PRIVATE="true")
 
 
 def test_an_offline_neonize_dial_is_classified_as_a_network_error_and_backs_off(neonize_settings, pool):

@@ -22,6 +22,7 @@ class DisconnectKind(str, enum.Enum):
     CLIENT_OUTDATED = "client_outdated"
     TEMPORARY_BAN = "temporary_ban"  # with an expiry
     CLOSED = "closed"  # we closed it ourselves (stop, logout)
+    ADDRESS_REFUSED = "address_refused"  # the platform's outbound policy refused where to dial (a proxy)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,7 +17,9 @@ import gevent
 import segno
 from flask import Response, current_app, g, jsonify
 
+from core import outbound
 from db import bots
+from sansio.outbound_address import AddressRefused
 from web import audit
 from web import validation as v
 from web.api import api_blueprint, error_responses, operation
@@ -46,6 +48,18 @@ def _bot_id(bot_id: str) -> str:
     return v.uuid_arg(bot_id, "bot")
 
 
+def check_proxy(options: dict[str, Any] | None, field: str = "transport_options.proxy") -> None:
+    """400 naming ``field`` when the outbound address policy refuses the proxy's address (after DNS:
+    a name that does not resolve is refused too); checked again at every connection attempt."""
+    proxy = (options or {}).get("proxy")
+    if not proxy:
+        return
+    try:
+        outbound.checked_proxy(proxy, allow_private=system().settings.allow_private_addresses)
+    except AddressRefused as exc:
+        raise ApiError(400, "invalid_input", f"proxy {exc}", field=field) from None
+
+
 def _get(bot_id: str) -> dict[str, Any]:
     bot = bots.get(system().pool, g.tenant_id, bot_id)
     if bot is None:
@@ -60,6 +74,7 @@ def _get(bot_id: str) -> dict[str, Any]:
            responses={201: Bot, **error_responses(400)})
 def create_bot(body: BotCreate) -> Any:
     options = body.transport_options.stored() if body.transport_options else {}
+    check_proxy(options)
     pool = system().pool
     bot = bots.create(pool, g.tenant_id, body.name, options)
     if options.get("auto_start"):
@@ -85,6 +100,7 @@ def get_bot(path: BotPath) -> Any:
            " options", operation_id="updateBot", responses={200: Bot, **error_responses(400, 404)})
 def update_bot(path: BotPath, body: BotUpdate) -> Any:
     options = body.transport_options.stored() if body.transport_options is not None else None
+    check_proxy(options)
     bot = bots.update(system().pool, g.tenant_id, _bot_id(path.bot_id), body.name, options)
     if bot is None:
         raise not_found("bot")

@@ -48,7 +48,7 @@ def check_url(url: str) -> str:
     settings = system().settings
     try:
         target = parse_url(url, allow_http=settings.webhooks_allow_http)
-        webhook_http.resolve(target, allow_private=settings.webhooks_allow_private)
+        webhook_http.resolve(target, allow_private=settings.allow_private_addresses)
     except AddressRefused as exc:
         raise bad_request("url", str(exc)) from None
     return url

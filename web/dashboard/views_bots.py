@@ -94,6 +94,7 @@ def create_bot(person: Member) -> Any:
     try:
         name = v.text({"name": form["name"]}, "name", max_len=200)
         options = TransportOptions.model_validate(options).stored()
+        bots_api.check_proxy(options, field="proxy")
     except (ApiError, ValidationError) as exc:
         field, message = ((exc.field, exc.message) if isinstance(exc, ApiError)
                           else api.first_problem(exc, TransportOptions))
