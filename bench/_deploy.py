@@ -7,6 +7,8 @@ configuration docs/operations.md documents, and the WhatsApp simulator as a proc
 ``Deployment`` starts them in order and ``close()`` stops everything it started, in reverse (also
 after a failure half-way). Each platform process's output goes to a log file in the deployment's
 directory (``log(name)``). Processes can be stopped (``signal``) and started again (``restart``).
+A directory the caller chose is kept after ``close()`` (its logs and database, to be read after a
+run); a temporary one is removed.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ class Deployment:
         """``db_proxy``: every connection of the platform to PostgreSQL (PgBouncer's and the direct
         ones) goes through a ``FaultProxy`` (``self.db_proxy``) of this process, which needs gevent."""
         self.dir = directory or tempfile.mkdtemp(prefix="wabot-deploy-")
+        self.keep = directory is not None  # the caller's directory outlives the deployment
         self.use_db_proxy = db_proxy
         self.db_proxy: FaultProxy | None = None
         self.extra_env = dict(env or {})
@@ -218,7 +221,8 @@ class Deployment:
 
     def close(self) -> None:
         self._stops.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if not self.keep:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> Deployment:
         return self

@@ -170,6 +170,8 @@ class Counters:
 class Soak:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
+        if args.dir:
+            os.makedirs(args.dir, exist_ok=True)
         self.rng = random.Random(args.seed)
         self.started = now()
         self.stop_traffic = gevent.event.Event()
@@ -199,6 +201,9 @@ class Soak:
         line = f"{now() - self.started:8.2f}  {text}"
         self.fault_log.append(line)
         print(line, flush=True)
+        if self.args.dir:  # beside the deployment's logs, also when the run breaks before --json is written
+            with open(os.path.join(self.args.dir, "soak.log"), "a") as f:
+                f.write(line + "\n")
 
     # -- HTTP ------------------------------------------------------------------------------------
 
@@ -248,6 +253,8 @@ class Soak:
             "HTTP_KEEPALIVE_TIMEOUT": "5",
         }
         directory = os.path.join(self.args.dir, "deploy") if self.args.dir else None
+        if directory and os.path.exists(directory) and os.listdir(directory):
+            raise RuntimeError(f"{directory} is not empty: a kept run's files; choose another --dir")
         self.deploy = Deployment(env=env, directory=directory, db_proxy=True)
         self.say(f"deployment up: nginx {self.d.url}, webs {self.d.web_ports}, seed {self.args.seed}")
         for i, name in enumerate(("Soak Bakery", "Soak Florist")):
@@ -875,11 +882,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--customers", type=int, default=6, help="customers per bot (default 6)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the fault schedule and traffic (default 1)")
     parser.add_argument("--json", help="write the figures and the fault log to this file")
-    parser.add_argument("--dir", help="keep the deployment's files here (default: a temporary directory)")
+    parser.add_argument("--dir", help="keep the deployment's files here after the run: the processes' logs, the"
+                        " database (default: a temporary directory, removed)")
+    parser.add_argument("--kinds", dest="only", help="only these fault kinds, comma-separated (default: every kind)")
     parser.add_argument("--logs", action="store_true", help="print the processes' log tails at the end")
     parser.add_argument("--smoke", action="store_true", help="two bots, about 25 s, three faults")
     args = parser.parse_args(argv)
     args.kinds = KINDS
+    if args.only:
+        args.kinds = tuple(k.strip() for k in args.only.split(",") if k.strip())
+        unknown = sorted(set(args.kinds) - set(KINDS))
+        if unknown or not args.kinds:
+            parser.error(f"unknown fault kinds {', '.join(unknown)} (known: {', '.join(KINDS)})")
     if args.smoke:
         args.bots, args.customers, args.duration, args.kinds = 2, 3, 10, SMOKE_KINDS
     return args
