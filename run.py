@@ -1,5 +1,5 @@
 """Entry point: ``python run.py [all|web|supervisor|migrate|create-tenant NAME [--admin-email EMAIL]|
-reset-password EMAIL|tenant quota ID ...|simulator]``.
+reset-password EMAIL|tenant list|disable|enable|export|delete|quota ...|simulator]``.
 
 gevent patches the standard library before anything else is imported (pykka's threads become
 greenlets), and psycopg2 gets a wait callback that yields to the hub and cancels abandoned queries.
@@ -46,13 +46,25 @@ def _parser() -> argparse.ArgumentParser:
     reset = sub.add_parser("reset-password", help="print a one-time password-reset link for a dashboard account")
     reset.add_argument("email")
     sub.add_parser("simulator", help="run the WhatsApp network simulator (a test and demo tool)")
-    tenant = sub.add_parser("tenant", help="the operator's tenant commands (today: quota)")
+    tenant = sub.add_parser("tenant", help="the operator's tenant commands: list, disable, enable, export, delete,"
+                                           " quota")
     tenant_sub = tenant.add_subparsers(dest="tenant_command", required=True)
     quota = tenant_sub.add_parser("quota", help="show or set a tenant's quotas (0 or 'none': no limit)")
     quota.add_argument("tenant_id")
     quota.add_argument("--bots", help="bots it may have")
     quota.add_argument("--messages-per-day", help="messages it may send per UTC day (API and bot answers)")
     quota.add_argument("--media-bytes", help="bytes of media it may store")
+    tenant_sub.add_parser("list", help="every tenant: id, state, bots, members, name")
+    for command, what in (("disable", "refuse its keys and sessions and stop its bots; its data is kept"),
+                          ("enable", "undo disable: its keys and sessions work again, its bots start again")):
+        tenant_sub.add_parser(command, help=what).add_argument("tenant_id")
+    export = tenant_sub.add_parser("export", help="write every row and media object of the tenant to an archive")
+    export.add_argument("tenant_id")
+    export.add_argument("file", help="the archive to write (.tar.gz; docs/operations.md describes it)")
+    delete = tenant_sub.add_parser("delete", help="delete the tenant and everything it has (asks for its name)")
+    delete.add_argument("tenant_id")
+    delete.add_argument("--confirm", metavar="NAME", help="the tenant's name, instead of typing it when asked")
+    delete.add_argument("--wait", default="30", help="seconds to wait for its bots to stop (default 30)")
     return parser
 
 
@@ -85,9 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         if command == "reset-password":
             return _reset_password(system, args.email)
         if command == "tenant":
-            from core import quota_cli
+            from core import tenant_cli
 
-            return quota_cli.main(system, args)
+            return tenant_cli.main(system, args)
         return _serve(system, web=command in ("all", "web"), supervise=command in ("all", "supervisor"))
     except StartupError as exc:
         print(f"cannot start: {exc}", file=sys.stderr)

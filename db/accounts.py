@@ -73,7 +73,8 @@ def open_session(pool: Any, account_id: str, tenant_id: str | None, max_age: flo
 
 def session(pool: Any, token: str, idle: float) -> dict[str, Any] | None:
     """The live session behind a cookie token (see ``auth_session_get``), or None. ``role`` is None
-    when the person is no longer a member of the session's tenant."""
+    when the person is no longer a member of the session's tenant, or when the operator disabled
+    that tenant (``tenant_disabled`` says so)."""
     if not token.startswith(SESSION_PREFIX) or len(token) > 100:
         return None
     rows = pool.query(None, "SELECT * FROM auth_session_get(%s, %s, %s)",
@@ -83,7 +84,8 @@ def session(pool: Any, token: str, idle: float) -> dict[str, Any] | None:
     r = rows[0]
     return {"session_id": str(r[0]), "account_id": str(r[1]), "email": r[2], "display_name": r[3],
             "tenant_id": None if r[4] is None else str(r[4]), "tenant_name": r[5], "role": r[6],
-            "csrf": r[7], "created_at": r[8]}
+            "csrf": r[7], "created_at": r[8], "tenant_disabled": bool(r[9]),
+            **({"role": None} if r[9] else {})}
 
 
 def switch_tenant(pool: Any, token: str, tenant_id: str) -> bool:

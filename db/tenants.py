@@ -74,21 +74,33 @@ def revoke_key(pool: Any, tenant_id: str, key_id: str, audit: Callable[[Any, Any
     return bool(pool.run(tenant_id, work, repeatable=False))
 
 
+class TenantDisabled(Exception):
+    """The key (or session) is the tenant's, and the operator disabled the tenant (migration 0024)."""
+
+    MESSAGE = ("this organisation is disabled by the platform's operator; its data is kept."
+               " Ask the operator to enable it")
+
+    def __init__(self, tenant_id: str) -> None:
+        super().__init__(self.MESSAGE)
+        self.tenant_id = tenant_id
+
+
 def authenticate_with_scopes(pool: Any, key: str) -> tuple[str, tuple[str, ...] | None] | None:
-    """(tenant id, the key's scopes or None for full access), or None for an unknown or revoked key."""
+    """(tenant id, the key's scopes or None for full access), or None for an unknown or revoked key.
+    Raises ``TenantDisabled`` for a key of a disabled tenant."""
     if not key or len(key) > 200:
         return None
-    rows = pool.query(None, "SELECT * FROM authenticate_api_key_scopes(%s)", (hash_key(key),))
+    rows = pool.query(None, "SELECT * FROM authenticate_api_key_status(%s)", (hash_key(key),))
     if not rows:
         return None
-    tenant, scopes = rows[0]
+    tenant, scopes, disabled = rows[0]
+    if disabled:
+        raise TenantDisabled(str(tenant))
     return str(tenant), None if scopes is None else tuple(scopes)
 
 
 def authenticate(pool: Any, key: str) -> str | None:
-    """The tenant id the key belongs to, or None for an unknown or revoked key."""
-    if not key or len(key) > 200:
-        return None
-    rows = pool.query(None, "SELECT authenticate_api_key(%s)", (hash_key(key),))
-    tenant = rows[0][0] if rows else None
-    return None if tenant is None else str(tenant)
+    """The tenant id the key belongs to, or None for an unknown or revoked key. Raises
+    ``TenantDisabled`` for a key of a disabled tenant."""
+    found = authenticate_with_scopes(pool, key)
+    return None if found is None else found[0]

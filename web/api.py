@@ -272,6 +272,8 @@ def _authenticate(allow_session: bool) -> None:
         from web.dashboard import session  # the dashboard imports the API's modules: import late
 
         person = session.current()
+        if person is not None and person.tenant_disabled:
+            raise tenants.TenantDisabled(str(person.tenant_id))
         if person is not None and person.tenant_id is not None and person.role is not None:
             g.tenant_id, g.person, g.scopes = person.tenant_id, person, ("read",)
             g.rate_subject = rate_limits.session_subject(person.session_id)

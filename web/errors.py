@@ -14,6 +14,7 @@ from werkzeug.exceptions import HTTPException
 
 from core import context, sentry
 from db.quotas import QuotaExceeded
+from db.tenants import TenantDisabled
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,10 @@ def install(app: Flask, metrics: Any) -> None:
         if exc.status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="api"'
         return response
+
+    @app.errorhandler(TenantDisabled)
+    def _disabled(exc: TenantDisabled) -> Any:
+        return error_response(403, "tenant_disabled", exc.MESSAGE)
 
     @app.errorhandler(QuotaExceeded)
     def _quota(exc: QuotaExceeded) -> Any:

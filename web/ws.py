@@ -145,7 +145,10 @@ def _authenticate(pool: Any, headers: Any, args: Any, environ: dict | None = Non
             401, "unauthorized",
             "missing API key: send 'Authorization: Bearer <key>' or the query parameter token=<key>",
         )
-    found = tenants.authenticate_with_scopes(pool, key)
+    try:
+        found = tenants.authenticate_with_scopes(pool, key)
+    except tenants.TenantDisabled as exc:
+        raise ApiError(403, "tenant_disabled", exc.MESSAGE) from None
     if found is None:
         raise ApiError(401, "unauthorized", "invalid API key")
     caller = _Caller(found[0])

@@ -36,6 +36,8 @@ PRE_COOKIE = "wabot_form"  # the double-submit token of forms shown before a ses
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+DISABLED = ("This organisation is disabled by the platform's operator. Its data is kept; ask the operator"
+            " to enable it. You can switch to another organisation you belong to.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,8 +49,9 @@ class Person:
     display_name: str
     tenant_id: str | None
     tenant_name: str | None
-    role: str | None  # None: not (or no longer) a member of the session's tenant
+    role: str | None  # None: not (or no longer) a member of the session's tenant, or it is disabled
     csrf: str
+    tenant_disabled: bool = False  # the operator disabled the session's tenant (its data is kept)
 
     def can(self, permission: str) -> bool:
         return roles.allows(self.role, permission)
@@ -101,7 +104,7 @@ def _load() -> Person | None:
     person = (Member if member else Person)(
         token=token, session_id=found["session_id"], account_id=found["account_id"], email=found["email"],
         display_name=found["display_name"], tenant_id=found["tenant_id"], tenant_name=found["tenant_name"],
-        role=found["role"], csrf=found["csrf"])
+        role=found["role"], csrf=found["csrf"], tenant_disabled=found["tenant_disabled"])
     if isinstance(person, Member):
         g.tenant_id = person.tenant_id  # what an error report names as the request's tenant
     return person
@@ -221,7 +224,9 @@ def page(permission: str = roles.READ) -> Callable[[Callable[..., Any]], Callabl
                     return _to_sign_in()
                 abort(401, description="You are signed out. Sign in again.")
             check_csrf(person)
-            if not isinstance(person, Member):  # no tenant, or no longer a member of it
+            if not isinstance(person, Member):  # no tenant, no longer a member of it, or it is disabled
+                if person.tenant_disabled:
+                    abort(403, description=DISABLED)
                 if request.method in SAFE_METHODS and not wants_fragment():
                     return redirect(url_for("dashboard.tenants"))
                 abort(403, description="You are not a member of this organisation any more.")
