@@ -226,6 +226,10 @@ def page(permission: str = roles.READ) -> Callable[[Callable[..., Any]], Callabl
             check_csrf(person)
             if not isinstance(person, Member):  # no tenant, no longer a member of it, or it is disabled
                 if person.tenant_disabled:
+                    if request.method in SAFE_METHODS and not wants_fragment():
+                        from web.dashboard import html_error  # the package imports this module: import late
+
+                        return html_error(403, "Organisation disabled", DISABLED)
                     abort(403, description=DISABLED)
                 if request.method in SAFE_METHODS and not wants_fragment():
                     return redirect(url_for("dashboard.tenants"))
