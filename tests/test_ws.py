@@ -405,6 +405,33 @@ def test_send_queues_a_pending_outbox_row_for_the_tenants_bot(web, tenant, pool)
     ws.close()
 
 
+def test_a_send_over_the_websocket_is_in_the_audit_log_as_the_key(web, tenant, pool):
+    from db import audit as audit_db
+
+    tenant_id, key, bot = tenant
+    ws = connect(web, key)
+    result = ws.command(op="send", bot_id=bot, to="4915112345678", text="hi")
+    ws.close()
+    (entry,) = audit_db.entries(pool, tenant_id, audit_db.Filters(action="message.send"), 10)
+    assert entry["object_id"] == result["outbox_id"] and entry["actor"]["kind"] == "api_key"
+    assert entry["actor"]["label"] == key[:10] and entry["client_address"] == "127.0.0.1"
+
+
+def test_a_send_past_the_daily_quota_is_an_error_frame_and_the_connection_stays(web, tenant, pool):
+    from db import quotas
+    from sansio import quotas as q
+
+    tenant_id, key, bot = tenant
+    quotas.set_limits(pool, tenant_id, {q.MESSAGES_PER_DAY: 1})
+    ws = connect(web, key)
+    assert ws.command(op="send", bot_id=bot, to="4915112345678", text="one")["ok"] is True
+    refused = ws.command(op="send", bot_id=bot, to="4915112345678", text="two")
+    assert refused["type"] == "error" and refused["code"] == "quota_exceeded"
+    assert ws.command(op="ping")["type"] == "pong"
+    assert len(outbox_rows(pool, tenant_id)) == 1
+    ws.close()
+
+
 def test_send_to_another_tenants_bot_is_not_found_and_queues_nothing(web, tenant, make_tenant, pool):
     tenant_id, key, _ = tenant
     other_id, _ = make_tenant()

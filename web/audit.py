@@ -51,6 +51,16 @@ def actor() -> audit_db.Actor:
     return found
 
 
+def actor_of(person: Any, key: str | None) -> audit_db.Actor | None:
+    """The actor behind a connection authenticated with a session (``person``) or a key, looked up
+    once (the WebSocket, whose key may come in the query)."""
+    if person is not None:
+        return audit_db.Actor.member(person.account_id, person.email, person.display_name)
+    if key:
+        return audit_db.api_key_actor(system().pool, g.tenant_id, tenants.hash_key(key))
+    return None
+
+
 def request_id() -> str | None:
     rid: str | None = g.get("request_id")
     return rid

@@ -59,9 +59,11 @@ from actors.event_bus import ChangeFilter
 from actors.subscriber import Closing, Subscriber
 from core import context, sentry
 from core.root import WebRoot
+from db import audit as audit_db
 from db import outbox, tenants
+from db.quotas import QuotaExceeded
 from sansio import roles, sse
-from web import rate_limits
+from web import audit, rate_limits
 from web.auth import session_check, system
 from web.errors import ApiError, bad_request, not_found
 from web.streams import SUBSCRIBE_TIMEOUT, backlog, close_subscription, open_subscription, parse_filter
@@ -422,6 +424,9 @@ def websocket() -> Any:
         try:
             session = _Session(_Socket(ws, root.settings.ws_max_frame), root, tenant_id, ref, subscriber, high,
                                delivered, last, flt, caller.person, caller.scopes)
+            # Who the connection's sends are recorded as in the audit log, and from where.
+            session.audit_actor = audit.actor_of(caller.person, _presented_key(request.headers, request.args))
+            session.address = audit.client_address()
         except BaseException:
             close_subscription(root, ref, "error")
             raise
@@ -451,6 +456,8 @@ class _Session:
         scopes: tuple[str, ...] | None = None,
     ) -> None:
         self.scopes = scopes  # a key's scopes (None: everything)
+        self.audit_actor: audit_db.Actor | None = None
+        self.address: str | None = None
         self.sock = sock
         self.person = person  # a dashboard session's member (None for a key): commands follow their role
         self.still_valid = session_check(root, person)
@@ -728,6 +735,16 @@ class _Session:
             "filter": {"bot": sorted(flt.bot_ids), "type": sorted(flt.types)},
         }
 
+    def _audit(self, action: str, object_type: str, object_id: str, after: Any) -> None:
+        """Record a change made over this connection (a failure to write is logged, never raised)."""
+        if self.audit_actor is None:
+            return
+        try:
+            audit_db.record_now(self.root.pool, self.tenant_id, self.audit_actor, action, object_type, object_id,
+                                after=after, request_id=context.correlation_id(), address=self.address)
+        except Exception:
+            log.exception("audit row not written", extra={"action": action, "object_id": object_id})
+
     def _op_send(self, message: dict) -> dict:
         if self.person is not None and not self.person.can(roles.SEND):
             raise ApiError(403, "forbidden", f"your role ({self.person.role}) may not send messages")
@@ -752,9 +769,13 @@ class _Session:
             bot_id = str(uuid.UUID(bot_id))
         except ValueError:
             raise not_found("bot") from None
-        outbox_id = outbox.enqueue_text(
-            self.root.pool, self.tenant_id, bot_id, to, text, context.correlation_id()
-        )
+        try:
+            outbox_id = outbox.enqueue_text(
+                self.root.pool, self.tenant_id, bot_id, to, text, context.correlation_id()
+            )
+        except QuotaExceeded as exc:
+            raise ApiError(429, "quota_exceeded", exc.message) from None
         if outbox_id is None:
             raise not_found("bot")
+        self._audit("message.send", "outbox", outbox_id, {"bot_id": bot_id, "to": to, "kind": "text"})
         return {"type": "result", "op": "send", "ok": True, "outbox_id": outbox_id, "to": to}
