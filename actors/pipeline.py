@@ -364,8 +364,9 @@ class BotPipeline(Actor):
 
     def _claim(self, effect: pm.Claim) -> pm.Claimed:
         rows = self.deps.store.claim_due(self.tenant_id, self.bot_id, effect.limit, effect.leave_out)
-        # db.pipeline_store.ClaimedRows: with when held answers may go (None: nothing is held)
-        return pm.Claimed(tuple(rows), getattr(rows, "held_for", None))
+        # db.pipeline_store.ClaimedRows: with when held answers may go (None: nothing is held) and when
+        # the next retry is due (None: none waits)
+        return pm.Claimed(tuple(rows), getattr(rows, "held_for", None), getattr(rows, "due_in", None))
 
     def _check_received(self, effect: pm.CheckReceived) -> pm.Received:
         row = effect.row

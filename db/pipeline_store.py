@@ -264,7 +264,9 @@ def answer_many(pool: Any, tenant_id: str, items: list[Answer]) -> list[tuple[st
 
 # Two statements, one transaction: held rows the day's quota now allows are released first (the
 # claim's own snapshot would not see them released within one statement), then the claim; a row per
-# bot that still has held rows says, in its last column, when the next UTC day begins.
+# bot that still has held rows or rows waiting for a retry says, in its last two columns, when the
+# next UTC day begins (NULL: none held) and in how many seconds, by this server's clock, the next
+# retry is due (NULL: none waits).
 _CLAIM = """
 SELECT quota_release_held(%(bots)s::uuid[]);
 WITH w AS (
@@ -291,20 +293,28 @@ WITH w AS (
     RETURNING outbox.bot_id, outbox.created_at, outbox.id, to_jid, wa_message_id, kind, body, d.was,
               outbox.attempts - 1 AS attempts, correlation_id, media_id
 )
-SELECT c.*, NULL::float8 FROM c
+SELECT c.*, NULL::float8, NULL::float8 FROM c
 UNION ALL
-SELECT w.bot, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-       extract(epoch FROM date_trunc('day', now() AT TIME ZONE 'UTC') + interval '1 day' - (now() AT TIME ZONE 'UTC'))
-  FROM w WHERE EXISTS (SELECT 1 FROM outbox h WHERE h.bot_id = w.bot AND h.state = 'held')
+SELECT w.bot, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, q.held_for, q.due_in
+  FROM w CROSS JOIN LATERAL (
+       SELECT CASE WHEN EXISTS (SELECT 1 FROM outbox h WHERE h.bot_id = w.bot AND h.state = 'held')
+                   THEN extract(epoch FROM date_trunc('day', now() AT TIME ZONE 'UTC') + interval '1 day'
+                                           - (now() AT TIME ZONE 'UTC'))::float8 END AS held_for,
+              (SELECT extract(epoch FROM min(r.next_attempt_at) - now())::float8 FROM outbox r
+                WHERE r.bot_id = w.bot AND r.state IN ('pending', 'sending') AND r.next_attempt_at > now()) AS due_in
+       ) q
+ WHERE q.held_for IS NOT NULL OR q.due_in IS NOT NULL
 """
 
 
 class ClaimedRows(list):
     """The rows a claim took for one bot, oldest first; ``held_for``: when the bot still has answers
     held by the daily message quota, the seconds until the next UTC day (when the quota allows
-    again), else None."""
+    again), else None; ``due_in``: when rows wait for their retry, the seconds until the first is
+    due by the database's clock (which decides: ``next_attempt_at`` was set from its now()), else None."""
 
     held_for: float | None = None
+    due_in: float | None = None
 
 
 def claim_many(pool: Any, tenant_id: str, items: list[tuple[str, int, Sequence[str]]]) -> list[list[Outgoing]]:
@@ -324,13 +334,17 @@ def claim_many(pool: Any, tenant_id: str, items: list[tuple[str, int, Sequence[s
                       repeatable=True, durable=False)  # lost in a crash, the attempt is redone under the same id
     by_bot: dict[str, ClaimedRows] = {}
     held: dict[str, float] = {}
+    due: dict[str, float] = {}
     for row in sorted((r for r in rows if r[2] is not None), key=lambda r: (r[1], str(r[2]))):
         by_bot.setdefault(str(row[0]), ClaimedRows()).append(
             Outgoing(str(row[2]), row[3], row[4], row[5], row[6], row[7], row[8], row[9],
                      None if row[10] is None else str(row[10])))
     for row in rows:
         if row[2] is None:
-            held[str(row[0])] = max(0.0, float(row[11]))
+            if row[11] is not None:
+                held[str(row[0])] = max(0.0, float(row[11]))
+            if row[12] is not None:
+                due[str(row[0])] = max(0.0, float(row[12]))
     # Two calls for one bot in a batch would split its rows arbitrarily: give them all to the first.
     results: list[list[Outgoing]] = []
     for item in items:
@@ -339,6 +353,7 @@ def claim_many(pool: Any, tenant_id: str, items: list[tuple[str, int, Sequence[s
         if claimed is None:
             claimed = ClaimedRows()
         claimed.held_for = held.pop(bot, None)
+        claimed.due_in = due.pop(bot, None)
         results.append(claimed)
     return results
 

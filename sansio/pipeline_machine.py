@@ -24,8 +24,9 @@ State (one record per bot, rebuilt on every change, never mutated):
   answer written after them, so none of those is sent at once either (a bot's outgoing order is
   its commit order); ``recording``: rows sent whose 'sent' record has not committed (a claim leaves them out); the
   token bucket of the send rate (``bucket``, ``sansio.token_bucket``); ``deliver_at``: every time a claim
-  is to run (a retry comes due, the next token), earliest first, the delivery timer running for the
-  first (one timer replaced by a sooner one would forget the later time).
+  is to run (a retry comes due by this clock, or by the database's as each claim reports; the next
+  token), earliest first, the delivery timer running for the first (one timer replaced by a sooner
+  one would forget the later time).
 - **config**: the bot's rules and AI settings, loaded when first needed (``LoadConfig``) and
   dropped by ``Wake``; an input that needs them while they are not loaded waits in
   ``awaiting_config`` and is handled again, from the same state, once ``ConfigLoaded`` arrives.
@@ -71,6 +72,7 @@ DELIVER_TIMER = "deliver"
 HELD_TIMER = "held"  # the next UTC day, while answers are held by the daily message quota
 HELD_MARGIN = 1.0  # seconds after the day begins (clocks differ a little)
 SAME_DEADLINE = 0.001  # seconds: a claim this soon after another deadline is the same claim
+DUE_SLACK = 0.05  # seconds: a claim timed this much after the database's next due time serves for it
 
 PAUSED = "conversation paused"
 NO_ANSWER = "no rule matched and AI is off"
@@ -425,6 +427,11 @@ class Answered(NamedTuple):
 class Claimed(NamedTuple):
     rows: tuple
     held_for: float | None = None  # answers held by the daily message quota: seconds until the next UTC day
+    # Seconds, by the database's clock, until the bot's next row waiting for its retry is due (None:
+    # none waits). The pipeline's own timer for a retry can fire before the row is due in the
+    # database's eyes (``next_attempt_at`` is set from the database's now, a moment after the timer's
+    # time was taken): a claim that came early must not be the last one.
+    due_in: float | None = None
 
 
 @_input
@@ -1149,9 +1156,12 @@ def _claimed(s: _Step, e: Claimed) -> None:
         # the pipeline; a new day needs a timer (one, replaced by each claim that still finds some).
         at = s.now + e.held_for + HELD_MARGIN
         s.effects.append(ScheduleTimer(HELD_TIMER, at, HeldDue(at)))
+    if e.due_in is not None:
+        # Rows due later (retries) are timed when they fail, by this clock; the database, whose clock
+        # decides, says when the next one is due: timed too, so a retry whose claim came a moment
+        # early is not left until something else wakes the pipeline (found by the soak).
+        _deliver_later(s, max(e.due_in, SAME_DEADLINE), DUE_SLACK)
     _start_sending(s, tuple(e.rows), s.claim_limit)
-    # Rows due later (retries) are timed when they fail, and new rows wake the pipeline, so there is
-    # nothing to look up after a batch.
 
 
 def _start_sending(s: _Step, rows: tuple, claimed: int | None) -> None:
@@ -1264,14 +1274,15 @@ def _release(s: _Step, rows: tuple) -> None:
         s.effects.append(Release(rows))
 
 
-def _deliver_later(s: _Step, delay: float) -> None:
+def _deliver_later(s: _Step, delay: float, slack: float = SAME_DEADLINE) -> None:
     """A claim is to run ``delay`` seconds from now (a retry comes due, the next token). Every such
     time is kept until it has passed: a single timer moved to a sooner time would forget the later
-    one, and that row would wait for something else to wake the pipeline."""
+    one, and that row would wait for something else to wake the pipeline. A claim already timed at
+    most ``slack`` later serves too."""
     at = s.now + delay
     times = s.deliver_at
     i = bisect.bisect_left(times, at)
-    if i < len(times) and times[i] - at <= SAME_DEADLINE:
+    if i < len(times) and times[i] - at <= slack:
         return  # a claim that soon after is already timed
     s.deliver_at = (*times[:i], at, *times[i:])
     if i == 0:  # the timer moves to the new first time

@@ -567,6 +567,35 @@ def test_a_retry_is_not_forgotten_when_a_sooner_claim_is_timed():
     assert one(bot.feed(retry.event), pm.Claim)
 
 
+def test_a_retry_whose_claim_came_a_moment_early_is_claimed_when_the_database_says_it_is_due():
+    # Found by the soak (the fourth 30-minute run): a row's retry time is the database's now() of its
+    # 'failed' record plus the delay, a moment after the machine took its own time for the timer; the
+    # timer's claim came first, found nothing due, and nothing timed another: the row (and the
+    # customer's later ones, behind it) stayed 'pending' once no new message woke the pipeline.
+    bot = Bot().ready()
+    bot.feed(pm.Wake())
+    send = one(bot.feed(pm.Claimed((row("o1"),))), pm.Send)
+    retry = one(bot.feed(pm.SendFailed(send.row, TransportError("not connected (backing_off)"))), pm.ScheduleTimer)
+    bot.now = retry.at
+    assert one(bot.feed(retry.event), pm.Claim)
+    effects = bot.feed(pm.Claimed((), due_in=0.004))  # o1 is due 4 ms from now, by the database's clock
+    again = one(effects, pm.ScheduleTimer)
+    assert again.key == pm.DELIVER_TIMER and again.at == bot.now + 0.004
+    bot.now = again.at
+    assert one(bot.feed(again.event), pm.Claim)
+    assert of(bot.feed(pm.Claimed((row("o1", attempts=1),))), pm.Send)
+
+
+def test_a_claim_already_timed_just_after_the_databases_due_time_is_not_timed_twice():
+    bot = Bot().ready()
+    bot.feed(pm.Wake())
+    assert one(bot.feed(pm.Claimed((), due_in=30.0)), pm.ScheduleTimer).at == bot.now + 30.0
+    bot.now += 1.0
+    bot.feed(pm.Wake())
+    assert of(bot.feed(pm.Claimed((), due_in=28.99)), pm.ScheduleTimer) == []  # 10 ms before the one timed
+    assert bot.state.deliver_at == (bot.now + 29.0,)
+
+
 def test_a_send_refused_permanently_becomes_a_dead_letter():
     bot = Bot().ready()
     bot.feed(pm.Wake())
@@ -621,6 +650,9 @@ def test_records_of_different_kinds_with_the_same_fields_are_not_equal():
 
 
 # -- random interleavings against a model of the world ---------------------------------------------------
+
+
+DB_CLOCK_LAG = 0.01  # seconds between the machine's now and the database's when a failure is recorded
 
 
 class Violation(AssertionError):
@@ -688,7 +720,10 @@ class World:
         elif kind is pm.Claim:
             if any(w.send_now for w in self.answers):
                 raise Violation("a claim ran while an answer written for sending at once was in flight")
-            return pm.Claimed(self._claim(effect.limit, effect.leave_out))
+            rows = self._claim(effect.limit, effect.leave_out)
+            waiting = [e["due_at"] - self.now for e in self.outbox.values()
+                       if e["state"] in ("pending", "sending") and e["due_at"] > self.now]
+            return pm.Claimed(rows, None, min(waiting) if waiting else None)
         elif kind is pm.CheckReceived:
             self.untried.discard(effect.row.id)
             return pm.Received(effect.row, effect.row.id in self.network)
@@ -709,7 +744,9 @@ class World:
             if effect.retry_in is None:
                 entry["state"] = "dead"
             else:
-                entry["state"], entry["due_at"] = "pending", self.now + effect.retry_in
+                # As next_attempt_at: the database's now() of the record, a moment after the
+                # machine took its time for the retry's timer.
+                entry["state"], entry["due_at"] = "pending", self.now + DB_CLOCK_LAG + effect.retry_in
         elif kind is pm.ScheduleTimer:
             self.timers[effect.key] = (effect.at, effect.event)
         elif kind is pm.CancelTimer:

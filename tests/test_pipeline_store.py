@@ -310,6 +310,25 @@ def test_a_claim_passes_over_a_customers_messages_while_an_older_one_to_them_wai
     assert [r.id for r in ps.claim_many(pool, tenant, [(bot, 10, ())])[0]] == [first, second, other]
 
 
+def test_a_claim_says_when_the_next_row_waiting_for_its_retry_is_due_by_the_databases_clock(pool):
+    # Found by the soak (the fourth 30-minute run): the pipeline timed a retry by its own clock, its
+    # claim came a moment before the row's next_attempt_at (set from the database's now()), and
+    # nothing timed another claim.
+    tenant, bot = _setup(pool)
+    other = new_bot(pool, tenant, running=False)
+    first, second, due = _answers(pool, tenant, bot, ["111@s.whatsapp.net"] * 2 + ["222@s.whatsapp.net"])
+    conv.mark_failed(pool, tenant, first, "not connected (backing_off)", 60)
+    conv.mark_failed(pool, tenant, second, "not connected (backing_off)", 30)
+    mine, others = ps.claim_many(pool, tenant, [(bot, 10, ()), (other, 10, ())])
+    assert [r.id for r in mine] == [due]
+    assert 29 < mine.due_in <= 30 and mine.held_for is None
+    assert others.due_in is None and others == []
+    ps.release(pool, tenant, mine)
+    pool.execute(tenant, "UPDATE outbox SET next_attempt_at = now() WHERE id IN (%s, %s)", (first, second))
+    everything = ps.claim_many(pool, tenant, [(bot, 10, ())])[0]
+    assert [r.id for r in everything] == [first, second, due] and everything.due_in is None
+
+
 def test_an_answer_asked_to_go_at_once_waits_in_the_outbox_behind_an_older_unsent_message_to_the_customer(pool):
     tenant, bot = _setup(pool)
     (waiting,) = _answers(pool, tenant, bot, ["111@s.whatsapp.net"])
