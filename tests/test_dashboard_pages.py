@@ -3,6 +3,7 @@ escaping, tenant isolation, security headers, and the live streams' session auth
 
 from __future__ import annotations
 
+import os
 import re
 import time
 import uuid
@@ -551,3 +552,26 @@ def test_a_send_past_the_daily_quota_is_refused_in_the_composer_with_the_draft_k
     assert "quota of 1 messages per day is used up" in response.text and "And close at six." in response.text
     assert [r["text"] for r in shop.api.get("/outbox", params={"state": "pending"}).json()["outbox"]] == [
         "We open at nine."]
+
+
+def test_an_attachment_past_the_media_quota_is_refused_in_the_composer_and_nothing_is_kept(web, shop, bot, conversation,
+                                                                                          tmp_path):
+    from db import quotas
+    from sansio import quotas as q
+
+    quotas.set_limits(web.pool, shop.tenant_id, {q.MEDIA_BYTES: 13})
+
+    def attach(data):
+        return shop.agent.http.post(f"{web.url}/app/inbox/{conversation}/send",
+                                    data={"text": "your invoice", "csrf_token": shop.agent.csrf},
+                                    files={"file": ("invoice.pdf", data, "application/pdf")},
+                                    headers={"Origin": web.url, "HX-Request": "true"}, timeout=10)
+
+    response = attach(b"%PDF-1.4 test!")  # 14 bytes: one past the quota
+    assert response.status_code == 403 and 'id="send-error"' in response.text
+    assert "would take the tenant&#39;s media past its quota of 13 bytes (0 stored)" in response.text
+    assert shop.api.get("/outbox", params={"state": "pending"}).json()["outbox"] == []
+    assert [f for _, _, fs in os.walk(tmp_path / "media") for f in fs] == []
+    assert attach(b"%PDF-1.4 test").status_code == 200  # exactly at the quota
+    assert len([f for _, _, fs in os.walk(tmp_path / "media") for f in fs]) == 1
+    assert quotas.read(web.pool, shop.tenant_id)[1].media_bytes == 13

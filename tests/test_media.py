@@ -391,3 +391,89 @@ def test_a_hostile_file_name_becomes_a_harmless_display_name():
 
 def test_a_content_type_that_is_not_a_mime_type_is_refused(alice):
     _error(alice.request("POST", "/media", data=b"x", headers={"Content-Type": "image/png\x7f"}), 400, "invalid_input")
+
+
+# -- the storage quota (issue 16) ----------------------------------------------------------------------
+
+
+def _media_quota(pool, tenant, limit):
+    from db import quotas
+    from sansio import quotas as q
+
+    quotas.set_limits(pool, tenant, {q.MEDIA_BYTES: limit})
+
+
+def _stored_bytes(pool, tenant):
+    from db import quotas
+
+    return quotas.read(pool, tenant)[1].media_bytes
+
+
+def test_an_upload_exactly_at_the_media_quota_is_kept_and_one_byte_past_it_gets_403_and_keeps_nothing(
+        web, make_tenant, settings):
+    tenant, key = make_tenant()
+    client = Client(web.url, key)
+    _media_quota(web.pool, tenant, 1000)
+    _upload(client, b"a" * 600)
+    _upload(client, b"b" * 400)  # 1000 of 1000: exactly at the limit
+    files_before = _files_under(os.path.join(settings.data_dir, "media"))
+    refused = client.request("POST", "/media", data=b"c")  # a raw body: refused before it is stored
+    _error(refused, 403, "quota_exceeded")
+    assert "this upload of 1 bytes would take the tenant's media past its quota of 1,000 bytes (1,000 stored)" in (
+        refused.json()["error"]["message"])
+    # multipart: the file's length is known only once stored; refused when recorded, the object deleted again
+    _error(client.request("POST", "/media", files={"file": ("c.bin", b"c", "application/octet-stream")}),
+           403, "quota_exceeded")
+    assert _files_under(os.path.join(settings.data_dir, "media")) == files_before
+    assert _stored_bytes(web.pool, tenant) == 1000
+
+
+def test_a_multipart_upload_one_byte_past_the_media_quota_is_refused_and_its_object_removed(web, make_tenant, settings):
+    tenant, key = make_tenant()
+    client = Client(web.url, key)
+    _media_quota(web.pool, tenant, 100)
+    _error(client.request("POST", "/media", files={"file": ("a.bin", b"a" * 101, "application/octet-stream")}),
+           403, "quota_exceeded")
+    assert _files_under(os.path.join(settings.data_dir, "media")) == []
+    assert client.request("POST", "/media", files={"file": ("a.bin", b"a" * 100, "application/octet-stream")}
+                          ).status_code == 201
+
+
+def test_two_uploads_at_the_edge_of_the_media_quota_keep_one(pool, make_tenant, local, tmp_path):
+    from db import quotas
+
+    tenant, _ = make_tenant()
+    _media_quota(pool, tenant, 150)
+
+    def save(data):
+        try:
+            return media.save(pool, local, tenant, None, data, "image/png", check_quota=True)
+        except quotas.QuotaExceeded as exc:
+            return exc
+
+    both = gevent.joinall([gevent.spawn(save, b"a" * 100), gevent.spawn(save, b"b" * 100)], raise_error=True)
+    results = [g.get() for g in both]
+    assert sorted(type(r).__name__ for r in results) == ["QuotaExceeded", "tuple"]
+    assert _stored_bytes(pool, tenant) == 100
+    assert len(_files_under(tmp_path / "media")) == 1  # the refused one's object was deleted again
+
+
+def test_media_customers_send_are_kept_past_the_quota_and_counted(pool, make_tenant, local):
+    tenant, _ = make_tenant()
+    _media_quota(pool, tenant, 10)
+    media.save(pool, local, tenant, None, b"x" * 20, "image/jpeg")  # the pipeline's save: no check
+    assert _stored_bytes(pool, tenant) == 20
+
+
+def test_an_upload_refused_by_the_media_quota_leaves_no_object_in_s3(pool, make_tenant, moto, bucket):
+    from db import quotas
+
+    tenant, _ = make_tenant()
+    _media_quota(pool, tenant, 10)
+    name, client = bucket
+    store = media.MediaStore(_s3("http://{}:{:d}".format(*moto), name))
+    with pytest.raises(quotas.QuotaExceeded):
+        media.save(pool, store, tenant, None, b"x" * 11, "image/png", check_quota=True)
+    assert client.list_objects_v2(Bucket=name).get("KeyCount", 0) == 0
+    media_id, stored = media.save(pool, store, tenant, None, b"x" * 10, "image/png", check_quota=True)
+    assert media_db.get(pool, tenant, media_id)["size_bytes"] == 10

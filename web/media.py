@@ -16,7 +16,9 @@ from flask import Response, current_app, g, jsonify, request
 
 import media
 from db import media as media_db
+from db import quotas as quotas_db
 from media import names
+from sansio import quotas as q
 from web import audit
 from web import validation as v
 from web.api import api_blueprint, error_responses, operation
@@ -44,6 +46,17 @@ def _too_large(limit: int) -> ApiError:
     return ApiError(413, "payload_too_large", f"media over the limit of {limit} bytes")
 
 
+def check_room(size: int) -> None:
+    """Refuse an upload whose length is known up front when it cannot fit under the tenant's media
+    quota, before any of it is stored. Only a shortcut: the check that counts is made again, under the
+    quota row's lock, in the transaction that records the object (``db.media.record``)."""
+    limit, used = quotas_db.media_room(system().pool, g.tenant_id)
+    message = q.refusal(q.MEDIA_BYTES, limit, used, size)
+    if message is not None:
+        assert limit is not None  # a refusal needs a limit
+        raise quotas_db.QuotaExceeded(q.MEDIA_BYTES, limit, used, message)
+
+
 def mime_of(value: str | None, field: str) -> str:
     # curl --data-binary sends form-urlencoded unless told otherwise: never a media type anyone meant.
     if not value or value.split(";")[0].strip().lower() == "application/x-www-form-urlencoded":
@@ -66,6 +79,8 @@ def _upload() -> tuple[Any, str, str]:
     # A raw body: its Content-Length (chunked ones get one in web.app) says up front whether it fits.
     if (request.content_length or 0) > store.max_bytes:
         raise _too_large(store.max_bytes)
+    if request.content_length:
+        check_room(request.content_length)
     filename = names.clean_filename(request.args.get("filename"))
     return request.stream, mime_of(request.content_type, "Content-Type"), filename
 
@@ -73,13 +88,16 @@ def _upload() -> tuple[Any, str, str]:
 @operation(blueprint, "post", "/media", scope="send", raw_body=True, operation_id="uploadMedia",
            summary="Keep a file as the tenant's (for outgoing messages to reference)",
            description="The body is the file (`Content-Type` its MIME type, optional `?filename=`), or"
-                       " `multipart/form-data` with a part named `file`. Limit: MEDIA_MAX_BYTES.",
+                       " `multipart/form-data` with a part named `file`. Limit: MEDIA_MAX_BYTES (413)."
+                       " An upload that would take the tenant's media past its storage quota is refused"
+                       " with 403 `quota_exceeded` and nothing is kept.",
            responses={201: Media, **error_responses(400, 413, 503)})
 def upload_media(query: MediaQuery) -> Any:
     data, mime_type, filename = _upload()
     store = media_store()
     try:
-        media_id, stored = media.save(system().pool, store, g.tenant_id, None, data, mime_type, filename)
+        media_id, stored = media.save(system().pool, store, g.tenant_id, None, data, mime_type, filename,
+                                      check_quota=True)
     except media.MediaTooLarge as exc:
         raise _too_large(exc.limit) from None
     except media.EmptyMedia:

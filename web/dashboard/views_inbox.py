@@ -146,7 +146,9 @@ def send(person: Member, contact_id: str) -> Any:
             mime = media_api.mime_of(part.content_type, "file")
             try:
                 media_id, _stored = media.save(pool, media_api.media_store(), tenant_id, contact["bot_id"], part.stream,
-                                               mime, media.names.clean_filename(part.filename))
+                                               mime, media.names.clean_filename(part.filename), check_quota=True)
+            except QuotaExceeded as exc:  # the media quota: the operator raises it, or files are deleted
+                raise ApiError(403, "quota_exceeded", exc.message) from None
             except media.MediaTooLarge as exc:
                 raise ApiError(413, "payload_too_large", f"the file is over the limit of {exc.limit} bytes") from None
             except media.EmptyMedia:
