@@ -32,17 +32,19 @@ _READ = """
 SELECT t.max_bots, t.max_messages_per_day, t.max_media_bytes,
        CASE WHEN t.messages_day = d.today THEN t.messages_sent ELSE 0 END,
        (SELECT count(*) FROM bots), (SELECT coalesce(sum(size_bytes), 0) FROM media), d.today,
-       extract(epoch FROM (d.today + 1)::timestamp - (now() AT TIME ZONE 'UTC'))
+       extract(epoch FROM (d.today + 1)::timestamp - (now() AT TIME ZONE 'UTC')),
+       (SELECT count(*) FROM outbox WHERE state = 'held')
   FROM (SELECT (now() AT TIME ZONE 'UTC')::date AS today) d
   LEFT JOIN tenant_quotas t ON t.tenant_id = current_tenant()
 """
 
 
 def read(pool: Any, tenant_id: str) -> tuple[q.Limits, q.Usage]:
-    """The tenant's limits and usage: bots it has, messages admitted this UTC day, media bytes kept."""
+    """The tenant's limits and usage: bots it has, messages admitted this UTC day, media bytes kept,
+    answers held by the daily message quota."""
     row = pool.query(tenant_id, _READ)[0]
     return (q.Limits(row[0], row[1], None if row[2] is None else int(row[2])),
-            q.Usage(int(row[4]), int(row[3]), int(row[5]), row[6]))
+            q.Usage(int(row[4]), int(row[3]), int(row[5]), row[6], int(row[8])))
 
 
 _COLUMN = {q.BOTS: "max_bots", q.MESSAGES_PER_DAY: "max_messages_per_day", q.MEDIA_BYTES: "max_media_bytes"}

@@ -36,6 +36,7 @@ class Usage:
     messages_today: int = 0  # admitted to the send queue this UTC day
     media_bytes: int = 0
     day: datetime.date | None = None  # the UTC day messages_today counts
+    held: int = 0  # bots' answers waiting in the outbox for the daily message quota
 
 
 def parse_limit(quota: str, value: str) -> int | None:

@@ -575,3 +575,25 @@ def test_an_attachment_past_the_media_quota_is_refused_in_the_composer_and_nothi
     assert attach(b"%PDF-1.4 test").status_code == 200  # exactly at the quota
     assert len([f for _, _, fs in os.walk(tmp_path / "media") for f in fs]) == 1
     assert quotas.read(web.pool, shop.tenant_id)[1].media_bytes == 13
+
+
+def test_the_status_page_and_bots_list_show_the_quotas_the_usage_and_the_answers_held(web, shop, bot, conversation):
+    from db import quotas
+    from sansio import quotas as q
+
+    page = shop.admin.get("/app/admin/status").text
+    assert 'id="quotas"' in page and "no limit" in page and 'id="held-answers"' not in page
+    quotas.set_limits(web.pool, shop.tenant_id, {q.BOTS: 2, q.MESSAGES_PER_DAY: 1, q.MEDIA_BYTES: 5_000})
+    assert shop.agent.post(f"/app/inbox/{conversation}/send", {"text": "We open at nine."}).status_code == 303
+    for n in range(2):  # two answers past the day's one message: held
+        message = customer_writes(web.pool, shop.tenant_id, bot, f"question {n}")
+        pipeline_store.answer_many(web.pool, shop.tenant_id,
+                                   [(bot, message.contact_id, [message.message_id], "hello", "rule", None, True)])
+    page = shop.admin.get("/app/admin/status").text
+    assert re.search(r'<td data-label="Quota">Bots</td><td data-label="Used">1</td>\s*<td data-label="Limit">2</td>',
+                     page)
+    assert "1 per day" in page and "5,000 bytes" in page
+    assert "2 answers held by the daily message quota; they go out when it allows" in page
+    bots_page = shop.agent.get("/app/bots").text
+    assert "1 of 2 allowed" in bots_page
+    assert "2 answers held by the daily message quota; they go out when it allows." in bots_page

@@ -91,6 +91,32 @@ def test_answers_past_the_daily_quota_are_held_and_a_claim_releases_them_once_th
     assert quotas.read(pool, tenant)[1].messages_today == 2
 
 
+def test_the_tenant_shows_its_quotas_and_usage_with_the_answers_held(alice):
+    fresh = alice.get("/tenant").json()
+    assert fresh["quotas"] == {"bots": None, "messages_per_day": None, "media_bytes": None}
+    assert fresh["usage"] == {"bots": 0, "messages_today": 0, "media_bytes": 0, "held": 0}
+    assert fresh["id"] == alice.tenant_id and fresh["name"] and fresh["created_at"]
+    pool, tenant = _pool(alice), alice.tenant_id
+    bot = alice.post("/bots", json={"name": "desk"}).json()["id"]
+    quotas.set_limits(pool, tenant, {q.BOTS: 3, q.MESSAGES_PER_DAY: 1, q.MEDIA_BYTES: 1000})
+    assert alice.post(f"/bots/{bot}/messages", json={"to": "4915123456789", "text": "m"}).status_code == 202
+    assert alice.post("/media", data=b"x" * 10, headers={"Content-Type": "image/png"}).status_code == 201
+    _answer(pool, tenant, bot)  # past the day's one message: held
+    shown = alice.get("/tenant").json()
+    assert shown["quotas"] == {"bots": 3, "messages_per_day": 1, "media_bytes": 1000}
+    assert shown["usage"] == {"bots": 1, "messages_today": 1, "media_bytes": 10, "held": 1}
+
+
+def _answer(pool, tenant, bot):
+    """A bot's answer to a customer's message, as the pipeline writes it: (outbox id, row or None if held)."""
+    contact = pool.query(tenant, "SELECT id FROM contacts WHERE bot_id = %s LIMIT 1", (bot,))[0][0]
+    mid = pool.query(
+        tenant,
+        "INSERT INTO messages (bot_id, contact_id, direction, wa_message_id, body) VALUES (%s, %s, 'in', %s, 'hi')"
+        " RETURNING id", (bot, contact, f"w{contact}"))[0][0]
+    return ps.answer_many(pool, tenant, [(bot, str(contact), [str(mid)], "hello", "rule", None, True)])[0]
+
+
 def _pool(client):
     return client.pool  # the pool the web fixture's app shares
 

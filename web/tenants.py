@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import g, jsonify
 
+from db import quotas as quotas_db
 from db import tenants
 from web import audit
 from web import validation as v
@@ -29,11 +30,18 @@ blueprint = api_blueprint("tenants", __name__, "Tenant", "The tenant the key bel
 
 
 @operation(blueprint, "get", "/tenant", scope="read", summary="The tenant of this key", operation_id="getTenant",
+           description="With the operator's quotas (null: no limit) and the usage they count.",
            responses={200: Tenant})
 def whoami() -> Any:
-    rows = system().pool.query(g.tenant_id, "SELECT id, name, created_at FROM tenants")
+    pool = system().pool
+    rows = pool.query(g.tenant_id, "SELECT id, name, created_at FROM tenants")
     tenant_id, name, created_at = rows[0]
-    return jsonify({"id": str(tenant_id), "name": name, "created_at": created_at.isoformat()})
+    limits, usage = quotas_db.read(pool, g.tenant_id)
+    return jsonify({"id": str(tenant_id), "name": name, "created_at": created_at.isoformat(),
+                    "quotas": {"bots": limits.bots, "messages_per_day": limits.messages_per_day,
+                               "media_bytes": limits.media_bytes},
+                    "usage": {"bots": usage.bots, "messages_today": usage.messages_today,
+                              "media_bytes": usage.media_bytes, "held": usage.held}})
 
 
 def _user(row: Any) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from core.ai import AiClient, AiError
 from db import bots as bots_db
 from db import conversations_api as api_db
+from db import quotas
 from db.quotas import QuotaExceeded
 from sansio import roles
 from sansio import rules as rules_mod
@@ -77,8 +78,11 @@ def _done(fragment: str, target: str, **context: Any) -> Any:
 @blueprint.get("/app/bots")
 @session.page(roles.READ)
 def bots(person: Member) -> Any:
-    found = bots_db.list_all(session.root().pool, person.tenant_id)
-    return render_template("bots.html", bots=found, form={}, error=None, field=None, confirm=CONFIRM)
+    pool = session.root().pool
+    found = bots_db.list_all(pool, person.tenant_id)
+    limits, usage = quotas.read(pool, person.tenant_id)  # the header's quota and held answers
+    return render_template("bots.html", bots=found, form={}, error=None, field=None, confirm=CONFIRM,
+                           limits=limits, usage=usage)
 
 
 @blueprint.post("/app/bots")

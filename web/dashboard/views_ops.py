@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 import gevent
 from flask import abort, redirect, render_template, request, url_for
 
-from db import accounts, dashboard, tenants
+from db import accounts, dashboard, quotas, tenants
 from db import conversations_api as api_db
 from sansio import roles
 from web import api, audit, links, paging
@@ -250,7 +250,9 @@ def status(person: Member) -> Any:
             raise
         database = {"ok": False, "error": " ".join(str(exc).split()) or type(exc).__name__}
     supervisors = accounts.supervisors(root.pool, person.tenant_id) if database["ok"] else []
+    limits, usage = quotas.read(root.pool, person.tenant_id) if database["ok"] else (None, None)
     bus = root.bus
     return render_template("status.html", database=database, pool=root.pool.stats(), supervisors=supervisors,
+                           limits=limits, usage=usage,
                            streams=bus is not None and bus.is_alive(),
                            ai_configured=bool(root.settings.ai_api_key), ai_base_url=root.settings.ai_base_url)

@@ -15,10 +15,27 @@ Role = Literal["admin", "agent", "viewer"]
 Scope = Literal["read", "send", "manage"]
 
 
+class TenantQuotas(BaseModel):
+    """The operator's limits (``python run.py tenant quota``); null: no limit."""
+
+    bots: int | None = Field(description="bots the tenant may have")
+    messages_per_day: int | None = Field(description="messages it may send per UTC day (API sends and bot answers)")
+    media_bytes: int | None = Field(description="bytes of media it may keep")
+
+
+class TenantUsage(BaseModel):
+    bots: int = Field(description="bots the tenant has")
+    messages_today: int = Field(description="messages admitted to the send queue this UTC day")
+    media_bytes: int = Field(description="bytes of media kept")
+    held: int = Field(description="bots' answers waiting for the daily message quota; they go out when it allows")
+
+
 class Tenant(BaseModel):
     id: str = uuid_field("the tenant's id")
     name: str
     created_at: Timestamp
+    quotas: TenantQuotas
+    usage: TenantUsage
 
 
 class User(BaseModel):
