@@ -159,7 +159,7 @@ class _PipelineCollector(Collector):
             stats = self._outbox_stats()
         except Exception:  # noqa: BLE001 - a scrape during a database outage shows no outbox figures
             stats = {}
-        for state in ("pending", "sending", "dead"):
+        for state in ("pending", "sending", "dead", "held"):  # held: waiting for the daily message quota
             count, oldest = stats.get(state, (0, 0.0))
             depth.add_metric([state], count)
             age.add_metric([state], oldest)

@@ -597,3 +597,7 @@ def test_the_status_page_and_bots_list_show_the_quotas_the_usage_and_the_answers
     bots_page = shop.agent.get("/app/bots").text
     assert "1 of 2 allowed" in bots_page
     assert "2 answers held by the daily message quota; they go out when it allows." in bots_page
+    outbox = shop.agent.get("/app/outbox", params={"state": "held"}).text
+    assert '<option value="held" selected>Held by the quota</option>' in outbox
+    assert outbox.count('<tr id="outbox-') == 2
+    assert "daily message quota is used up; sent when the quota allows" in outbox

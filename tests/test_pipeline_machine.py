@@ -631,6 +631,23 @@ def test_a_receipt_publishes_the_status_of_each_message_it_moved_under_that_mess
     assert one(effects, pm.Log).cid == "cid-o1"
 
 
+def test_a_claim_that_finds_answers_held_by_the_daily_quota_times_a_claim_for_the_next_utc_day():
+    bot = Bot()
+    bot.feed(pm.ConfigLoaded([], {}, True))
+    assert of(bot.feed(pm.LinkUp(True)), pm.Claim)
+    effects = bot.feed(pm.Claimed((), held_for=3600.0))  # held answers; the day ends in an hour
+    at = bot.now + 3600.0 + pm.HELD_MARGIN
+    assert one(effects, pm.ScheduleTimer) == pm.ScheduleTimer(pm.HELD_TIMER, at, pm.HeldDue(at))
+    assert of(effects, pm.Send) == []
+    bot.now = at  # the new day: the timer fires
+    claim = one(bot.feed(pm.HeldDue(at)), pm.Claim)
+    assert claim.limit >= 1
+    released = row("held-1")
+    effects = bot.feed(pm.Claimed((released,)))  # the claim released the held answer: sent now
+    assert one(effects, pm.Send) == pm.Send(released)
+    assert [t for t in of(effects, pm.ScheduleTimer) if t.key == pm.HELD_TIMER] == []  # none held any more
+
+
 # -- the persistent queue ------------------------------------------------------------------------------
 
 

@@ -51,8 +51,9 @@ def test_rows_per_batched_statement_are_observed_by_operation():
 
 
 def test_a_scrape_reads_outbox_depth_and_age_and_the_breaker_state_at_that_moment():
-    registry, _ = _metrics(outbox={"pending": (3, 12.5), "dead": (1, 600.0)}, breaker="open")
+    registry, _ = _metrics(outbox={"pending": (3, 12.5), "dead": (1, 600.0), "held": (2, 30.0)}, breaker="open")
     samples = _samples(registry)
+    assert samples[("outbox_messages", (("state", "held"),))] == 2  # answers waiting for the daily quota
     assert samples[("outbox_messages", (("state", "pending"),))] == 3
     assert samples[("outbox_messages", (("state", "sending"),))] == 0
     assert samples[("outbox_oldest_seconds", (("state", "dead"),))] == 600.0

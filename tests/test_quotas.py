@@ -107,6 +107,22 @@ def test_the_tenant_shows_its_quotas_and_usage_with_the_answers_held(alice):
     assert shown["usage"] == {"bots": 1, "messages_today": 1, "media_bytes": 10, "held": 1}
 
 
+def test_held_answers_are_listed_by_the_outbox_state_filter_and_counted_by_the_outbox_metrics(alice):
+    from db.conversations import outbox_stats
+
+    pool, tenant = _pool(alice), alice.tenant_id
+    bot = alice.post("/bots", json={"name": "desk"}).json()["id"]
+    quotas.set_limits(pool, tenant, {q.MESSAGES_PER_DAY: 1})
+    assert alice.post(f"/bots/{bot}/messages", json={"to": "4915123456789", "text": "m"}).status_code == 202
+    oid, _row = _answer(pool, tenant, bot)
+    listed = alice.get("/outbox", params={"state": "held"})
+    assert listed.status_code == 200
+    assert [(r["id"], r["state"], r["last_error"]) for r in listed.json()["outbox"]] == [(oid, "held", ps.HELD_REASON)]
+    assert [r["text"] for r in alice.get("/outbox", params={"state": "pending"}).json()["outbox"]] == ["m"]
+    assert alice.get("/outbox", params={"state": "parked"}).status_code == 400
+    assert outbox_stats(pool)["held"][0] >= 1  # every tenant's, as the metrics read it
+
+
 def _answer(pool, tenant, bot):
     """A bot's answer to a customer's message, as the pipeline writes it: (outbox id, row or None if held)."""
     contact = pool.query(tenant, "SELECT id FROM contacts WHERE bot_id = %s LIMIT 1", (bot,))[0][0]

@@ -21,7 +21,7 @@ from web.errors import ApiError
 from web.streams import parse_filter
 
 OUTBOX_PAGE = 50
-STATES = {"dead": "Failed", "pending": "Waiting", "sending": "Sending", "sent": "Sent"}
+STATES = {"dead": "Failed", "pending": "Waiting", "sending": "Sending", "sent": "Sent", "held": "Held by the quota"}
 
 
 def link_url(token: str) -> str:

@@ -13,7 +13,7 @@ from web.api import FieldError, Model, PathModel, body_config, uuid_field
 from web.schemas.common import Paging, Timestamp
 
 CAPTION_MAX = 1024
-OUTBOX_STATES = ("dead", "pending", "sending", "sent")
+OUTBOX_STATES = ("dead", "pending", "sending", "sent", "held")
 
 
 def _uuid(value: Any) -> str:
@@ -222,7 +222,8 @@ class AiUpdate(Model):
 
 
 class OutboxQuery(Paging):
-    state: Literal["dead", "pending", "sending", "sent"] = Field("dead", description="dead: the dead letters")
+    state: Literal["dead", "pending", "sending", "sent", "held"] = Field(
+        "dead", description="dead: the dead letters; held: bots' answers waiting for the daily message quota")
     bot: str | None = uuid_field("only this bot's rows", default=None)
 
     @field_validator("state", mode="before")
@@ -246,7 +247,7 @@ class OutboxRow(BaseModel):
     kind: str
     text: str
     media_id: str | None
-    state: Literal["pending", "sending", "sent", "dead"]
+    state: Literal["pending", "sending", "sent", "dead", "held"]
     attempts: int
     next_attempt_at: Timestamp | None
     last_error: str | None
