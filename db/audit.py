@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import uuid
 from typing import Any
 
@@ -52,8 +51,7 @@ _INSERT = (
 
 
 def _json(value: Any) -> str | None:
-    cleaned = rules.clean(value)
-    return None if cleaned is None else json.dumps(cleaned, default=str)
+    return rules.clean_json(value)
 
 
 def _params(entry_id: str, tenant_id: str, actor: Actor, action: str, object_type: str, object_id: Any,

@@ -205,18 +205,17 @@ def set_reply_setting(pool: Any, tenant_id: str, bot_id: str, column: str, value
         raise ValueError(f"not a reply setting: {column!r}")
 
     def work(unit: Any) -> bool:
+        # The value before comes back from the same statement (the row as it was, locked by the update).
+        found = unit.one(
+            f"WITH old AS (SELECT id, {column} AS value FROM bots WHERE id = %s FOR UPDATE)"
+            f" UPDATE bots b SET {column} = %s::jsonb, updated_at = now() FROM old WHERE b.id = old.id"
+            " RETURNING old.value, pg_notify(%s, b.id::text)",
+            (bot_id, json.dumps(value), NOTIFY_CHANNEL))
+        if found is None:
+            return False
         if audit is not None:
-            found = unit.one(f"SELECT {column} FROM bots WHERE id = %s FOR UPDATE", (bot_id,))
-            if found is None:
-                return False
-        updated = unit.execute(
-            f"UPDATE bots SET {column} = %s::jsonb, updated_at = now() WHERE id = %s", (json.dumps(value), bot_id)
-        ).rowcount
-        if updated:
-            unit.execute(_NOTIFY, (NOTIFY_CHANNEL, bot_id))
-            if audit is not None:
-                audit(unit, found[0], value)
-        return bool(updated)
+            audit(unit, found[0], value)
+        return True
 
     return pool.run(tenant_id, work, repeatable=True)
 

@@ -99,6 +99,27 @@ def authenticate_with_scopes(pool: Any, key: str) -> tuple[str, tuple[str, ...] 
     return str(tenant), None if scopes is None else tuple(scopes)
 
 
+def authenticate_limited(pool: Any, key: str, policy: Any) -> tuple[str, tuple[str, ...] | None, Any, Any] | None:
+    """As ``authenticate_with_scopes``, and the request counted against the key's limit in the same
+    round trip (migration 0025): (tenant id, scopes, ``sansio.rate_limit.Decision`` or None when
+    ``policy`` is None — nothing counted, and the key as a ``db.audit.Actor``)."""
+    from db.audit import Actor
+    from sansio import rate_limit as rl
+
+    if not key or len(key) > 200:
+        return None
+    what, step, room = (None, None, None) if policy is None else (policy.name, policy.emission, policy.tolerance)
+    rows = pool.query(None, "SELECT * FROM authenticate_api_key_limited(%s, %s, %s, %s)",
+                      (hash_key(key), what, step, room), durable=False)  # as db.rate_limits.take
+    if not rows:
+        return None
+    tenant, scopes, disabled, allowed, tat, at, key_id, prefix, name = rows[0]
+    if disabled:
+        raise TenantDisabled(str(tenant))
+    decision = None if allowed is None else rl.observed(policy, bool(allowed), float(tat), float(at))
+    return str(tenant), None if scopes is None else tuple(scopes), decision, Actor.api_key(str(key_id), prefix, name)
+
+
 def authenticate(pool: Any, key: str) -> str | None:
     """The tenant id the key belongs to, or None for an unknown or revoked key. Raises
     ``TenantDisabled`` for a key of a disabled tenant."""

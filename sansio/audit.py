@@ -73,13 +73,19 @@ def redact(value: Any) -> Any:
 
 def clean(value: Any) -> Any:
     """What the log keeps of a before/after value: redacted, and a note instead when it is too large."""
+    text = clean_json(value)
+    return None if text is None else json.loads(text)
+
+
+def clean_json(value: Any) -> str | None:
+    """``clean(value)`` as the JSON text stored (one serialisation: the size is measured on it)."""
     if value is None:
         return None
-    safe = redact(value)
-    size = len(json.dumps(safe, default=str, separators=(",", ":")).encode())
+    text = json.dumps(redact(value), default=str, separators=(",", ":"))
+    size = len(text.encode())
     if size > MAX_VALUE_BYTES:
-        return {"omitted": "too large to keep in the audit log", "bytes": size}
-    return safe
+        return json.dumps({"omitted": "too large to keep in the audit log", "bytes": size})
+    return text
 
 
 def changed(before: Any, after: Any) -> tuple[Any, Any]:

@@ -284,10 +284,14 @@ def _authenticate(allow_session: bool) -> None:
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise ApiError(401, "unauthorized", "missing API key: send 'Authorization: Bearer <key>'")
-    found = tenants.authenticate_with_scopes(current_app.extensions["wabot"].pool, key.strip())
+    chosen = rate_limits.request_policy()
+    # The key's lookup also counts the request against its limit: one round trip (migration 0025).
+    found = tenants.authenticate_limited(current_app.extensions["wabot"].pool, key.strip(), chosen)
     if found is None:
         raise ApiError(401, "unauthorized", "invalid API key")
-    g.tenant_id, g.scopes = found
+    g.tenant_id, g.scopes, decision, g.audit_actor = found
+    if chosen is not None and decision is not None:
+        rate_limits.counted(g.tenant_id, chosen, decision)
     g.rate_subject = rate_limits.key_subject(key.strip())
     context.set_current(context.current()._replace(tenant_id=g.tenant_id))
 

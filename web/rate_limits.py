@@ -50,20 +50,36 @@ def _root() -> Any:
     return current_app.extensions["wabot"]
 
 
-def check(tenant_id: str, subject: str) -> rl.Decision | None:
-    """Count this request for ``subject`` of ``tenant_id``: its decision (kept for the response's
-    headers), or None when limits are off, the class is unlimited or the request was counted already."""
-    root = _root()
-    settings = root.settings
+def request_policy() -> rl.Policy | None:
+    """The policy this request counts under; None when limits are off, its class is unlimited or it
+    was counted already."""
+    settings = _root().settings
     chosen = policy(settings, request.method)
     if not settings.rate_limit_enabled or chosen.unlimited or "rate_limit" in g:
         return None
-    decision = store.take(root.pool, tenant_id, subject, chosen)
+    return chosen
+
+
+def counted(tenant_id: str, chosen: rl.Policy, decision: rl.Decision) -> rl.Decision:
+    """Keep a request's decision (the response's headers, ``check``), count a refusal, maybe prune."""
+    root = _root()
     g.rate_limit = (chosen, decision)
     _maybe_prune(root)
     if not decision.allowed:
         root.metrics.rate_limit_refusals.labels(tenant_id, chosen.name).inc()
     return decision
+
+
+def check(tenant_id: str, subject: str) -> rl.Decision | None:
+    """Count this request for ``subject`` of ``tenant_id``: its decision (kept for the response's
+    headers) — the one already made when the request was counted with its key's lookup
+    (``db.tenants.authenticate_limited``) — or None when limits are off or the class is unlimited."""
+    if "rate_limit" in g:
+        return g.rate_limit[1]
+    chosen = request_policy()
+    if chosen is None:
+        return None
+    return counted(tenant_id, chosen, store.take(_root().pool, tenant_id, subject, chosen))
 
 
 def refusal_message(decision: rl.Decision, who: str) -> str:
