@@ -130,7 +130,8 @@ _ERRORS: dict[str, dict[int, list[tuple[str, dict[str, Any], dict[str, Any]]]]] 
     },
     "listOutbox": {
         400: [("an unknown state", {"key": "full", "query": {"state": "lost"}},
-               {"code": "invalid_input", "field": "state", "message": "must be one of dead, pending, sending, sent, held"}),
+               {"code": "invalid_input", "field": "state",
+                "message": "must be one of dead, pending, sending, sent, held"}),
               ("a page size out of range", {"key": "full", "query": {"limit": "500"}},
                {"code": "invalid_input", "field": "limit", "message": "must be a whole number from 1 to 100"})],
     },
