@@ -389,6 +389,7 @@ def pipeline_deps(system: SupervisionRoot, rng: random.Random) -> PipelineDeps:
         system.metrics.registry,
         outbox_stats=lambda: conversations.outbox_stats(system.pool),
         breaker_state=lambda: holder["ai"].breaker_state() if holder["ai"].enabled else "closed",
+        ai_idle=lambda: holder["ai"].idle_connections() if "ai" in holder else 0,
     )
     ai = AiClient(settings, observe=metrics.observe_ai, rng=rng)
     holder["ai"] = ai

@@ -129,6 +129,10 @@ class AiClient:
         """False without AI_API_KEY: AI replies are off (rules still answer)."""
         return self._pool is not None
 
+    def idle_connections(self) -> int:
+        """Kept-alive connections to the provider waiting for the next request (at most AI_MAX_IN_FLIGHT)."""
+        return self._pool.idle if self._pool is not None else 0
+
     def breaker_state(self) -> str:
         """``closed``, ``open`` or ``half_open`` for this client's provider."""
         return self._breaker().state(self._clock())

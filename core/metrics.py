@@ -108,7 +108,7 @@ class PipelineMetrics:
     errors, the AI breaker's state, and the outbox's depth and age (read at scrape time)."""
 
     def __init__(self, registry: CollectorRegistry, outbox_stats: Callable[[], dict],
-                 breaker_state: Callable[[], str]) -> None:
+                 breaker_state: Callable[[], str], ai_idle: Callable[[], int] = lambda: 0) -> None:
         self.messages = Counter("messages", "Messages by direction and bot", ["direction", "bot"], registry=registry)
         self.dead_letters = Counter("outbox_dead_letters", "Outgoing messages that became dead letters", ["bot"],
                                     registry=registry)
@@ -117,7 +117,7 @@ class PipelineMetrics:
         self.ai_errors = Counter("ai_errors", "AI request failures by kind", ["kind"], registry=registry)
         self.batch_rows = Histogram("db_batch_rows", "Rows per statement of the pipeline's batched operations",
                                     ["operation"], buckets=(1, 2, 5, 10, 20, 50, 100, 200), registry=registry)
-        registry.register(_PipelineCollector(outbox_stats, breaker_state))
+        registry.register(_PipelineCollector(outbox_stats, breaker_state, ai_idle))
         # The labelled series each call records into, looked up once: ``labels()`` validates and
         # locks on every call, and these are called several times per message.
         self._series: dict[tuple, Any] = {}
@@ -145,9 +145,11 @@ class PipelineMetrics:
 
 
 class _PipelineCollector(Collector):
-    def __init__(self, outbox_stats: Callable[[], dict], breaker_state: Callable[[], str]) -> None:
+    def __init__(self, outbox_stats: Callable[[], dict], breaker_state: Callable[[], str],
+                 ai_idle: Callable[[], int] = lambda: 0) -> None:
         self._outbox_stats = outbox_stats
         self._breaker_state = breaker_state
+        self._ai_idle = ai_idle
 
     def describe(self) -> list:
         return []
@@ -171,3 +173,5 @@ class _PipelineCollector(Collector):
         for name in ("closed", "open", "half_open"):
             breaker.add_metric([name], 1 if state == name else 0)
         yield breaker
+        yield GaugeMetricFamily("ai_connections_idle", "Kept-alive connections to the AI provider, idle (at most"
+                                " AI_MAX_IN_FLIGHT)", value=self._ai_idle())

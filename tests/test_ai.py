@@ -640,3 +640,11 @@ def test_observe_sees_every_attempt_and_every_refusal(server, make_client):
 
     assert [outcome for outcome, _ in seen] == ["server_error", "ok", "malformed", "circuit_open"]
     assert all(seconds >= 0 for _, seconds in seen)
+
+
+def test_the_connection_kept_alive_after_an_answer_is_counted_as_idle(server, make_client):
+    server.script(reply("ok"))
+    client = make_client()
+    assert client.idle_connections() == 0
+    client.reply(HELLO)
+    assert client.idle_connections() == 1

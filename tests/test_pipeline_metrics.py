@@ -71,3 +71,12 @@ def test_a_scrape_during_a_database_outage_shows_no_outbox_figures_and_still_ans
     samples = _samples(registry)
     assert samples[("outbox_messages", (("state", "pending"),))] == 0
     assert samples[("ai_breaker_open", (("state", "closed"),))] == 1
+
+
+def test_the_ai_clients_idle_kept_alive_connections_are_a_gauge_read_at_scrape_time():
+    registry = CollectorRegistry()
+    idle = [0]
+    PipelineMetrics(registry, dict, lambda: "closed", ai_idle=lambda: idle[0])
+    assert _samples(registry)[("ai_connections_idle", ())] == 0
+    idle[0] = 3
+    assert _samples(registry)[("ai_connections_idle", ())] == 3
