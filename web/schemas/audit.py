@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import datetime
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator
 
 from web.schemas.common import Paging, Timestamp
-from web.schemas.webhooks import _range, _time
+from web.schemas.webhooks import SinceUntil
 
 _ACTION_FILTER = re.compile(r"^[a-z][a-z_]*(\.[a-z][a-z_]*)*(\.\*)?$")
 _OBJECT_TYPE = re.compile(r"^[a-z][a-z_]*$")
@@ -43,7 +42,7 @@ class AuditList(BaseModel):
     next_before: str | None = Field(description="pass as before for the next page; null on the last")
 
 
-class AuditQuery(Paging):
+class AuditQuery(Paging, SinceUntil):
     action: str | None = Field(None, description="only this action, or a prefix like bot.*")
     actor: str | None = Field(None, max_length=320,
                               description="only this actor: an account or key id, an email, or a key prefix")
@@ -75,21 +74,3 @@ class AuditQuery(Paging):
     def _blank(cls, value: Any) -> Any:
         return None if value == "" else value
 
-    @field_validator("since", "until", mode="before")
-    @classmethod
-    def _times(cls, value: Any, info: Any) -> Any:
-        _time(value, info.field_name)
-        return value
-
-    @model_validator(mode="after")
-    def _ordered(self) -> AuditQuery:
-        _range(self.since_at, self.until_at)
-        return self
-
-    @property
-    def since_at(self) -> datetime.datetime | None:
-        return _time(self.since, "since")
-
-    @property
-    def until_at(self) -> datetime.datetime | None:
-        return _time(self.until, "until")

@@ -203,7 +203,34 @@ def _range(since: datetime.datetime | None, until: datetime.datetime | None) -> 
         raise FieldError("until", "must be later than since")
 
 
-class DeliveriesQuery(Paging):
+class SinceUntil(BaseModel):
+    """The checks of a query's ``since`` and ``until`` (ISO 8601 texts, declared by each query with its
+    own descriptions): each a time, ``until`` later than ``since``; ``since_at``/``until_at`` parsed."""
+
+    since: str | None
+    until: str | None
+
+    @field_validator("since", "until", mode="before")
+    @classmethod
+    def _times(cls, value: Any, info: Any) -> Any:
+        _time(value, info.field_name)
+        return value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SinceUntil:
+        _range(self.since_at, self.until_at)
+        return self
+
+    @property
+    def since_at(self) -> datetime.datetime | None:
+        return _time(self.since, "since")
+
+    @property
+    def until_at(self) -> datetime.datetime | None:
+        return _time(self.until, "until")
+
+
+class DeliveriesQuery(Paging, SinceUntil):
     state: Literal["pending", "delivering", "delivered", "failed"] | None = Field(None, description="only this state")
     type: str | None = Field(None, description="only this event type, or a prefix like message.*")
     since: str | None = Field(None, description="created at or after this ISO 8601 time (send '+' as %2B)")
@@ -225,26 +252,6 @@ class DeliveriesQuery(Paging):
             return rules.check_event_types([value])[0]
         except rules.PatternRefused as exc:
             raise ValueError(exc.reason) from None
-
-    @field_validator("since", "until", mode="before")
-    @classmethod
-    def _times(cls, value: Any, info: Any) -> Any:
-        _time(value, info.field_name)
-        return value
-
-    @model_validator(mode="after")
-    def _ordered(self) -> DeliveriesQuery:
-        _range(self.since_at, self.until_at)
-        return self
-
-    @property
-    def since_at(self) -> datetime.datetime | None:
-        return _time(self.since, "since")
-
-    @property
-    def until_at(self) -> datetime.datetime | None:
-        return _time(self.until, "until")
-
 
 class Attempt(BaseModel):
     attempted_at: Timestamp
