@@ -1,4 +1,4 @@
-"""The outbound address policy for bot proxies (issue 16, point 1): refused when saved (API and
+"""The outbound address policy for bot proxies and webhook URLs (issue 16, point 1): refused when saved (API and
 dashboard: 400 naming the field and the reason) and again at every connection attempt, after DNS, so
 an existing bot with a refused proxy fails to connect with the reason on its row; the operator's
 OUTBOUND_ALLOW_PRIVATE allows them all."""
@@ -89,6 +89,19 @@ def test_creating_a_bot_with_a_proxy_in_a_refused_range_is_a_400_naming_the_fiel
     error = response.json()["error"]
     assert error["field"] == "transport_options.proxy" and why in error["message"]
     assert alice.get("/bots").json()["bots"] == []
+
+
+@pytest.mark.parametrize("host, why", REFUSED)
+def test_a_webhook_url_in_a_refused_range_is_a_400_naming_the_url_by_the_same_policy(alice, host, why):
+    response = alice.post("/webhooks", json={"url": f"https://{host}:8443/hook"})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["field"] == "url" and why in error["message"]
+
+
+def test_a_webhook_url_whose_name_resolves_to_loopback_is_refused(alice):
+    response = alice.post("/webhooks", json={"url": "https://localhost/hook"})
+    assert response.status_code == 400 and "loopback" in response.json()["error"]["message"]
 
 
 def test_a_proxy_whose_name_resolves_to_loopback_is_refused(alice):
