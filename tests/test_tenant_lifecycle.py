@@ -188,3 +188,39 @@ def test_export_writes_every_row_and_media_object_without_secrets(env, shop, tmp
 def test_an_unknown_tenant_is_named(env):
     result = run_py(env, "tenant", "disable", str(uuid.uuid4()))
     assert result.returncode == 1 and "no tenant" in result.stderr
+
+
+def test_delete_removes_the_tenants_media_from_s3_and_from_local_disk(pool, pg, make_tenant, settings, tmp_path):
+    import boto3
+    from botocore.config import Config
+    from moto.server import ThreadedMotoServer
+
+    import media
+    from core import config
+    from db import tenant_lifecycle
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        endpoint = "http://{}:{:d}".format(*server.get_host_and_port())
+        bucket = f"media-{uuid.uuid4().hex[:12]}"
+        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test",
+                              aws_secret_access_key="test", config=Config(s3={"addressing_style": "path"}))
+        client.create_bucket(Bucket=bucket)
+        local = media.store_from_settings(settings)
+        s3 = media.store_from_settings(config.replace(
+            settings, media_s3_endpoint=endpoint, media_s3_bucket=bucket, media_s3_access_key_id="test",
+            media_s3_secret_access_key="test", media_s3_region="us-east-1"))
+        tenant_id, _ = make_tenant()
+        kept, _ = make_tenant()
+        media.save(pool, local, tenant_id, None, MARKER, "application/pdf")  # from before S3 was configured
+        media.save(pool, s3, tenant_id, None, MARKER, "application/pdf")
+        media.save(pool, s3, kept, None, b"another tenant's", "application/pdf")
+        assert tenant_lifecycle.disable(pool, tenant_id) == 0
+        removed = tenant_lifecycle.delete(pool, pg.owner_url, tenant_id, s3, settings.data_dir)
+        assert removed["media_objects"] == 2
+        keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+        assert len(keys) == 1 and keys[0].startswith(kept)
+        assert not (pathlib.Path(settings.data_dir) / "media" / tenant_id).exists()
+    finally:
+        server.stop()
