@@ -175,7 +175,15 @@ def prompt_inputs_many(pool: Any, tenant_id: str, items: list[tuple[str, str, in
 
 # -- answers ---------------------------------------------------------------------------------------
 
+# Two statements, one transaction. First the tenant's quota row is locked, as quota_take_messages()
+# (migration 0018) would lock it, so the answer's own statement takes its snapshot only once every
+# message write of the tenant that got there first has committed: an API send committed while this
+# statement waited for the row would otherwise be invisible to its "an older message to the customer is
+# unsent" check, and the answer sent at once would overtake it (found by the fifth 30-minute soak). A
+# later API send waits for this transaction, so commit order and created_at order agree.
 _ANSWER = """
+INSERT INTO tenant_quotas AS t (tenant_id, messages_day) VALUES (current_tenant(), (now() AT TIME ZONE 'UTC')::date)
+ON CONFLICT (tenant_id) DO UPDATE SET messages_day = t.messages_day;
 WITH a AS (
     SELECT * FROM unnest(%(oids)s::uuid[], %(bots)s::uuid[], %(contacts)s::uuid[], %(was)s::text[],
                          %(texts)s::text[], %(sources)s::text[], %(cids)s::text[], %(causes)s::uuid[],

@@ -341,3 +341,31 @@ def test_an_answer_asked_to_go_at_once_waits_in_the_outbox_behind_an_older_unsen
     ((_, direct),) = ps.answer_many(pool, tenant, [(bot, other.contact_id, [other.message_id], "now", "ai", "c",
                                                     True)])
     assert direct is not None  # another customer's answer still goes at once
+
+
+def test_an_answer_that_waited_behind_an_api_send_to_the_customer_sees_it_and_does_not_overtake_it(pool, pg):
+    """The fifth 30-minute soak: the answer's statement took its snapshot, then waited for the tenant's
+    quota row held by an API send to the same customer; it did not see that send, went out at once and
+    arrived first. Now the row is locked before the answer's statement begins."""
+    from db.bots import NOTIFY_CHANNEL
+
+    tenant, bot = _setup(pool)
+    s = ps.store_many(pool, tenant, [(bot, _msg(), None)])[0]
+    conn = psycopg2.connect(pg.app_url)
+    try:
+        with conn.cursor() as cur:  # an API send to the same customer, not yet committed
+            cur.execute("SELECT set_config('app.current_tenant', %s, false)", (tenant,))
+            cur.execute(conv._ENQUEUE, {"bot": bot, "to": "111@s.whatsapp.net", "wa": conv.new_message_id(),
+                                        "kind": "text", "text": "from the API", "cid": None, "media": None,
+                                        "channel": NOTIFY_CHANNEL, "by": None})
+            (api_row,) = cur.fetchone()[:1]
+        answering = gevent.spawn(ps.answer_many, pool, tenant,
+                                 [(bot, s.contact_id, [s.message_id], "the answer", "rule", "c", True)])
+        _wait_for_a_lock_wait(pool)
+        conn.commit()
+        ((answer_row, sent_at_once),) = answering.get(timeout=10)
+    finally:
+        conn.close()
+    assert sent_at_once is None  # it waits in the outbox behind the API's message
+    rows = pool.query(tenant, "SELECT id::text, state FROM outbox WHERE bot_id = %s ORDER BY created_at, id", (bot,))
+    assert rows == [(str(api_row), "pending"), (answer_row, "pending")]
