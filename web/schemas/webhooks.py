@@ -213,6 +213,8 @@ class SinceUntil(BaseModel):
     @field_validator("since", "until", mode="before")
     @classmethod
     def _times(cls, value: Any, info: Any) -> Any:
+        if value is not None and not isinstance(value, str):  # a JSON body's value may be anything
+            raise ValueError("must be an ISO 8601 time like 2026-12-01T10:00:00Z")
         _time(value, info.field_name)
         return value
 
@@ -286,33 +288,12 @@ class DeliveryList(BaseModel):
     next_before: str | None = Field(description="pass as before for the next page; null on the last")
 
 
-class ReplayFailed(Model):
+class ReplayFailed(Model, SinceUntil):
     model_config = body_config({"since": "2026-12-01T00:00:00Z", "until": "2026-12-02T00:00:00Z"}, {})
 
     since: str | None = Field(None, description="failed deliveries created at or after this ISO 8601 time;"
                                                 " left out: from the oldest kept")
     until: str | None = Field(None, description="… and before this time; left out: up to now")
-
-    @field_validator("since", "until", mode="before")
-    @classmethod
-    def _times(cls, value: Any, info: Any) -> Any:
-        if value is not None and not isinstance(value, str):
-            raise ValueError("must be an ISO 8601 time like 2026-12-01T10:00:00Z")
-        _time(value, info.field_name)
-        return value
-
-    @model_validator(mode="after")
-    def _ordered(self) -> ReplayFailed:
-        _range(self.since_at, self.until_at)
-        return self
-
-    @property
-    def since_at(self) -> datetime.datetime | None:
-        return _time(self.since, "since")
-
-    @property
-    def until_at(self) -> datetime.datetime | None:
-        return _time(self.until, "until")
 
 
 class Replayed(BaseModel):
