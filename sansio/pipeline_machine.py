@@ -1095,20 +1095,25 @@ def _answered(s: _Step, e: Answered) -> None:
 
 def _recovered(s: _Step, e: Recovered) -> None:
     """After a restart: answer what was stored but not answered, deliver what is due. Messages of
-    paused or held conversations are ignored at store time, but a crash can come between the store
-    and that: they are ignored here, never answered."""
+    paused or held conversations, and those no rule matches while the AI is off, are ignored at store
+    time, but a crash can come between the store and that: they are ignored here, never answered."""
     for contact_id, paused, held, pending in e.contacts:
         if paused or held:
             _ignore(s, contact_id, tuple(message_id for message_id, _, _ in pending),
                     PAUSED if paused else s.settings.held_reason)
             continue
         config = s.reply_config()
+        unmatched = []
         for message_id, _kind, text in pending:
             rule = rules_mod.first_match(config.rules, text)
             if rule is not None:
                 _answer(s, contact_id, (message_id,), rule.reply, "rule", None)
+            else:
+                unmatched.append(message_id)
         if config.ai_on:
             _schedule_think(s, contact_id, None, None)
+        elif unmatched:  # as at store time: nothing else would ever settle them
+            _ignore(s, contact_id, tuple(unmatched), NO_ANSWER)
     if e.due_in is not None:  # retries left waiting by the previous incarnation
         _deliver_later(s, e.due_in)
     _deliver(s)

@@ -357,6 +357,17 @@ def test_after_a_restart_waiting_messages_of_paused_or_held_conversations_are_ig
     assert one(effects, pm.ScheduleTimer).at == bot.now + 30.0  # the retry the last incarnation left
 
 
+def test_after_a_restart_waiting_messages_no_rule_matches_are_ignored_when_the_ai_is_off():
+    # Before: answered by neither, and left 'stored' for good (the store's own path ignores them).
+    bot = Bot().ready(rules=PRICE_RULE)
+    bot.feed(pm.Start())
+    effects = bot.feed(pm.Recovered((("c1", False, False, (("m-1", "text", "price?"), ("m-2", "text", "hello"))),),
+                                    None))
+    assert [w.message_ids for w in of(effects, pm.WriteAnswer)] == [("m-1",)]
+    assert of(effects, pm.Ignore) == [pm.Ignore(("m-2",), pm.NO_ANSWER)]
+    assert of(effects, pm.StartAi) == [] and of(effects, pm.ScheduleTimer) == []
+
+
 # -- delivery ----------------------------------------------------------------------------------------
 
 
