@@ -59,6 +59,7 @@ import argparse  # noqa: E402
 import collections  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
+import math  # noqa: E402
 import random  # noqa: E402
 import re  # noqa: E402
 import signal  # noqa: E402
@@ -342,6 +343,22 @@ class Soak:
                 return False
         return True
 
+    def balanced(self) -> bool:
+        """No supervisor drives more bots than its fair share. One that came back takes its share from
+        the others a moment after it is ready: they hand bots back and those reconnect there. Until then
+        the deployment is not whole — in the sixth 30-minute run a bot was handed over right after
+        "whole again", and the next fault found it not connected."""
+        supervisors = [url for name, url in self.d.health_urls.items() if name.startswith("supervisor")]
+        share = math.ceil(len(self.bots) / max(len(supervisors), 1))
+        for url in supervisors:
+            try:
+                metrics = _metrics(self.http.get(url + "/metrics", timeout=3).text)
+            except requests.RequestException:
+                return False
+            if metrics.get("bot_transports_live", 0) > share:
+                return False
+        return True
+
     def probe(self, timeout: float) -> bool:
         """A customer's message to every bot answered end to end within ``timeout``."""
         jobs = [self.tasks.spawn(self.probe_one, bot, timeout) for bot in self.bots]
@@ -370,6 +387,8 @@ class Soak:
                 self.missing = "a bot not connected (or the API not answering)"
             elif not self.ready():
                 self.missing = "a process not ready"
+            elif not self.balanced():
+                self.missing = "a supervisor holding more than its share of the bots (a handover under way)"
             elif not self.probe(min(10.0, max(0.5, deadline - now()))):
                 self.missing = "a probe message not answered"
             else:
