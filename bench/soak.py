@@ -22,9 +22,10 @@ a PgBouncer restart; latency, resets and a black hole in the proxy in front of P
 simulator's outage, hang, replaced, temporary ban and logged-out faults (an operator starts a
 replaced bot again and pairs a logged-out one anew: that is their heal); the AI server answering
 500s, 429s with Retry-After, or too late; the webhook receivers down. After each heal the soak waits
-until the deployment is whole again — every bot connected, every process ready, a probe message
-answered end to end — and records how long that took (the recovery time of the kind); a deployment
-not whole within ``RECOVERY_BOUND`` seconds is a violation.
+until the deployment is whole again — every bot connected, every process ready, no supervisor over
+its fair share of the bots, a probe message answered end to end — and records how long that took
+(the recovery time of the kind); a deployment not whole within ``RECOVERY_BOUND`` seconds is a
+violation.
 
 At the end the traffic stops, the backlog drains, every subscriber catches up, and the history
 checker (bench/_history.py) reads what every party recorded: the simulator (inbound messages handed
