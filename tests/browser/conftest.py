@@ -123,6 +123,17 @@ def _answers(url):
         return False
 
 
+def set_password(page, link: str, password: str) -> None:
+    """Open a set-password (or invitation) link, choose ``password`` and land in the inbox, signed in."""
+    from playwright.sync_api import expect
+
+    page.goto(link)
+    page.fill("#password", password)
+    page.fill("#password_again", password)
+    page.click("button[type=submit]")
+    expect(page).to_have_url(re.compile(r"/app/inbox$"))
+
+
 @pytest.fixture(scope="module")
 def platform():
     running = Platform()

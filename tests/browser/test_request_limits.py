@@ -9,7 +9,7 @@ import pytest
 import requests
 from playwright.sync_api import expect
 
-from tests.browser.conftest import Platform
+from tests.browser.conftest import Platform, set_password
 
 PASSWORD = "limits and patience 7"
 
@@ -34,11 +34,7 @@ def test_an_action_past_the_sessions_limit_shows_how_many_seconds_to_wait(limite
     try:
         page = context.new_page()
         page.set_default_timeout(15_000)
-        page.goto(link)
-        page.fill("#password", PASSWORD)
-        page.fill("#password_again", PASSWORD)
-        page.click("button[type=submit]")
-        expect(page).to_have_url(re.compile(r"/app/inbox$"))
+        set_password(page, link, PASSWORD)
         page.goto(f"{limited.url}/app/bots/{bot}/rules")
         notice = page.locator("#request-error")
         for n in range(2):  # the burst: each adds a rule, swapped in

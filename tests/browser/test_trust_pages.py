@@ -5,42 +5,28 @@ from __future__ import annotations
 
 import re
 
-import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import Platform
+from tests.browser.conftest import set_password
 
 PASSWORD = "audit trails and proxies 9"
 
 
-@pytest.fixture(scope="module")
-def trusted():
-    running = Platform()
-    try:
-        yield running
-    finally:
-        running.stop()
-
-
-def _signed_in(trusted, browser, name, email, **context):
-    out = trusted.cli("create-tenant", name, "--admin-email", email)
+def _signed_in(platform, browser, name, email, **context):
+    out = platform.cli("create-tenant", name, "--admin-email", email)
     tenant = re.search(r"tenant (\S+) created", out).group(1)
     link = re.search(r"set-password link .*: (http\S+)", out).group(1)
     ctx = browser.new_context(**context)
     page = ctx.new_page()
     page.set_default_timeout(15_000)
-    page.goto(link)
-    page.fill("#password", PASSWORD)
-    page.fill("#password_again", PASSWORD)
-    page.click("button[type=submit]")
-    expect(page).to_have_url(re.compile(r"/app/inbox$"))
+    set_password(page, link, PASSWORD)
     return tenant, ctx, page
 
 
-def test_a_refused_proxy_is_shown_next_to_its_field_and_the_audit_log_shows_who_did_what(trusted, browser, shots):
-    _tenant, ctx, page = _signed_in(trusted, browser, "Careful Bakery", "owner@careful.test")
+def test_a_refused_proxy_is_shown_next_to_its_field_and_the_audit_log_shows_who_did_what(platform, browser, shots):
+    _tenant, ctx, page = _signed_in(platform, browser, "Careful Bakery", "owner@careful.test")
     try:
-        page.goto(f"{trusted.url}/app/bots")
+        page.goto(f"{platform.url}/app/bots")
         page.fill("#bot-name", "Front desk")
         page.fill("#bot-proxy", "socks5://169.254.169.254:1080")
         page.click("form[action$='/app/bots'] button[type=submit]")
@@ -49,7 +35,7 @@ def test_a_refused_proxy_is_shown_next_to_its_field_and_the_audit_log_shows_who_
         page.fill("#bot-proxy", "")
         page.click("form[action$='/app/bots'] button[type=submit]")
         expect(page).to_have_url(re.compile(r"/app/bots/[0-9a-f-]{36}$"))
-        page.goto(f"{trusted.url}/app/admin/audit")
+        page.goto(f"{platform.url}/app/admin/audit")
         rows = page.locator("table.audit tbody tr")
         expect(rows.first).to_contain_text("bot.create")
         expect(rows.first).to_contain_text("owner@careful.test")
@@ -64,17 +50,17 @@ def test_a_refused_proxy_is_shown_next_to_its_field_and_the_audit_log_shows_who_
         ctx.close()
 
 
-def test_a_member_of_a_disabled_organisation_is_told_so(trusted, browser, shots):
-    tenant, ctx, page = _signed_in(trusted, browser, "Paused Bakery", "owner@paused.test")
+def test_a_member_of_a_disabled_organisation_is_told_so(platform, browser, shots):
+    tenant, ctx, page = _signed_in(platform, browser, "Paused Bakery", "owner@paused.test")
     try:
-        trusted.cli("tenant", "disable", tenant)
-        page.goto(f"{trusted.url}/app/bots")
+        platform.cli("tenant", "disable", tenant)
+        page.goto(f"{platform.url}/app/bots")
         expect(page.locator("h1")).to_have_text("Organisation disabled")
         expect(page.locator("main")).to_contain_text("disabled by the platform's operator")
         expect(page.get_by_role("link", name="Switch organisation")).to_be_visible()
         page.screenshot(path=str(shots / "tenant-disabled.png"), full_page=True)
-        trusted.cli("tenant", "enable", tenant)
-        page.goto(f"{trusted.url}/app/bots")
+        platform.cli("tenant", "enable", tenant)
+        page.goto(f"{platform.url}/app/bots")
         expect(page.locator("h1")).to_contain_text("Bots")
     finally:
         ctx.close()
