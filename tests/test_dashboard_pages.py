@@ -103,6 +103,14 @@ def test_an_unknown_page_under_the_dashboard_is_an_html_404(web, shop):
     assert response.headers["Content-Type"].startswith("text/html") and "Not Found" in response.text
 
 
+def test_an_unknown_page_under_the_dashboard_is_served_with_the_dashboards_policy_so_its_stylesheet_loads(web, shop):
+    # Before: the app's default policy (default-src 'none') came with it, and the page showed unstyled.
+    response = shop.admin.get("/app/nothing-here")
+    csp = response.headers["Content-Security-Policy"]
+    assert "style-src 'self'" in csp and "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    assert response.headers["Cache-Control"] == "no-store"
+
+
 # -- the inbox and a conversation ------------------------------------------------------------------
 
 

@@ -19,7 +19,7 @@ import pathlib
 import zoneinfo
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, render_template, request, url_for
+from flask import Blueprint, Response, current_app, g, make_response, render_template, request, url_for
 from markupsafe import Markup
 from werkzeug.exceptions import HTTPException
 
@@ -177,8 +177,11 @@ def _error(exc: HTTPException) -> Any:
 
 
 def html_error(status: int, title: str, message: str) -> Any:
-    """The error page for requests no dashboard view handled (unknown URLs under the dashboard's paths)."""
-    return render_template("error.html", status=status, title=title, message=message), status
+    """The error page for requests no dashboard view handled (unknown URLs under the dashboard's paths).
+    It gets the dashboard's headers here, as no blueprint's after-request runs for it: under the app's
+    default policy (``default-src 'none'``) its own stylesheet and scripts were blocked."""
+    return _headers(make_response(render_template("error.html", status=status, title=title, message=message),
+                                  status))
 
 
 from web.dashboard import (  # noqa: E402,F401  (routes)
